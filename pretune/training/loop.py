@@ -1,0 +1,258 @@
+"""The training loop: one fine-tuning run, readable top to bottom.
+
+``train`` knows nothing of Optuna. It calls ``on_eval(step, metrics)`` after each evaluation;
+a search passes a callback that reports to its study and raises to prune. ``should_stop()`` is
+asked after every optimizer step (a deadline, a signal). At the end the model holds the weights
+of its best evaluation, which is the checkpoint a caller saves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretune.config import TrainConfig, metric_direction
+from pretune.training.device import autocast, pick_device, resolve_precision
+from pretune.training.metrics import classification_metrics, is_better
+from pretune.training.optimizers import build_optimizer
+from pretune.training.regularizers import penalized_weights, penalty
+from pretune.training.schedules import build_schedule
+
+log = logging.getLogger(__name__)
+
+# Why a run ended.
+COMPLETED = "completed"
+EARLY_STOPPING = "early_stopping"
+NAN_LOSS = "nan_loss"
+VANISHING_GRADIENT = "vanishing_gradient"
+EXPLODING_GRADIENT = "exploding_gradient"
+STOPPED = "stopped"  # should_stop() said so (a deadline)
+
+
+@dataclass
+class TrainResult:
+    best_metrics: dict[str, float]  # validation metrics of the best evaluation ({} if none)
+    best_step: int
+    stop_reason: str
+    steps: int
+    epochs: float
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+    precision: str = "fp32"
+
+    @property
+    def failed(self) -> bool:
+        return not self.best_metrics
+
+
+def train(
+    model: nn.Module,
+    train_batches,
+    valid_batches,
+    settings: TrainConfig,
+    *,
+    on_eval: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    class_counts: np.ndarray | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_batches``, evaluating on ``valid_batches``.
+
+    ``train_batches`` is a ``pretune.data.collate.Batches`` (``set_epoch``, ``len``, iteration
+    yielding dicts of tensors with ``labels``); ``valid_batches`` likewise, unshuffled.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    device = pick_device()
+    precision = resolve_precision(settings.precision, device)
+    model.to(device)
+
+    # Gradient accumulation: a "full" batch accumulates every micro-batch of the epoch.
+    accum = len(train_batches) if settings.batch_size == "full" else settings.grad_accum
+    steps_per_epoch = max(1, math.ceil(len(train_batches) / accum))
+    total_steps = math.ceil(settings.epochs * steps_per_epoch)
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
+
+    optimizer = build_optimizer(model, settings)
+    scheduler = build_schedule(optimizer, settings, total_steps)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    weights = penalized_weights(model)
+    weight = _class_weights(settings, class_counts, device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
+    max_norm = settings.max_grad_norm or math.inf
+
+    metric = settings.metric
+    best_score: float | None = None
+    best_metrics: dict[str, float] = {}
+    best_state: dict[str, torch.Tensor] | None = None
+    best_step, evals_since_best = 0, 0
+    history: list[dict] = []
+    step, epoch, stop_reason = 0, 0, COMPLETED
+    running_loss, running_n = 0.0, 0
+
+    def evaluate() -> bool:
+        """Evaluate, keep the best weights, call on_eval; True when early stopping says stop."""
+        nonlocal best_score, best_metrics, best_state, best_step, evals_since_best
+        nonlocal running_loss, running_n
+        metrics = evaluate_model(model, valid_batches, precision=precision, device=device)
+        metrics.update(step=step, epoch=round(step / steps_per_epoch, 4),
+                       train_loss=running_loss / max(running_n, 1),
+                       lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
+        running_loss, running_n = 0.0, 0
+        history.append(metrics)
+        log.info("step %d: %s %.4f", step, metric, metrics[metric])
+        if is_better(metrics[metric], best_score, metric, settings.min_delta):
+            best_score, best_metrics, best_step, evals_since_best = metrics[metric], metrics, step, 0
+            best_state = _trainable_state(model)
+        else:
+            evals_since_best += 1
+        if on_eval is not None:
+            on_eval(step, metrics)
+        return settings.patience is not None and evals_since_best >= settings.patience
+
+    _train_mode(model)
+    done = False
+    while not done:
+        train_batches.set_epoch(epoch)
+        evaluated_at = -1
+        for group in _groups(train_batches, accum):
+            # One optimizer step over the micro-batches of a group, weighted by their size.
+            n_group = sum(len(b["labels"]) for b in group)
+            group_loss = 0.0
+            for i, batch in enumerate(group):
+                batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
+                labels = batch.pop("labels")
+                with autocast(precision, device):
+                    logits = model(**batch).logits
+                loss = loss_fn(logits.float(), labels) * (len(labels) / n_group)
+                if i == len(group) - 1:
+                    extra = penalty(weights, settings)
+                    if extra is not None:
+                        loss = loss + extra
+                loss.backward()
+                group_loss += loss.item()
+            if not math.isfinite(group_loss):
+                stop_reason = NAN_LOSS
+                break
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if not math.isfinite(grad_norm) or grad_norm > settings.grad_norm_max:
+                stop_reason = EXPLODING_GRADIENT
+                break
+            if grad_norm < settings.grad_norm_min:
+                stop_reason = VANISHING_GRADIENT
+                break
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running_loss, running_n = running_loss + group_loss, running_n + 1
+            if on_step is not None:
+                on_step(step, total_steps, group_loss)
+
+            if settings.eval_steps and step % settings.eval_steps == 0:
+                evaluated_at = step
+                if evaluate():
+                    stop_reason = EARLY_STOPPING
+                    break
+            if step >= total_steps:
+                break
+            if should_stop is not None and should_stop():
+                stop_reason = STOPPED
+                break
+        epoch += 1
+        done = stop_reason != COMPLETED or step >= total_steps
+        # Evaluate at each epoch's end (and at the very end) unless this step just was.
+        if evaluated_at != step and step > 0 and stop_reason in (COMPLETED, STOPPED):
+            if (not settings.eval_steps or done) and evaluate() and not done:
+                stop_reason, done = EARLY_STOPPING, True
+
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    if stop_reason == COMPLETED and settings.max_steps is not None and step >= settings.max_steps:
+        log.info("stopped at max_steps=%d", settings.max_steps)
+    return TrainResult(
+        best_metrics=best_metrics, best_step=best_step, stop_reason=stop_reason, steps=step,
+        epochs=round(step / steps_per_epoch, 4), seconds=time.perf_counter() - started,
+        history=history, precision=precision,
+    )
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, batches, *, precision: str = "fp32", device=None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Probabilities (n, k) in the data's original order, its labels if any, and mean loss."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks, indices, labels, loss_sum = [], [], [], 0.0
+    for batch in batches:
+        index = batch["index"]
+        batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
+        y = batch.pop("labels", None)
+        with autocast(precision, device):
+            logits = model(**batch).logits.float()
+        if y is not None:
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            labels.append(y.cpu())
+        chunks.append(torch.softmax(logits, dim=-1).cpu())
+        indices.append(index)
+    if was_training:
+        _train_mode(model)
+    order = torch.cat(indices).argsort()
+    probs = torch.cat(chunks)[order].numpy()
+    if not labels:
+        return probs, None, None
+    y_all = torch.cat(labels)[order].numpy()
+    return probs, y_all, loss_sum / max(len(y_all), 1)
+
+
+def evaluate_model(model: nn.Module, batches, *, precision: str = "fp32", device=None) -> dict[str, float]:
+    probs, labels, loss = predict_proba(model, batches, precision=precision, device=device)
+    return classification_metrics(probs, labels, loss)
+
+
+def _groups(batches: Iterable[dict], size: int):
+    """Consecutive lists of ``size`` batches; the last may be shorter."""
+    group: list[dict] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _train_mode(model: nn.Module) -> None:
+    """Train mode, except a fully frozen encoder stays in eval mode (no dropout on features)."""
+    model.train()
+    base = getattr(model, "base_model", None)
+    if base is not None and base is not model and not any(p.requires_grad for p in base.parameters()):
+        base.eval()
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of what training can change: trainable parameters and all buffers."""
+    state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().to("cpu", copy=True) for n, b in model.named_buffers()})
+    return state
+
+
+def _class_weights(settings: TrainConfig, counts: np.ndarray | None, device) -> torch.Tensor | None:
+    if settings.class_weights == "none" or counts is None:
+        return None
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    weights = counts.sum() / (len(counts) * counts)  # "balanced", as in scikit-learn
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+__all__ = ["train", "TrainResult", "evaluate_model", "predict_proba", "metric_direction"]

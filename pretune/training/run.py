@@ -1,0 +1,234 @@
+"""One whole fine-tuning run: data, model, loop, and the saved model directory.
+
+``fit`` is what ``pretune train`` and every trial of a search run. ``predict`` is what
+``pretune predict`` runs. Both speak in ``RunConfig`` and paths; neither knows about Optuna.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pretune import __version__
+from pretune.config import RunConfig, validate
+from pretune.data.collate import Batches
+from pretune.data.task import TaskData, load_task, read_inputs
+from pretune.data.tokenize import choose_max_length, encode
+from pretune.models.heads import apply_head
+from pretune.models.io import load_model_dir, resolve_model_dir, save_model
+from pretune.models.load import load_pretrained
+from pretune.models.transfer import apply_transfer
+from pretune.training.device import pick_device, resolve_precision, set_threads
+from pretune.training.loop import TrainResult, predict_proba, train
+
+log = logging.getLogger(__name__)
+
+# Micro-batch size used to accumulate a "full" batch (plain gradient descent).
+FULL_BATCH_MICRO = 64
+
+
+@dataclass
+class FitResult:
+    config: RunConfig  # as resolved: max_length filled in
+    metrics: dict[str, float]  # validation metrics of the saved (best) checkpoint
+    train_result: TrainResult
+    label_names: list[str]
+    path: Path | None  # the saved model directory, if one was written
+    model: Any = None  # the trained model (best weights), in eval mode
+    tokenizer: Any = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    task: TaskData | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    keep_model: bool = True,
+) -> FitResult:
+    """Fine-tune ``config.model.model`` on ``config.data`` with ``config.train``.
+
+    With ``out``, the best checkpoint is saved there as a model directory that loads with
+    ``AutoModelForSequenceClassification.from_pretrained``, with ``pretune.yaml`` beside it.
+    """
+    validate(config)
+    set_threads(config.train.threads)
+    seed_everything(config.train.seed)
+    if task is None:
+        task = load_task(config.data, config.train.seed)
+
+    model, tokenizer = load_pretrained(config.model, len(task.label_names), task.label_names)
+    apply_head(model, config.model)
+    transfer = apply_transfer(model, config.model)
+    log.info("trainable parameters: %s", transfer)
+
+    max_length = config.data.max_length or choose_max_length(task.train, tokenizer)
+    config = replace(config, data=replace(config.data, max_length=max_length))
+    train_enc = encode(task.train.texts, task.train.pairs, task.train.labels, tokenizer, max_length)
+    valid_enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer, max_length)
+
+    t = config.train
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    micro = FULL_BATCH_MICRO if t.batch_size == "full" else t.batch_size
+    train_batches = Batches(train_enc, micro, pad_id=pad_id, shuffle=True, seed=t.seed)
+    valid_batches = Batches(valid_enc, t.eval_batch_size, pad_id=pad_id, shuffle=False)
+    counts = np.bincount(task.train.labels, minlength=len(task.label_names))
+
+    result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
+                   should_stop=should_stop, class_counts=counts, on_step=on_step)
+
+    path = None
+    if out is not None and not result.failed:
+        path = save_model(model, tokenizer, Path(out), run_metadata(config, task, result))
+    return FitResult(
+        config=config, metrics=result.best_metrics, train_result=result,
+        label_names=list(task.label_names), path=path,
+        model=model if keep_model else None, tokenizer=tokenizer if keep_model else None,
+    )
+
+
+def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict:
+    """What ``pretune.yaml`` beside a model records: enough to reproduce and to trust it."""
+    return {
+        "pretune_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "labels": list(map(str, task.label_names)),
+        "columns": {
+            "text": task.text_column,
+            "text_pair": task.text_pair_column,
+            "label": task.label_column,
+        },
+        "metric": config.train.metric,
+        "metrics": {k: _plain(v) for k, v in result.best_metrics.items()},
+        "training": {
+            "stop_reason": result.stop_reason,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "epochs": result.epochs,
+            "seconds": round(result.seconds, 2),
+            "precision": result.precision,
+        },
+        "data": {
+            "fingerprint": task.fingerprint,
+            "train_rows": len(task.train),
+            "valid_rows": len(task.valid),
+            "valid_source": task.valid_source,
+        },
+        "settings": _plain(config.to_dict()),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Turn NumPy scalars and tuples into plain YAML-safe values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def predict(
+    model_dir: str | Path,
+    source: str | Path,
+    *,
+    output: str | Path | None = None,
+    batch_size: int = 64,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    allow_pickle: bool = False,
+    precision: str = "fp32",
+    on_batch: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Predict labels and per-class probabilities for every row of ``source``.
+
+    ``model_dir`` is a model directory or a run directory holding ``best/``. The result has
+    the input's columns plus ``prediction`` and ``prob_<label>`` for each label, in input order;
+    with ``output`` it is also written there (CSV, TSV, JSONL or Parquet by extension).
+    """
+    model, tokenizer, meta = load_model_dir(resolve_model_dir(model_dir), allow_pickle=allow_pickle)
+    columns = meta.get("columns") or {}
+    texts, pairs, frame = read_inputs(
+        str(source),
+        text_column=text_column or columns.get("text"),
+        text_pair_column=text_pair_column or columns.get("text_pair"),
+    )
+    settings = meta.get("settings", {})
+    max_length = (settings.get("data") or {}).get("max_length") or choose_max_length_for(tokenizer)
+    enc = encode(texts, pairs, None, tokenizer, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = _Counting(Batches(enc, batch_size, pad_id=pad_id, shuffle=False), on_batch)
+    device = pick_device()
+    model.to(device)
+    probs, _, _ = predict_proba(model, batches, precision=resolve_precision(precision, device),
+                                device=device)
+    id2label = model.config.id2label
+    names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(probs.shape[1])]
+    result = frame.reset_index(drop=True).copy()
+    result["prediction"] = [names[i] for i in probs.argmax(axis=1)]
+    for i, name in enumerate(names):
+        result[f"prob_{name}"] = probs[:, i]
+    if output is not None:
+        write_table(result, Path(output))
+    return result
+
+
+def choose_max_length_for(tokenizer) -> int:
+    limit = getattr(tokenizer, "model_max_length", 512) or 512
+    return int(min(limit, 512))
+
+
+class _Counting:
+    """Wraps batches to report progress (done, total) after each one."""
+
+    def __init__(self, batches, on_batch):
+        self.batches, self.on_batch = batches, on_batch
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches, 1):
+            yield batch
+            if self.on_batch is not None:
+                self.on_batch(i, len(self.batches))
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    from pretune.errors import ConfigError
+
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if suffix == ".csv":
+        frame.to_csv(tmp, index=False)
+    elif suffix == ".tsv":
+        frame.to_csv(tmp, index=False, sep="\t")
+    elif suffix in (".jsonl", ".json"):
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    elif suffix in (".parquet", ".pq"):
+        frame.to_parquet(tmp, index=False)
+    else:
+        raise ConfigError(
+            f"--output must end in .csv, .tsv, .jsonl or .parquet, but got {path.name!r}. "
+            f"Choose one of those extensions."
+        )
+    os.replace(tmp, path)

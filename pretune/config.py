@@ -23,7 +23,7 @@ from pretune.errors import ConfigError, one_of
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine", "polynomial", "exponential", "step")
-TRANSFERS = ("full", "linear_probe", "freeze_bottom")
+TRANSFERS = ("full", "linear_probe", "freeze_bottom", "lora")
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 HEAD_NORMS = ("none", "layer", "batch")
 HEAD_INITS = ("pretrained", "xavier", "he", "normal", "zeros")
@@ -81,6 +81,10 @@ class ModelConfig:
     head_dropout: float = 0.1
     head_norm: str = "none"
     head_init: str = "pretrained"  # keep the checkpoint's head when it has one, else normal
+    lora_r: int = 8  # LoRA rank (transfer="lora"; Hu et al., 2021)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: str | None = None  # comma-separated module names; None: attention query/value
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class TrainConfig:
 
     optimizer: str = "adamw"
     lr: float = 5e-5
-    momentum: float = 0.9  # momentum, nesterov, rmsprop
+    momentum: float = 0.9  # momentum and nesterov
     beta1: float = 0.9  # adam, adamw
     beta2: float = 0.999
     eps: float = 1e-8
@@ -110,7 +114,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None or 0: no clipping
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | balanced
-    eval_steps: int = 0  # evaluate every n optimizer steps; 0: at the end of each epoch
+    eval_steps: int = 0  # evaluate every n optimizer steps; 0: evals_per_epoch times an epoch
+    evals_per_epoch: int = 1
     metric: str = "accuracy"
     patience: int | None = 3  # evaluations without improvement before stopping; None: never
     min_delta: float = 0.0
@@ -275,6 +280,9 @@ def validate(config: RunConfig) -> RunConfig:
     _number("head_dropout", m.head_dropout, 0.0, 0.95)
     one_of("head_norm", m.head_norm, HEAD_NORMS)
     one_of("head_init", m.head_init, HEAD_INITS)
+    _number("lora_r", m.lora_r, 1, 4096, integer=True)
+    _number("lora_alpha", m.lora_alpha, 0.0, 1e6, lo_open=True)
+    _number("lora_dropout", m.lora_dropout, 0.0, 0.95)
 
     one_of("optimizer", t.optimizer, OPTIMIZERS)
     _number("lr", t.lr, 0.0, 10.0, lo_open=True)
@@ -303,6 +311,7 @@ def validate(config: RunConfig) -> RunConfig:
     _number("label_smoothing", t.label_smoothing, 0.0, 0.5)
     one_of("class_weights", t.class_weights, CLASS_WEIGHTS)
     _number("eval_steps", t.eval_steps, 0, 10**9, integer=True)
+    _number("evals_per_epoch", t.evals_per_epoch, 1, 1000, integer=True)
     one_of("metric", t.metric, METRICS)
     if t.patience is not None:
         _number("patience", t.patience, 1, 10**6, integer=True)
@@ -318,6 +327,32 @@ def validate(config: RunConfig) -> RunConfig:
 def metric_direction(metric: str) -> str:
     """"minimize" for losses, "maximize" for every other metric."""
     return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("asha", "median", "none")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How the search runs (the settings it searches over are a RunConfig plus a space)."""
+
+    budget: str = "10m"  # "10m", "2h", "30trials", or both: "10m,30trials"
+    sampler: str = "tpe"
+    pruner: str = "asha"
+    storage: str | None = None  # any Optuna storage URL; None: sqlite in the run directory
+    study_name: str = "pretune"
+    space: str | None = None  # YAML file that narrows or extends the default space
+    evals_per_epoch: int = 2  # how often a trial reports to the pruner
+
+
+def validate_tune(tune: TuneConfig) -> TuneConfig:
+    Budget.parse(tune.budget)
+    one_of("sampler", tune.sampler, SAMPLERS)
+    one_of("pruner", tune.pruner, PRUNERS)
+    _number("evals_per_epoch", tune.evals_per_epoch, 1, 1000, integer=True)
+    _check(bool(tune.study_name), "study_name must not be empty, but got ''. Pass --study NAME.")
+    return tune
 
 
 # --- budgets ------------------------------------------------------------------------------------

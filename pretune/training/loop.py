@@ -89,6 +89,8 @@ def train(
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
     max_norm = settings.max_grad_norm or math.inf
 
+    # Evaluate every eval_steps, or evals_per_epoch times an epoch, and always at the end.
+    eval_every = settings.eval_steps or max(1, steps_per_epoch // settings.evals_per_epoch)
     metric = settings.metric
     best_score: float | None = None
     best_metrics: dict[str, float] = {}
@@ -157,7 +159,7 @@ def train(
             if on_step is not None:
                 on_step(step, total_steps, group_loss)
 
-            if settings.eval_steps and step % settings.eval_steps == 0:
+            if step % eval_every == 0 and step < total_steps:
                 evaluated_at = step
                 if evaluate():
                     stop_reason = EARLY_STOPPING

@@ -1,3 +1,8 @@
 """pretune: automatic fine-tuning and hyperparameter search for pretrained models."""
 
 __version__ = "0.1.0"
+
+from pretune.api import predict, train  # noqa: E402
+from pretune.errors import PretuneError  # noqa: E402
+
+__all__ = ["train", "predict", "PretuneError", "__version__"]

@@ -1,0 +1,126 @@
+"""What every command shares: quiet third-party libraries, one-line errors, settings from flags."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from pretune.errors import ConfigError, PretuneError
+
+console = Console(stderr=True)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Silence warnings and progress bars from libraries that users cannot act on."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        return
+    warnings.filterwarnings("ignore")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers is a core dependency
+        pass
+    for name in ("optuna", "datasets", "huggingface_hub", "urllib3", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_command(fn: Callable[[], Any]) -> Any:
+    """Run a command body; a PretuneError becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except PretuneError as err:
+        if os.environ.get("PRETUNE_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=err.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command again to continue", highlight=False)
+        raise typer.Exit(code=130) from None
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    """``["lr=3e-5", "head_layers=1"]`` to a dict; a pair without '=' is a ConfigError."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--set must be written key=value, but got {pair!r}. Write it like --set lr=3e-5."
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_yaml(path: str | Path, flag: str = "--config") -> dict:
+    """A YAML mapping from ``path``, with clear errors for a missing or malformed file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{flag} must name an existing YAML file, but {str(p)!r} does not exist. "
+                          f"Check the path.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{flag} must be valid YAML, but {p.name} has a syntax error{where}. "
+                          f"Fix the file.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag} must hold a mapping of settings, but {p.name} holds a "
+                          f"{type(data).__name__}. Write 'name: value' lines.")
+    return data
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class training_progress:
+    """A step bar and one line per evaluation; plain log lines when not on a terminal.
+
+    Used as ``with training_progress() as (on_step, on_eval): ...``.
+    """
+
+    def __init__(self, label: str = "training"):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.label = label
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+            console=console, transient=True, disable=not console.is_terminal,
+        )
+        self.task = None
+
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(self.label, total=total, loss=loss)
+        self.bar.update(self.task, completed=step, loss=loss)
+
+    def on_eval(self, step: int, metrics: dict) -> None:
+        shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "loss") if k in metrics)
+        self.bar.console.print(f"step {step} (epoch {metrics.get('epoch', 0):.2f}): {shown}",
+                               highlight=False)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self.on_step, self.on_eval
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)

@@ -1,0 +1,40 @@
+"""The `pretune` command: one module per subcommand, registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from pretune import __version__
+from pretune.cli import predict, train
+from pretune.cli.common import quiet_libraries
+
+app = typer.Typer(
+    name="pretune",
+    help="Fine-tune pretrained models and search their hyperparameters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs and warnings."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    quiet_libraries(verbose)
+    if version:
+        print(__version__)
+        raise typer.Exit()
+
+
+app.command("train")(train.command)
+app.command("predict")(predict.command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

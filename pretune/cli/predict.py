@@ -1,0 +1,52 @@
+"""`pretune predict`: labels and per-class probabilities for a file of texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pretune.cli.common import console, run_command
+
+EXAMPLE = """
+Example:
+
+  pretune predict runs/sst2 --input data/test.csv --output preds.csv
+
+MODEL is a model directory written by pretune, or a run directory holding best/.
+"""
+
+
+def command(
+    model: Path = typer.Argument(..., help="Model directory, or a run directory with best/."),
+    input: str = typer.Option(..., "--input", help="File of texts: CSV, TSV, JSONL or Parquet."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Where to write predictions (.csv, .tsv, .jsonl, .parquet)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column"),
+    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+) -> None:
+    """Predict the label of every row of a file with a trained model."""
+
+    def body():
+        from rich.progress import Progress
+
+        from pretune.api import predict as api_predict
+
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("predicting", total=None)
+            frame = api_predict(
+                model, input, output=output, batch_size=batch_size, text_column=text_column,
+                text_pair_column=text_pair_column, allow_pickle=allow_pickle,
+                on_batch=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        where = f" to {output}" if output else ""
+        console.print(f"predicted {len(frame)} rows{where}", highlight=False)
+        if output is None:
+            print(frame.to_csv(index=False), end="")
+
+    run_command(body)
+
+
+command.__doc__ = (command.__doc__ or "") + EXAMPLE

@@ -1,0 +1,83 @@
+"""`pretune train`: one fine-tuning run with fixed settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pretune.cli.common import console, parse_sets, read_yaml, run_command, training_progress
+
+EXAMPLE = """
+Example:
+
+  pretune train --model sentence-transformers/all-MiniLM-L6-v2 \\
+      --train data/train.csv --valid data/validation.csv --out models/sst2 --epochs 3
+
+  pretune train --config runs/sst2/best/pretune.yaml --train data/train.csv --out models/again
+
+Any setting can be given with --set NAME=VALUE (repeatable), e.g. --set head_layers=1.
+"""
+
+
+def command(
+    train: Optional[str] = typer.Option(None, "--train", help="Training data: CSV, TSV, JSONL, Parquet, or a Hugging Face dataset."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation data; without it, a stratified split of --train."),
+    out: Path = typer.Option(Path("runs/model"), "--out", help="Directory to write the trained model to."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hugging Face model id or local directory."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of settings (a pretune.yaml works)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column"),
+    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
+    label_column: Optional[str] = typer.Option(None, "--label-column"),
+    train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    epochs: Optional[float] = typer.Option(None, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="An integer, or 'full' for gradient descent."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer"),
+    schedule: Optional[str] = typer.Option(None, "--schedule"),
+    transfer: Optional[str] = typer.Option(None, "--transfer", help="full, linear_probe or freeze_bottom."),
+    metric: Optional[str] = typer.Option(None, "--metric"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, bf16 or fp32."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any setting, NAME=VALUE; repeatable."),
+) -> None:
+    """Fine-tune a model once with fixed settings and save it."""
+
+    def body():
+        from pretune.api import build_config, train as api_train
+
+        base = read_yaml(config) if config else None
+        flags = dict(
+            train=train, valid=valid, model=model, text_column=text_column,
+            text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
+            max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
+            optimizer=optimizer, schedule=schedule, transfer=transfer, metric=metric,
+            precision=precision, seed=seed,
+        )
+        if allow_pickle:
+            flags["allow_pickle"] = True
+        if trust_remote_code:
+            flags["trust_remote_code"] = True
+        settings = {k: v for k, v in flags.items() if v is not None}
+        settings.update(parse_sets(set_))
+        cfg = build_config(base, settings)
+        with training_progress() as (on_step, on_eval):
+            result = api_train(cfg, out=out, on_step=on_step, on_eval=on_eval)
+        m = result.metrics
+        console.print(
+            f"[bold green]done[/]: {cfg.train.metric} {m.get(cfg.train.metric, float('nan')):.4f}, "
+            f"accuracy {m.get('accuracy', float('nan')):.4f} on validation "
+            f"({result.train_result.stop_reason}, {result.train_result.steps} steps, "
+            f"{result.train_result.seconds:.0f}s); model saved to {result.path}",
+            highlight=False,
+        )
+        print(f"validation_accuracy={m.get('accuracy', float('nan')):.4f}")
+
+    run_command(body)
+
+
+command.__doc__ = (command.__doc__ or "") + EXAMPLE

@@ -1,0 +1,72 @@
+"""Pretrained models: safe loading, classification heads, transfer strategies, saving.
+
+The usual sequence::
+
+    model, tokenizer = load_pretrained(cfg.model, num_labels, label_names)
+    apply_head(model, cfg.model)              # re-initialize or replace the final layer
+    summary = apply_transfer(model, cfg.model)  # freeze / re-initialize layers
+    ...train...
+    save_model(model, tokenizer, run_dir / "best", meta)
+    model, tokenizer, meta = load_model_dir(run_dir)
+
+``build_model`` does the first three steps at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pretune.config import ModelConfig
+from pretune.models.heads import (
+    apply_head,
+    describe_head,
+    find_head,
+    head_module_names,
+    head_parameter_names,
+)
+from pretune.models.io import load_model_dir, read_meta, resolve_model_dir, save_model
+from pretune.models.load import load_pretrained
+from pretune.models.lora import apply_lora, is_lora, merge_lora
+from pretune.models.transfer import apply_transfer, count_parameters, find_embeddings, find_layers
+
+
+def build_model(
+    cfg: ModelConfig, num_labels: int, label_names: list[str]
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load ``cfg.model``, set up its head and its transfer strategy; return
+    ``(model, tokenizer, transfer summary)``. The model is in eval mode, as loaded.
+
+    With ``transfer="lora"`` the model comes back wrapped by peft; ``merge_lora`` turns it
+    back into a plain model before saving."""
+    model, tokenizer = load_pretrained(cfg, num_labels, label_names)
+    apply_head(model, cfg)
+    if cfg.transfer == "lora":
+        plain = apply_transfer(model, ModelConfig(**{**cfg.__dict__, "transfer": "full"}))
+        model = apply_lora(model, cfg)
+        trainable, total = count_parameters(model)
+        summary = {**plain, "transfer": "lora", "trainable_params": trainable, "total_params": total}
+    else:
+        summary = apply_transfer(model, cfg)
+    return model, tokenizer, summary
+
+
+__all__ = [
+    "apply_head",
+    "apply_lora",
+    "is_lora",
+    "merge_lora",
+    "apply_transfer",
+    "build_model",
+    "count_parameters",
+    "describe_head",
+    "find_embeddings",
+    "find_head",
+    "find_layers",
+    "head_module_names",
+    "head_parameter_names",
+    "load_model_dir",
+    "load_pretrained",
+    "read_meta",
+    "resolve_model_dir",
+    "save_model",
+]

@@ -1,0 +1,245 @@
+"""Saving and loading trained model directories.
+
+A saved directory is a Hugging Face model directory (config.json with the label map,
+model.safetensors, the tokenizer) plus ``pretune.yaml`` (whatever ``meta`` the caller gives:
+settings, metrics, ...). ``AutoModelForSequenceClassification.from_pretrained(dir)`` loads it.
+
+A model whose head is an MLP (``head_layers`` > 0) does not fit the standard class. Its
+config.json holds the head's structure under ``pretune_head``; the directory also holds
+``pretune_head.py``, a self-contained copy of ``mlp_head.py``, and config.json's ``auto_map``
+points ``AutoModelForSequenceClassification`` to it, so that
+``from_pretrained(dir, trust_remote_code=True)`` rebuilds the head. ``load_model_dir`` needs no
+remote code: it builds the same class from pretune's own ``mlp_head`` module. Loaded without
+``trust_remote_code``, transformers falls back to the standard class and a new random head
+(it says so in its load report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from pretune.errors import ModelError
+from pretune.models import mlp_head
+from pretune.models.load import (
+    check_model_dir,
+    load_config,
+    load_error,
+    load_tokenizer,
+    quiet_transformers,
+)
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "pretune.yaml"
+HEAD_CODE_FILE = "pretune_head.py"
+HEAD_CLASS = "PretuneForSequenceClassification"
+AUTO_CLASS = "AutoModelForSequenceClassification"
+
+
+# --- paths -----------------------------------------------------------------------------------------
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model directory ``path`` names: ``path/best`` for a run directory, else ``path``.
+
+    Raises ModelError when ``path`` does not exist or holds no model (no config.json).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(
+            f"model path {path} does not exist. Pass a saved model directory or a run directory "
+            f"(one that holds best/)."
+        )
+    if (p / "best" / "config.json").is_file():
+        return p / "best"
+    if (p / "config.json").is_file():
+        return p
+    if (p / "best").is_dir():
+        raise ModelError(
+            f"A run directory's best/ must hold a saved model, but {p / 'best'} has no "
+            f"config.json. Wait for the run to save its best model, or pass a model directory."
+        )
+    raise ModelError(
+        f"A model directory must hold config.json (or best/config.json for a run directory), "
+        f"but {path} has neither. Pass the directory a model was saved to."
+    )
+
+
+# --- saving ----------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain YAML types: numpy scalars to numbers, tuples to lists, paths to str."""
+    if isinstance(value, Mapping):
+        return {(k if isinstance(k, (str, int, float, bool)) or k is None else str(k)): _plain(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return value.item()  # numpy / torch scalar
+    return value
+
+
+def head_code(model: Any) -> str | None:
+    """The text of ``pretune_head.py`` for ``model``, or None when its class cannot be imported
+    by name from transformers (a remote-code model)."""
+    import transformers
+
+    base = getattr(type(model), "_pretune_base", type(model))
+    if getattr(transformers, base.__name__, None) is not base:
+        return None
+    source = Path(mlp_head.__file__).read_text(encoding="utf-8")
+    return (
+        f"{source.rstrip()}\n\n\n"
+        f"# --- written by pretune's save_model for this model ---\n\n"
+        f"from transformers import {base.__name__} as _PretuneBase  # noqa: E402\n\n\n"
+        f"class {HEAD_CLASS}(_PretuneBase):\n"
+        f'    """{base.__name__} whose head is the MLP described by config.pretune_head."""\n\n'
+        f"    def __init__(self, config, *args, **kwargs):\n"
+        f"        super().__init__(config, *args, **kwargs)\n"
+        f"        attach_mlp_head(self, config.pretune_head)\n"
+    )
+
+
+def _write_head_code(model: Any, directory: Path) -> None:
+    code = head_code(model)
+    if code is None:
+        logger.warning(
+            "%s is not a transformers class: the saved MLP head loads with pretune's "
+            "load_model_dir only", type(model).__name__,
+        )
+        return
+    (directory / HEAD_CODE_FILE).write_text(code, encoding="utf-8")
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    auto_map = dict(config.get("auto_map") or {})
+    auto_map[AUTO_CLASS] = f"{Path(HEAD_CODE_FILE).stem}.{HEAD_CLASS}"
+    config["auto_map"] = auto_map
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
+    """Save ``model`` (safetensors), ``tokenizer`` and ``meta`` (as pretune.yaml) to ``out_dir``.
+
+    The directory is written beside ``out_dir`` first and renamed into place, so a crash never
+    leaves a half-written model there; an existing ``out_dir`` is replaced. Returns ``out_dir``.
+    """
+    out = Path(out_dir).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)  # safetensors: the default, and the only format since v5
+        if not any(tmp.glob("*.safetensors")):
+            raise RuntimeError(f"save_pretrained wrote no safetensors file in {tmp}")
+        tokenizer.save_pretrained(tmp)
+        if getattr(model.config, "pretune_head", None):
+            _write_head_code(model, tmp)
+        text = yaml.safe_dump(_plain(dict(meta)), sort_keys=False, allow_unicode=True)
+        (tmp / META_FILE).write_text(text, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    logger.info("saved the model to %s", out)
+    return out
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The contents of ``directory/pretune.yaml``; {} when there is none."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ModelError(
+            f"{path} must be valid YAML, but it could not be read ({' '.join(str(e).split())}). "
+            f"Fix or remove the file."
+        ) from e
+    return meta if isinstance(meta, dict) else {}
+
+
+def _mlp_class(config: Any, directory: Path) -> type:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    try:
+        base = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+    except KeyError:
+        raise ModelError(
+            f"pretune rebuilds an MLP head on transformers' own model classes, but the model in "
+            f"{directory} is of type {getattr(config, 'model_type', '?')}, which has none. Load "
+            f"it with AutoModelForSequenceClassification.from_pretrained(..., "
+            f"trust_remote_code=True)."
+        ) from None
+    return mlp_head.mlp_head_class(base)
+
+
+def load_model_dir(
+    path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load a model saved by ``save_model`` (or any sequence-classification model directory);
+    return ``(model, tokenizer, meta)``.
+
+    ``path`` may be a run directory (its ``best/`` is loaded). ``meta`` is pretune.yaml's
+    content, {} when absent. Every weight must be in the checkpoint: a directory without a
+    trained head is refused. An MLP head is rebuilt from config.json's ``pretune_head`` without
+    remote code. The model comes back in eval mode.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    directory = resolve_model_dir(path)
+    check_model_dir(directory, allow_pickle=allow_pickle)
+    source = str(directory)
+    config = load_config(source, is_local=True, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {
+        "config": config,
+        "use_safetensors": None if allow_pickle else True,
+        "output_loading_info": True,
+    }
+    if getattr(config, "pretune_head", None):
+        model_class: Any = _mlp_class(config, directory)
+    else:
+        model_class = AutoModelForSequenceClassification
+        kwargs["trust_remote_code"] = trust_remote_code
+    try:
+        with quiet_transformers():
+            model, info = model_class.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise load_error(source, True, e) from e
+
+    missing = sorted(info.get("missing_keys", ()))
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k)
+                        for k in info.get("mismatched_keys", ()))
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    if missing or mismatched or unexpected:
+        problems = "; ".join(
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in (("missing", missing), ("wrong shape", mismatched),
+                               ("unexpected", unexpected)) if keys
+        )
+        raise ModelError(
+            f"A saved model's weights must match its config, but {directory} does not ({problems}). "
+            f"Pass a directory saved by pretune, or fine-tune this model first with --model."
+        )
+    tokenizer = load_tokenizer(source, is_local=True, trust_remote_code=trust_remote_code)
+    return model, tokenizer, read_meta(directory)

@@ -23,10 +23,8 @@ from pretune.config import RunConfig, validate
 from pretune.data.collate import Batches
 from pretune.data.task import TaskData, load_task, read_inputs
 from pretune.data.tokenize import choose_max_length, encode
-from pretune.models.heads import apply_head
+from pretune.models import build_model, merge_lora
 from pretune.models.io import load_model_dir, resolve_model_dir, save_model
-from pretune.models.load import load_pretrained
-from pretune.models.transfer import apply_transfer
 from pretune.training.device import pick_device, resolve_precision, set_threads
 from pretune.training.loop import TrainResult, predict_proba, train
 
@@ -74,12 +72,11 @@ def fit(
     if task is None:
         task = load_task(config.data, config.train.seed)
 
-    model, tokenizer = load_pretrained(config.model, len(task.label_names), task.label_names)
-    apply_head(model, config.model)
-    transfer = apply_transfer(model, config.model)
-    log.info("trainable parameters: %s", transfer)
+    model, tokenizer, transfer = build_model(config.model, len(task.label_names), task.label_names)
+    log.info("transfer: %s", transfer)
 
-    max_length = config.data.max_length or choose_max_length(task.train, tokenizer)
+    max_length = config.data.max_length or choose_max_length(
+        task.train, tokenizer, cap=position_limit(model))
     config = replace(config, data=replace(config.data, max_length=max_length))
     train_enc = encode(task.train.texts, task.train.pairs, task.train.labels, tokenizer, max_length)
     valid_enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer, max_length)
@@ -94,6 +91,7 @@ def fit(
     result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
                    should_stop=should_stop, class_counts=counts, on_step=on_step)
 
+    model = merge_lora(model)  # a plain transformers model from here on
     path = None
     if out is not None and not result.failed:
         path = save_model(model, tokenizer, Path(out), run_metadata(config, task, result))
@@ -102,6 +100,17 @@ def fit(
         label_names=list(task.label_names), path=path,
         model=model if keep_model else None, tokenizer=tokenizer if keep_model else None,
     )
+
+
+def position_limit(model) -> int | None:
+    """The longest input the model's position embeddings allow."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not limit:
+        return None
+    if "roberta" in str(getattr(config, "model_type", "")) or "camembert" in str(getattr(config, "model_type", "")):
+        limit -= (getattr(config, "pad_token_id", 1) or 1) + 1  # positions start after padding_idx
+    return int(limit)
 
 
 def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict:
@@ -170,9 +179,10 @@ def predict(
         str(source),
         text_column=text_column or columns.get("text"),
         text_pair_column=text_pair_column or columns.get("text_pair"),
+        detect_pair=bool(text_pair_column or columns.get("text_pair")) or not columns,
     )
     settings = meta.get("settings", {})
-    max_length = (settings.get("data") or {}).get("max_length") or choose_max_length_for(tokenizer)
+    max_length = (settings.get("data") or {}).get("max_length") or position_limit(model) or 512
     enc = encode(texts, pairs, None, tokenizer, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = _Counting(Batches(enc, batch_size, pad_id=pad_id, shuffle=False), on_batch)
@@ -189,11 +199,6 @@ def predict(
     if output is not None:
         write_table(result, Path(output))
     return result
-
-
-def choose_max_length_for(tokenizer) -> int:
-    limit = getattr(tokenizer, "model_max_length", 512) or 512
-    return int(min(limit, 512))
 
 
 class _Counting:

@@ -1,0 +1,456 @@
+"""From data sources to a checked classification task: columns, labels, train and valid splits.
+
+``load_task`` reads the training (and validation) data named by a ``DataConfig``, finds the
+text, text-pair and label columns, checks every text and label once, maps labels to ids, samples
+and splits as configured, and fingerprints the result. ``read_inputs`` does the column and text
+part for prediction inputs, which need no label.
+
+Row numbers in messages are counted as a user sees the source: in a CSV or TSV file row 1 is
+the header, so the first example is row 2; in JSON lines, Parquet and datasets it is row 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pretune.config import DataConfig
+from pretune.errors import DataError
+from pretune.data.readers import dataset_splits, is_dataset_source, read_table
+
+logger = logging.getLogger(__name__)
+
+# Detected column names, in order of preference (matched case-insensitively).
+TEXT_COLUMNS = (
+    "text", "sentence", "sentence1", "question", "question1", "premise", "review", "content",
+    "document", "text_a", "sentence_a",
+)
+PAIR_COLUMNS = ("sentence2", "text_pair", "hypothesis", "question2", "text_b", "sentence_b")
+LABEL_COLUMNS = ("label", "labels", "target", "class", "y", "category")
+# Text and pair columns that come together (GLUE, SuperGLUE, NLI ...), tried before TEXT_COLUMNS
+# so that, for example, QNLI's (question, sentence) is read as a pair, not as one text.
+PAIR_SCHEMAS = (
+    ("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
+    ("question", "sentence"), ("question", "passage"), ("text", "text_pair"),
+    ("text_a", "text_b"), ("sentence_a", "sentence_b"),
+)
+
+_INT_TEXT = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
+
+
+@dataclass
+class Split:
+    """The examples of one split: texts, optional second texts of a pair, and label ids."""
+
+    texts: list[str]
+    pairs: list[str] | None  # second text of a pair task, else None
+    labels: np.ndarray  # int64 label ids, shape (n,)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "Split":
+        """The examples at ``indices``, in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Split(
+            texts=[self.texts[i] for i in idx],
+            pairs=None if self.pairs is None else [self.pairs[i] for i in idx],
+            labels=self.labels[idx],
+        )
+
+
+@dataclass
+class TaskData:
+    """A checked classification task, ready to tokenize."""
+
+    train: Split
+    valid: Split
+    label_names: list[str]  # index = label id; used as id2label
+    text_column: str
+    text_pair_column: str | None
+    label_column: str
+    fingerprint: str  # sha256 hex of the train+valid content (texts, pairs, labels) and columns
+    valid_source: str  # "file": separate validation data (a file or a dataset split);
+    # "split": held out of the training data
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+
+# --- public entry points ----------------------------------------------------------------------
+
+
+def load_task(cfg: DataConfig, seed: int) -> TaskData:
+    """Read, check, sample and split the data described by ``cfg``.
+
+    Raises ``DataError`` for anything the user can fix: missing columns, empty texts or labels,
+    a single class, validation labels the training data lacks, mismatched columns.
+    """
+    if not cfg.train:
+        raise DataError(
+            "Training data is needed, but --train was not given. Pass --train with a CSV, TSV, "
+            "JSONL or Parquet file or a Hugging Face dataset."
+        )
+    train_is_dataset = is_dataset_source(cfg.train)
+    frame = read_table(cfg.train, split=cfg.dataset_split_train if train_is_dataset else None)
+    cols = _resolve_columns(
+        frame, "--train", text=cfg.text_column, pair=cfg.text_pair_column,
+        label=cfg.label_column, need_label=True,
+    )
+    assert cols.label is not None
+    logger.info(
+        "Columns: text=%s%s, label=%s", cols.text,
+        f", text pair={cols.pair}" if cols.pair else "", cols.label,
+    )
+
+    texts = _texts(frame, cols.text, "--train")
+    pairs = _texts(frame, cols.pair, "--train") if cols.pair else None
+    names, order = _label_names(frame, cols.label, "--train")
+    found = set(names)
+    if len(found) < 2:
+        raise DataError(
+            f"--train needs at least two classes in column '{cols.label}', but every row has "
+            f"label {found.pop()!r}. Pass data with examples of two or more classes."
+        )
+    label_names = order(found)
+    label2id = {name: i for i, name in enumerate(label_names)}
+    train = Split(texts, pairs, np.array([label2id[n] for n in names], dtype=np.int64))
+
+    if cfg.train_rows is not None and cfg.train_rows < len(train):
+        train = train.subset(_sample(train.labels, cfg.train_rows, seed))
+        logger.info("Sampled %d training rows (stratified, seed %d)", len(train), seed)
+
+    valid_frame, valid_flag = None, "--valid"
+    if cfg.valid:
+        valid_is_dataset = is_dataset_source(cfg.valid)
+        valid_frame = read_table(
+            cfg.valid, split=cfg.dataset_split_valid if valid_is_dataset else None
+        )
+    elif train_is_dataset and cfg.dataset_split_valid in dataset_splits(cfg.train):
+        valid_frame = read_table(cfg.train, split=cfg.dataset_split_valid)
+        valid_flag = f"The '{cfg.dataset_split_valid}' split of --train"
+
+    if valid_frame is not None:
+        valid = _valid_split(valid_frame, valid_flag, cols, label2id)
+        valid_source = "file"
+    else:
+        train_idx, valid_idx = _split(train.labels, cfg.valid_fraction, seed)
+        train, valid = train.subset(train_idx), train.subset(valid_idx)
+        valid_source = "split"
+        logger.info(
+            "No validation data given: held out %d of %d training rows (%g, stratified, seed %d)",
+            len(valid), len(train) + len(valid), cfg.valid_fraction, seed,
+        )
+
+    return TaskData(
+        train=train,
+        valid=valid,
+        label_names=label_names,
+        text_column=cols.text,
+        text_pair_column=cols.pair,
+        label_column=cols.label,
+        fingerprint=_fingerprint(cols, label_names, train, valid),
+        valid_source=valid_source,
+    )
+
+
+def read_inputs(
+    source: str,
+    *,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    split: str | None = None,
+    detect_pair: bool = True,
+) -> tuple[list[str], list[str] | None, pd.DataFrame]:
+    """Texts (and second texts of pairs) to predict on, and the frame they came from.
+
+    Columns are detected as in ``load_task``; no label column is needed. Pass the training
+    run's columns, and ``detect_pair=False`` when the model was trained on single texts, so a
+    file that happens to hold a pair-like column is not read as pairs.
+    """
+    frame = read_table(source, split=split)
+    cols = _resolve_columns(
+        frame, "--input", text=text_column, pair=text_pair_column, label=None,
+        need_label=False, detect_pair=detect_pair,
+    )
+    texts = _texts(frame, cols.text, "--input")
+    pairs = _texts(frame, cols.pair, "--input") if cols.pair else None
+    return texts, pairs, frame
+
+
+# --- columns ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Columns:
+    text: str
+    pair: str | None
+    label: str | None
+
+
+def _find(columns: Sequence[str], name: str) -> str | None:
+    """The column called ``name``: exact match first, then a unique case-insensitive one."""
+    if name in columns:
+        return name
+    folded = [c for c in columns if c.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _listing(columns: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(columns[:limit])
+    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
+
+
+def _given(frame: pd.DataFrame, name: str, flag: str, option: str) -> str:
+    """The column a user named with ``option``; DataError when the frame lacks it."""
+    found = _find(list(frame.columns), name)
+    if found is None:
+        raise DataError(
+            f"{flag} must have the column '{name}' given by {option}, but found columns "
+            f"({_listing(list(frame.columns))}). Pass {option} with one of those names."
+        )
+    return found
+
+
+def _resolve_columns(
+    frame: pd.DataFrame,
+    flag: str,
+    *,
+    text: str | None,
+    pair: str | None,
+    label: str | None,
+    need_label: bool,
+    detect_pair: bool = True,
+) -> _Columns:
+    columns = list(frame.columns)
+
+    if label is not None:
+        label = _given(frame, label, flag, "--label-column")
+    else:
+        label = next((c for n in LABEL_COLUMNS if (c := _find(columns, n))), None)
+        if label is None and need_label:
+            raise DataError(
+                f"{flag} must have a label column, but found columns ({_listing(columns)}). "
+                f"Pass --label-column with the name of the label column."
+            )
+
+    if pair is not None:
+        pair = _given(frame, pair, flag, "--text-pair-column")
+    if text is not None:
+        text = _given(frame, text, flag, "--text-column")
+    else:
+        for first, second in PAIR_SCHEMAS:
+            a, b = _find(columns, first), _find(columns, second)
+            if a and b and (pair is None and detect_pair or pair == b):
+                text, pair = a, b
+                break
+    if text is None:
+        taken = {label, pair}
+        text = next((c for n in TEXT_COLUMNS if (c := _find(columns, n)) and c not in taken), None)
+    if text is None:
+        # The only column holding text, not counting the label and likely label columns.
+        skip = {label, pair} | {c for c in columns if c.lower() in LABEL_COLUMNS}
+        texty = [c for c in columns if c not in skip and _looks_like_text(frame[c])]
+        if len(texty) == 1:
+            text = texty[0]
+            logger.info("%s: using '%s', its only text column, as the text", flag, text)
+    if text is None:
+        raise DataError(
+            f"{flag} must have a text column, but found columns ({_listing(columns)}). "
+            f"Pass --text-column with the name of the text column."
+        )
+    if pair is None and detect_pair:
+        taken = {label, text}
+        pair = next((c for n in PAIR_COLUMNS if (c := _find(columns, n)) and c not in taken), None)
+
+    chosen = [c for c in (text, pair, label) if c is not None]
+    if len(set(chosen)) < len(chosen):
+        raise DataError(
+            f"The text, text pair and label columns must differ, but {flag} uses '{text}' for "
+            f"text{f', {pair!r} for the pair' if pair else ''} and '{label}' for the label. "
+            f"Pass --text-column, --text-pair-column and --label-column with different columns."
+        )
+    return _Columns(text=text, pair=pair, label=label)
+
+
+def _looks_like_text(series: pd.Series) -> bool:
+    """True when (a sample of) the column holds strings that are not all numbers."""
+    for value in series.head(1000):
+        if isinstance(value, str) and value.strip():
+            try:
+                float(value)
+            except ValueError:
+                return True
+    return False
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _row(frame: pd.DataFrame, i: int) -> int:
+    return i + int(frame.attrs.get("first_row", 1))
+
+
+def _texts(frame: pd.DataFrame, column: str, flag: str) -> list[str]:
+    """The column as a list of non-empty strings; numbers become their text."""
+    out: list[str] = []
+    bad: list[int] = []
+    first_problem = ""
+    for i, value in enumerate(frame[column].tolist()):
+        if isinstance(value, str):
+            if value.strip():
+                out.append(value)
+                continue
+            problem = "empty"
+        elif _is_missing(value):
+            problem = "empty"
+        elif isinstance(value, (bool, int, float, np.number)):
+            out.append(str(value))
+            continue
+        else:
+            problem = f"a {type(value).__name__}, not text"
+        if not bad:
+            first_problem = problem
+        bad.append(i)
+    if bad:
+        raise DataError(
+            f"{flag} must have text in every row of column '{column}', but row "
+            f"{_row(frame, bad[0])} is {first_problem} ({len(bad)} such rows in all). Remove "
+            f"those rows or fill them in."
+        )
+    return out
+
+
+def _label_names(frame: pd.DataFrame, column: str, flag: str) -> tuple[list[str], Any]:
+    """Each row's label as a name, and a function that orders a set of names into ids.
+
+    Whole numbers (ints, integral floats, digit strings from CSV) are ordered numerically, Hugging
+    Face ``ClassLabel`` names keep the dataset's order, anything else is sorted as strings.
+    """
+    values = frame[column].tolist()
+    class_names: list[str] | None = frame.attrs.get("class_names", {}).get(column)
+
+    def missing(i: int, what: str) -> DataError:
+        return DataError(
+            f"{flag} must have a label in every row of column '{column}', but row "
+            f"{_row(frame, i)} has {what}. Remove that row or give it a label."
+        )
+
+    for i, value in enumerate(values):
+        if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+            raise missing(i, "none")
+
+    if class_names is not None:  # a datasets ClassLabel: ids index its names
+        names = []
+        for i, value in enumerate(values):
+            if not 0 <= int(value) < len(class_names):
+                raise missing(i, f"{value} (not one of its {len(class_names)} classes)")
+            names.append(class_names[int(value)])
+        return names, lambda found: list(class_names)
+
+    if all(_is_whole(v) for v in values):
+        names = [str(int(float(v))) for v in values]
+        return names, lambda found: sorted(found, key=int)
+    names = [v.strip() if isinstance(v, str) else str(v) for v in values]
+    return names, lambda found: sorted(found)
+
+
+def _is_whole(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    if isinstance(value, (float, np.floating)):
+        return float(value).is_integer()
+    return isinstance(value, str) and bool(_INT_TEXT.match(value))
+
+
+def _valid_split(
+    frame: pd.DataFrame, flag: str, cols: _Columns, label2id: dict[str, int]
+) -> Split:
+    """The validation data, checked against the training data's columns and labels."""
+    needed = [c for c in (cols.text, cols.pair, cols.label) if c is not None]
+    found = {c: _find(list(frame.columns), c) for c in needed}
+    absent = [c for c in needed if found[c] is None]
+    if absent:
+        option = {cols.text: "--text-column", cols.pair: "--text-pair-column",
+                  cols.label: "--label-column"}[absent[0]]
+        raise DataError(
+            f"{flag} must have the same columns as --train ({', '.join(needed)}), but got "
+            f"({_listing(list(frame.columns))}). Rename the column or pass {option}."
+        )
+    texts = _texts(frame, found[cols.text], flag)  # type: ignore[arg-type]
+    pairs = _texts(frame, found[cols.pair], flag) if cols.pair else None  # type: ignore[arg-type]
+    names, _ = _label_names(frame, found[cols.label], flag)  # type: ignore[arg-type]
+    unknown = sorted(set(names) - set(label2id))
+    if unknown:
+        more = f" ... ({len(unknown)} in all)" if len(unknown) > 10 else ""
+        shown = ", ".join(unknown[:10]) + more
+        raise DataError(
+            f"{flag} must only have labels that --train has ({_listing(list(label2id), 10)}), "
+            f"but it also has {shown}. Remove those rows or add examples of them to --train."
+        )
+    return Split(texts, pairs, np.array([label2id[n] for n in names], dtype=np.int64))
+
+
+# --- sampling and splitting -------------------------------------------------------------------
+
+
+def _sample(labels: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """Indices of ``rows`` examples, stratified by label when every class allows it, sorted."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        keep, _ = train_test_split(idx, train_size=rows, random_state=seed, stratify=labels)
+    except ValueError:  # a class too small to stratify
+        logger.info("Some class is too small to sample stratified; sampling plainly")
+        keep, _ = train_test_split(idx, train_size=rows, random_state=seed)
+    return np.sort(keep)
+
+
+def _split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, valid) indices, stratified by label when every class allows it, each sorted."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        train, valid = train_test_split(
+            idx, test_size=fraction, random_state=seed, stratify=labels
+        )
+    except ValueError:  # a class with a single row, or fewer valid rows than classes
+        logger.info("Some class is too small to split stratified; splitting plainly")
+        train, valid = train_test_split(idx, test_size=fraction, random_state=seed)
+    return np.sort(train), np.sort(valid)
+
+
+def _fingerprint(cols: _Columns, label_names: list[str], train: Split, valid: Split) -> str:
+    """sha256 of the columns, the label names and every text, pair and label of both splits."""
+    h = hashlib.sha256()
+    h.update(json.dumps([cols.text, cols.pair, cols.label, label_names]).encode())
+    for split in (train, valid):
+        h.update(json.dumps(split.texts).encode())
+        h.update(json.dumps(split.pairs).encode())
+        h.update(np.ascontiguousarray(split.labels, dtype="<i8").tobytes())
+    return h.hexdigest()

@@ -53,3 +53,55 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
     from pretune.training.run import predict as run_predict
 
     return run_predict(model, input, output=output, **options)
+
+
+def tune(
+    config: RunConfig | Mapping[str, Any] | None = None,
+    *,
+    out: str | Path = "runs/tune",
+    budget: str | None = None,
+    space: str | Path | Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    evals_per_epoch: int | None = None,
+    on_trial: Callable[[Any], None] | None = None,
+    **settings: Any,
+):
+    """Search hyperparameters within a budget; returns a ``TuneResult``.
+
+    >>> result = pretune.tune(train="train.csv", valid="valid.csv", budget="10m", out="runs/sst2")
+    >>> result.best_params, result.best_metrics["accuracy"], result.best_model
+
+    ``budget`` is a time ("10m", "2h"), a trial count ("30trials") or both ("10m,30trials").
+    ``space`` is a space file (YAML) or its content as a mapping: it narrows or extends the
+    default space (see ``pretune.search.space``). ``fixed`` pins settings by name, and so does
+    any setting passed by name that the space would search (``lr=3e-5``); other settings
+    (``metric="f1_macro"``, ``seed=1``, ``train=...``) apply to every trial. Running it again
+    with the same ``out`` continues the search; ``on_trial`` gets a ``TrialReport`` after each
+    trial.
+    """
+    from pretune.config import TuneConfig
+    from pretune.search.space import FULL
+    from pretune.search.study import run_tune
+
+    space_spec: Mapping[str, Any] | None = None
+    space_file: str | None = None
+    source = "the search space"
+    if isinstance(space, Mapping):
+        space_spec = space
+    elif space is not None:
+        from pretune.search.space import read_space_file
+
+        space_file = str(space)
+        space_spec = read_space_file(space_file)
+        source = Path(space_file).name
+    options = dict(budget=budget, sampler=sampler, pruner=pruner, storage=storage,
+                   study_name=study, evals_per_epoch=evals_per_epoch, space=space_file)
+    tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
+    searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
+    base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
+    return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
+                    on_trial=on_trial, space_source=source)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pretune.errors import ConfigError, PretuneError
 
@@ -33,8 +34,14 @@ def quiet_libraries(verbose: bool = False) -> None:
         transformers.logging.disable_progress_bar()
     except Exception:  # pragma: no cover - transformers is a core dependency
         pass
-    for name in ("optuna", "datasets", "huggingface_hub", "urllib3", "filelock"):
+    for name in ("datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # Optuna resets its logger's level when imported, so set it through Optuna.
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:  # pragma: no cover - optuna is a core dependency
+        pass
 
 
 def run_command(fn: Callable[[], Any]) -> Any:
@@ -44,7 +51,7 @@ def run_command(fn: Callable[[], Any]) -> Any:
     except PretuneError as err:
         if os.environ.get("PRETUNE_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=err.exit_code) from None
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to continue", highlight=False)

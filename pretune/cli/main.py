@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pretune import __version__
-from pretune.cli import predict, train
+from pretune.cli import predict, train, tune
 from pretune.cli.common import quiet_libraries
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ def _root(
 
 app.command("train")(train.command)
 app.command("predict")(predict.command)
+app.command("tune")(tune.command)
 
 
 def main() -> None:

@@ -1,0 +1,157 @@
+"""`pretune tune`: search hyperparameters within a budget and keep the best model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from pretune.cli.common import console, read_yaml, run_command
+
+EXAMPLE = """
+Example:
+
+  pretune tune --model sentence-transformers/all-MiniLM-L6-v2 \\
+      --train data/train.csv --valid data/validation.csv --budget 10m --out runs/sst2
+
+  pretune tune --train data/train.csv --budget 30trials --out runs/sst2 \\
+      --space space.yaml --fixed epochs=3 --metric f1_macro
+
+Running the same command again continues the search in --out (a larger budget extends it).
+A space file narrows or extends the default space, e.g.:
+
+  lr: {low: 1e-5, high: 1e-4, log: true}
+  batch_size: {choices: [16, 32]}
+  dropout: null        # do not search dropout
+  schedule: linear     # pin schedule
+"""
+
+
+def command(
+    train: Optional[str] = typer.Option(None, "--train", help="Training data: CSV, TSV, JSONL, Parquet, or a Hugging Face dataset."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation data; without it, a stratified split of --train."),
+    out: Path = typer.Option(Path("runs/tune"), "--out", help="Run directory: study, trials.csv and best/ go here."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Time (10m, 2h), trials (30trials) or both (10m,30trials). Default 10m."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hugging Face model id or local directory."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of base settings (a pretune.yaml works)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric to optimize (accuracy, f1_macro, loss, ...); its direction follows."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the search; each trial derives its own."),
+    space: Optional[Path] = typer.Option(None, "--space", help="YAML file that narrows or extends the search space."),
+    fixed: Optional[list[str]] = typer.Option(None, "--fixed", help="Pin a setting, NAME=VALUE; repeatable."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default) or random."),
+    pruner: Optional[str] = typer.Option(None, "--pruner", help="asha (default), median or none."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column"),
+    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
+    label_column: Optional[str] = typer.Option(None, "--label-column"),
+    train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, bf16 or fp32."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
+) -> None:
+    """Search hyperparameters within a budget; the best model is kept in OUT/best."""
+
+    def body():
+        from pretune.api import tune as api_tune
+
+        _quiet_optuna()
+        base = read_yaml(config) if config else None
+        flags: dict[str, Any] = dict(
+            train=train, valid=valid, model=model, text_column=text_column,
+            text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
+            max_length=max_length, metric=metric, precision=precision, seed=seed,
+        )
+        if allow_pickle:
+            flags["allow_pickle"] = True
+        if trust_remote_code:
+            flags["trust_remote_code"] = True
+        settings = {k: v for k, v in flags.items() if v is not None}
+        pins = _parse_fixed(fixed)
+        def on_trial(report) -> None:
+            console.print(format_trial(report), highlight=False, soft_wrap=True)
+
+        console.print(f"searching in {escape(str(out))} (budget {budget or '10m'}); one line per trial",
+                      highlight=False, soft_wrap=True)
+        result = api_tune(
+            base, out=out, budget=budget, space=space, fixed=pins, sampler=sampler,
+            pruner=pruner, storage=storage, study=study, on_trial=on_trial, **settings,
+        )
+        print_summary(result)
+
+    run_command(body)
+
+
+command.__doc__ = (command.__doc__ or "") + EXAMPLE
+
+
+def _quiet_optuna() -> None:
+    """Optuna resets its log level when first imported; quiet it again unless --verbose."""
+    import logging
+
+    import pretune.search  # noqa: F401  (imports Optuna)
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("optuna").setLevel(logging.ERROR)
+
+
+def _parse_fixed(pairs: list[str] | None) -> dict[str, str]:
+    from pretune.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--fixed must be written key=value, but got {pair!r}. Write it like --fixed epochs=3."
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_trial(report) -> str:
+    """One line for a finished trial: number, state, value, parameters, seconds, best mark."""
+    value = f"{report.metric} {report.value:.4f}" if report.value is not None else ""
+    params = escape(" ".join(f"{k}={_short(v)}" for k, v in report.params.items()))
+    seconds = f"{report.seconds:.0f}s" if report.seconds is not None else ""
+    state = report.state.lower()
+    if report.state == "COMPLETE" and report.stop_reason == "deadline":
+        state = "complete (deadline)"
+    extra = f" ({escape(report.fail_reason)})" if report.fail_reason else ""
+    best = "  [bold green]* best[/]" if report.is_best else ""
+    color = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(report.state, "white")
+    return (f"trial {report.number:>3}  [{color}]{state:<8}[/] {value:<18} {params}  "
+            f"{seconds}{extra}{best}")
+
+
+def print_summary(result) -> None:
+    counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
+    tally = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
+    console.print(f"{len(result.trials)} trials in {escape(str(result.path))} ({tally or 'none'}); "
+                  f"{result.trials_run} run now", highlight=False, soft_wrap=True)
+    if result.best_trial is None:
+        from pretune.errors import PretuneError
+
+        reasons = result.trials["fail_reason"].dropna() if len(result.trials) else []
+        why = f" The last failure: {reasons.iloc[-1]}" if len(reasons) else ""
+        raise PretuneError(
+            f"A search keeps a best model once a trial completes, but none has in "
+            f"{result.path}.{why} Fix the cause, or give a larger --budget, and run again."
+        )
+    params = escape(", ".join(f"{k}={_short(v)}" for k, v in result.best_params.items()))
+    console.print(
+        f"[bold green]best[/]: trial {result.best_trial}, {result.metric} "
+        f"{result.best_value:.4f} ({params}); model saved to {escape(str(result.best_path))}",
+        highlight=False, soft_wrap=True,
+    )
+    print(f"best_trial={result.best_trial}")
+    print(f"best_{result.metric}={result.best_value:.4f}")

@@ -1,0 +1,243 @@
+"""The run directory of a search: its lock, its record of settings, and its trials table.
+
+::
+
+    runs/NAME/
+      pretune.yaml   what the search was started with (see ``run_record``); a later start must
+                     match it, except for the budget
+      study.db       Optuna storage (SQLite) unless --storage names another
+      trials.csv     one row per trial (see ``trials_frame``), rewritten after every trial
+      best/          the best model so far (``pretune.models.io.save_model``)
+
+Files are replaced atomically (written beside, then ``os.replace``), so a killed process leaves
+either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import yaml
+
+from pretune.config import METRICS, GROUPS
+from pretune.errors import ConfigError
+
+META_FILE = "pretune.yaml"
+STUDY_FILE = "study.db"
+TRIALS_FILE = "trials.csv"
+BEST_DIR = "best"
+LOCK_FILE = ".pretune.lock"
+
+# Keys of the record that may change between starts of the same search.
+MAY_CHANGE = {"tune.budget", "tune.space"}  # the space file's path: its content is `space`
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a search runs in it.
+
+    The operating system releases it when the process ends, however it ends, so a killed run
+    never leaves a stale lock behind.
+    """
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        except OSError:
+            self.handle.close()
+            self.handle = None
+            raise ConfigError(
+                f"Only one search may run in a run directory at a time, but another process is "
+                f"searching in {self.path.parent}. Wait for it to finish, or pass another --out "
+                f"(to add machines to one search, share a --storage database instead)."
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file releases the lock
+            self.handle = None
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove what a killed run can leave behind: half-written best models and temp files."""
+    removed = []
+    for pattern in (f"{BEST_DIR}.tmp-*", f"{BEST_DIR}.old-*", f".{TRIALS_FILE}.tmp-*",
+                    f".{META_FILE}.tmp-*"):
+        for path in Path(out).glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- pretune.yaml: what the search was started with ------------------------------------------
+
+
+def check_record(out: Path, record: Mapping[str, Any], *, only_given: bool = False) -> bool:
+    """Compare ``record`` with ``out/pretune.yaml``; True when there is one and it matches.
+
+    A differing setting raises ConfigError naming it, with both values. False when the file
+    does not exist yet (a new search). With ``only_given``, keys that ``record`` lacks are not
+    compared (a check before everything is known).
+    """
+    path = Path(out) / META_FILE
+    if not path.is_file():
+        return False
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"{path} must be the YAML file a search wrote, but it cannot be read. Restore it, or "
+            f"pass a new --out to start another search."
+        ) from None
+    new = _plain(record)
+    old_flat, new_flat = _flatten(saved), _flatten(new)
+    extra = [] if only_given else [k for k in old_flat if k not in new_flat]
+    for key in list(new_flat) + extra:
+        if key in MAY_CHANGE or _same(old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)):
+            continue
+        name = _label(key)
+        old_v, new_v = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
+        raise ConfigError(
+            f"A search continues only with the settings it started with, but {out} was started "
+            f"with {name} {_show(old_v)} and this run has {name} {_show(new_v)}. Run with "
+            f"{name} {_show(old_v)} to continue it, or pass a new --out to start another search."
+        )
+    return True
+
+
+def write_record(out: Path, record: Mapping[str, Any]) -> None:
+    text = yaml.safe_dump(_plain(record), sort_keys=False, allow_unicode=True)
+    write_atomic(Path(out) / META_FILE, text)
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+_ABSENT = _Absent()
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, Mapping):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            # Settings and the space are compared leaf by leaf; a dimension's spec as a whole.
+            if isinstance(v, Mapping) and not prefix.startswith("space."):
+                out.update(_flatten(v, key + "."))
+            else:
+                out[key] = v
+    return out
+
+
+def _label(key: str) -> str:
+    parts = key.split(".")
+    if parts[0] == "settings" and len(parts) == 3 and parts[1] in GROUPS:
+        return parts[2]  # a setting by its bare name
+    if parts[0] == "tune" and len(parts) == 2:
+        return {"study_name": "study", "evals_per_epoch": "evals_per_epoch"}.get(parts[1], parts[1])
+    if parts[0] == "space" and len(parts) == 2:
+        return f"the search space's {parts[1]}"
+    if parts[0] == "fixed" and len(parts) == 2:
+        return f"pinned {parts[1]}"
+    if key == "data_fingerprint":
+        return "the data (its content fingerprint)"
+    return key
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(not set)"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]  # a fingerprint
+    return repr(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _plain(value: Any) -> Any:
+    """Plain YAML values: tuples to lists, numpy scalars to numbers, paths to strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+# --- trials.csv ----------------------------------------------------------------------------------
+
+# Per-trial records (Optuna user attributes) that become columns, in this order.
+ATTR_COLUMNS = ("seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason", "fail_reason",
+                "retry_of")
+
+
+def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per trial: number, state, value, ``params_<name>``, the attributes of
+    ``ATTR_COLUMNS``, ``valid_<metric>`` for every metric of its best checkpoint, ``best_epoch``,
+    and start and end times."""
+    trials = list(trials)
+    order = {name: i for i, name in enumerate(space_order)}
+    names = sorted({p for t in trials for p in t.params}, key=lambda n: (order.get(n, len(order)), n))
+    rows = []
+    for t in trials:
+        metrics = t.user_attrs.get("metrics") or {}
+        row: dict[str, Any] = {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value if t.values is not None and len(t.values) == 1 else None,
+        }
+        row.update({f"params_{n}": t.params.get(n) for n in names})
+        row.update({a: t.user_attrs.get(a) for a in ATTR_COLUMNS})
+        row.update({f"valid_{m}": metrics.get(m) for m in METRICS})
+        row["best_epoch"] = metrics.get("epoch")
+        row["datetime_start"] = t.datetime_start
+        row["datetime_complete"] = t.datetime_complete
+        rows.append(row)
+    columns = (["number", "state", "value"] + [f"params_{n}" for n in names] + list(ATTR_COLUMNS)
+               + [f"valid_{m}" for m in METRICS] + ["best_epoch", "datetime_start", "datetime_complete"])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_trials(out: Path, frame: pd.DataFrame) -> None:
+    path = Path(out) / TRIALS_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)

@@ -1,0 +1,554 @@
+"""The search space, as data: which settings a search varies, over which values, and when.
+
+A space is an ordered tuple of ``Dimension``s. Each names a ``RunConfig`` setting (its bare
+name), a kind (``float``, ``int`` or ``categorical``), its range (``low``/``high``, with ``log``
+or ``step``) or its ``choices``, and optionally a condition ``when={"optimizer": ["momentum",
+"nesterov"]}``: the dimension exists only in trials where every named setting has one of the
+listed values. Conditions are evaluated in declaration order, against the values already
+sampled in the trial, else the pinned (fixed) values, else the base configuration. Every space
+is kept in the order of ``FULL_SPACE``, which declares each parent before its children.
+
+``FULL_SPACE`` covers every searchable setting, with wide ranges that ``validate`` accepts.
+``DEFAULT_SPACE`` is the part practitioners search when fine-tuning a transformer; the source
+of each range is given beside it. ``suggest(trial, space)`` samples a space with Optuna.
+
+The space file (``pretune tune --space FILE``)
+----------------------------------------------
+
+A YAML mapping from setting names to specs::
+
+    extend: true            # default: change the default space; false: only what is listed
+    lr: {low: 1e-5, high: 1e-4, log: true}     # a float range (log scale)
+    warmup_ratio: {high: 0.1}                  # change one bound of a default dimension
+    epochs: {int: true, low: 2, high: 4}       # an integer range (step: 2 for every other)
+    batch_size: {choices: [16, 32]}            # a categorical
+    momentum: {low: 0.8, high: 0.99}           # add a dimension from the full space
+    schedule: linear                           # a plain value pins the setting
+    dropout: null                              # null or false removes the dimension
+
+A spec has ``low`` and ``high`` (with optional ``log: true`` or ``step``, and ``int: true`` for
+whole numbers; settings that only take whole numbers are integer ranges anyway), or
+``choices``, and may set ``when: {setting: [values]}``. A dimension that is also in the full
+space keeps that space's condition unless the spec gives ``when``; one that is in the default
+space takes the bounds the spec leaves out from there. Pinned values (plain scalars here, and
+``--fixed``) are taken out of the space. A dimension whose condition can never hold (momentum
+while the optimizer is fixed to adamw) is dropped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pretune.config import (
+    CLASS_WEIGHTS,
+    HEAD_ACTIVATIONS,
+    HEAD_INITS,
+    HEAD_NORMS,
+    OPTIMIZERS,
+    PENALTIES,
+    SCHEDULES,
+    TRANSFERS,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    locate,
+    setting_names,
+    validate,
+)
+from pretune.errors import ConfigError, PretuneError
+
+KINDS = ("float", "int", "categorical")
+SPEC_KEYS = ("low", "high", "log", "step", "int", "choices", "when")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: its name, kind, range or choices, and the condition for it."""
+
+    name: str
+    kind: str  # float | int | categorical
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple = ()
+    when: tuple[tuple[str, tuple], ...] = field(default=())  # ((setting, (values...)), ...)
+
+    def applies(self, values: Mapping[str, Any]) -> bool:
+        """Whether the condition holds for the settings in ``values``."""
+        return all(values.get(name) in allowed for name, allowed in self.when)
+
+    def suggest(self, trial) -> Any:
+        """Sample this dimension in an Optuna trial."""
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high),
+                                     step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high),
+                                   step=self.step, log=self.log)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The dimension as a space-file spec (what ``pretune.yaml`` records)."""
+        if self.kind == "categorical":
+            spec: dict[str, Any] = {"choices": list(self.choices)}
+        else:
+            spec = {"low": self.low, "high": self.high}
+            if self.kind == "int":
+                spec["int"] = True
+            if self.log:
+                spec["log"] = True
+            if self.step is not None:
+                spec["step"] = self.step
+        if self.when:
+            spec["when"] = {name: list(values) for name, values in self.when}
+        return spec
+
+
+def Float(name: str, low: float, high: float, *, log: bool = False, step: float | None = None,
+          when: Mapping[str, Iterable] | None = None) -> Dimension:
+    return Dimension(name, "float", float(low), float(high), log, step, (), _when(when))
+
+
+def Int(name: str, low: int, high: int, *, log: bool = False, step: int | None = None,
+        when: Mapping[str, Iterable] | None = None) -> Dimension:
+    return Dimension(name, "int", int(low), int(high), log, step, (), _when(when))
+
+
+def Choice(name: str, choices: Iterable, *, when: Mapping[str, Iterable] | None = None) -> Dimension:
+    return Dimension(name, "categorical", choices=tuple(choices), when=_when(when))
+
+
+def _when(when: Mapping[str, Iterable] | None) -> tuple[tuple[str, tuple], ...]:
+    return tuple((str(k), tuple(v)) for k, v in (when or {}).items())
+
+
+# --- the full space: every searchable setting ------------------------------------------------
+# Wide ranges that `validate` accepts; parents come before the dimensions that depend on them.
+
+MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
+ADAM_OPTIMIZERS = ("adam", "adamw")
+WEIGHTED_PENALTIES = ("l1", "l2", "elasticnet")
+HEAD_LAYERS = (1, 2, 3)  # head_layers values that build a hidden head layer
+
+FULL_SPACE: tuple[Dimension, ...] = (
+    Choice("optimizer", OPTIMIZERS),
+    Float("lr", 1e-6, 1e-1, log=True),
+    Float("momentum", 0.5, 0.99, when={"optimizer": MOMENTUM_OPTIMIZERS}),
+    Float("beta1", 0.8, 0.95, when={"optimizer": ADAM_OPTIMIZERS}),
+    Float("beta2", 0.95, 0.9999, when={"optimizer": ADAM_OPTIMIZERS}),
+    Float("weight_decay", 0.0, 0.3),
+    Choice("penalty", PENALTIES),
+    Float("penalty_alpha", 1e-7, 1e-2, log=True, when={"penalty": WEIGHTED_PENALTIES}),
+    Float("l1_ratio", 0.0, 1.0, when={"penalty": ("elasticnet",)}),
+    Choice("batch_size", (8, 16, 32, 64, 128)),
+    Int("epochs", 1, 10),
+    Choice("schedule", SCHEDULES),
+    Float("warmup_ratio", 0.0, 0.3),
+    Float("min_lr_ratio", 0.0, 0.2),
+    Float("poly_power", 0.5, 3.0, when={"schedule": ("polynomial",)}),
+    Float("decay_gamma", 0.01, 0.9, log=True, when={"schedule": ("exponential", "step")}),
+    Int("decay_drops", 1, 4, when={"schedule": ("step",)}),
+    Float("max_grad_norm", 0.1, 10.0, log=True),
+    Float("label_smoothing", 0.0, 0.2),
+    Choice("class_weights", CLASS_WEIGHTS),
+    Float("dropout", 0.0, 0.3),
+    Choice("transfer", TRANSFERS),
+    Int("freeze_layers", 1, 12, when={"transfer": ("freeze_bottom",)}),
+    Int("reinit_layers", 0, 4),
+    Int("head_layers", 0, 2),
+    Choice("head_width", (128, 256, 512, 768, 1024), when={"head_layers": HEAD_LAYERS}),
+    Choice("head_activation", HEAD_ACTIVATIONS, when={"head_layers": HEAD_LAYERS}),
+    Float("head_dropout", 0.0, 0.5),
+    Choice("head_norm", HEAD_NORMS, when={"head_layers": HEAD_LAYERS}),
+    Choice("head_init", HEAD_INITS),
+    Choice("lora_r", (4, 8, 16, 32, 64), when={"transfer": ("lora",)}),
+    Float("lora_alpha", 4.0, 64.0, log=True, when={"transfer": ("lora",)}),
+    Float("lora_dropout", 0.0, 0.2, when={"transfer": ("lora",)}),
+    Choice("max_length", (64, 128, 256, 512)),
+)
+
+FULL: dict[str, Dimension] = {d.name: d for d in FULL_SPACE}
+ORDER: dict[str, int] = {d.name: i for i, d in enumerate(FULL_SPACE)}
+
+# --- the default space: what practitioners search when fine-tuning a transformer -------------
+# Sources:
+#   [BERT]    Devlin et al. 2019, BERT, appendix A.3: lr {2e-5, 3e-5, 5e-5}, batch {16, 32},
+#             epochs {2, 3, 4}, Adam with weight decay 0.01, linear decay, dropout 0.1.
+#   [RoBERTa] Liu et al. 2019, RoBERTa, appendix (GLUE fine-tuning): warmup 6% of the steps,
+#             weight decay 0.1, lr {1e-5, 2e-5, 3e-5}, batch {16, 32}, up to 10 epochs.
+#   [Mosbach] Mosbach, Andriushchenko, Klakow 2021, "On the Stability of Fine-tuning BERT":
+#             train longer (more epochs) with warmup and bias-corrected Adam(W) for stable runs.
+#   [MiniLM]  Small distilled models (MiniLM, Wang et al. 2020; sentence-transformers
+#             checkpoints) are commonly fine-tuned at higher rates, about 1e-4.
+#   [Freeze]  Lee, Tang, Lin 2019, "What Would Elsa Do? Freezing Layers During Transformer
+#             Fine-Tuning": freezing the bottom layers keeps most of the quality.
+#   [LS]      Szegedy et al. 2016 (label smoothing 0.1); Müller et al. 2019, "When does label
+#             smoothing help?".
+#   [LoRA]    Hu et al. 2021, LoRA: rank 4 to 16 (8 is common), alpha about 2 x rank,
+#             dropout 0.05 to 0.1.
+
+DEFAULT_SPACE: tuple[Dimension, ...] = (
+    Choice("optimizer", ("adamw",)),  # [BERT], [RoBERTa], [Mosbach]: AdamW
+    Float("lr", 1e-5, 2e-4, log=True),  # [BERT] 2e-5..5e-5, [RoBERTa] 1e-5, [MiniLM] ~1e-4
+    Float("weight_decay", 0.0, 0.1),  # [BERT] 0.01, [RoBERTa] 0.1
+    Choice("batch_size", (16, 32, 64)),  # [BERT], [RoBERTa] {16, 32}; 64 for small models
+    Int("epochs", 2, 5),  # [BERT] {2, 3, 4}; [Mosbach] longer training is more stable
+    Choice("schedule", ("linear", "cosine")),  # [BERT], [RoBERTa] linear decay; cosine common
+    Float("warmup_ratio", 0.0, 0.2),  # [RoBERTa] 6%; [Mosbach] warmup stabilizes
+    Float("label_smoothing", 0.0, 0.1),  # [LS] 0.1
+    Float("dropout", 0.0, 0.2),  # [BERT] 0.1
+    # To search LoRA as well, add "lora" to these choices: lora_* below then take part.
+    Choice("transfer", ("full", "freeze_bottom")),  # [Freeze]
+    Int("freeze_layers", 1, 4, when={"transfer": ("freeze_bottom",)}),  # [Freeze]; MiniLM-L6: 6
+    Choice("lora_r", (4, 8, 16), when={"transfer": ("lora",)}),  # [LoRA]
+    Float("lora_alpha", 8.0, 32.0, log=True, when={"transfer": ("lora",)}),  # [LoRA]
+    Float("lora_dropout", 0.0, 0.1, when={"transfer": ("lora",)}),  # [LoRA]
+)
+
+DEFAULT: dict[str, Dimension] = {d.name: d for d in DEFAULT_SPACE}
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+def suggest(trial, space: Iterable[Dimension], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Sample ``space`` in an Optuna ``trial``; return the sampled values by name.
+
+    ``context`` holds the values of settings that are not sampled (pinned values and the base
+    configuration); conditions see them and the values sampled so far, in declaration order.
+    """
+    values = dict(context or {})
+    params: dict[str, Any] = {}
+    for dim in space:
+        if dim.applies(values):
+            params[dim.name] = values[dim.name] = dim.suggest(trial)
+    return params
+
+
+# --- building a space: the default, a space file, pinned values ------------------------------
+
+
+def resolve_space(
+    spec: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    base: RunConfig | None = None,
+    *,
+    source: str = "the search space",
+) -> tuple[tuple[Dimension, ...], dict[str, Any]]:
+    """The space to search and the pinned values, from a space file's content and ``--fixed``.
+
+    ``spec`` is the parsed space file (see the module docstring); ``fixed`` maps setting names to
+    values (strings from the command line are converted to the setting's type). Returns the
+    dimensions (in ``FULL_SPACE`` order) and every pinned value by bare name: the space file's
+    plain values, overridden by ``fixed``. Raises ConfigError for unknown names and bad specs.
+    """
+    base = base or RunConfig()
+    spec = dict(spec or {})
+    extend = spec.pop("extend", True)
+    if not isinstance(extend, bool):
+        raise ConfigError(
+            f"extend in {source} must be true or false, but got {extend!r}. Write 'extend: true' "
+            f"to change the default space or 'extend: false' to search only the listed settings."
+        )
+    dims: dict[str, Dimension] = dict(DEFAULT) if extend else {}
+    pinned: dict[str, Any] = {}
+    for raw_name, value in spec.items():
+        if value is None or value is False:
+            dims.pop(_searchable_name(raw_name, source), None)
+        elif isinstance(value, Mapping):
+            name = _searchable_name(raw_name, source)
+            dims[name] = parse_dimension(name, value, dims.get(name), source=source)
+        elif isinstance(value, (list, tuple)):
+            name = _searchable_name(raw_name, source)
+            raise ConfigError(
+                f"The spec of {name} in {source} must be a mapping or a plain value, but got the "
+                f"list {list(value)!r}. Write it as '{name}: {{choices: {list(value)!r}}}'."
+            )
+        else:  # a plain value pins any setting, searchable or not
+            pinned[_setting_name(raw_name, source)] = value
+    for raw_name, value in (fixed or {}).items():
+        pinned[_setting_name(raw_name, "--fixed")] = value
+    pinned = _typed(pinned, base, source)
+    for name in pinned:
+        dims.pop(name, None)
+    ordered = sorted(dims.values(), key=lambda d: ORDER.get(d.name, len(ORDER)))
+    return _drop_impossible(ordered, {**base.flat(), **pinned}), pinned
+
+
+def parse_dimension(name: str, spec: Mapping[str, Any], current: Dimension | None = None,
+                    *, source: str = "the search space") -> Dimension:
+    """A Dimension from a space-file spec; bounds the spec leaves out come from ``current``."""
+    where = f"The spec of {name} in {source}"
+    unknown = [k for k in spec if k not in SPEC_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{where} may only have the keys {', '.join(SPEC_KEYS)}, but has {', '.join(map(str, unknown))}. "
+            f"Write e.g. '{name}: {{low: 1, high: 4}}' or '{name}: {{choices: [a, b]}}'."
+        )
+    registered = FULL.get(name)
+    when = _parse_when(name, spec["when"], where) if "when" in spec else (
+        registered.when if registered else ())
+    if "choices" in spec:
+        if any(k in spec for k in ("low", "high", "log", "step", "int")):
+            raise ConfigError(
+                f"{where} must give either choices or a range (low, high), but gives both. "
+                f"Keep one of them."
+            )
+        choices = spec["choices"]
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise ConfigError(
+                f"choices of {name} in {source} must be a non-empty list, but got {choices!r}. "
+                f"Write '{name}: {{choices: [a, b]}}'."
+            )
+        bad = [c for c in choices if not isinstance(c, (str, int, float, bool)) and c is not None]
+        if bad:
+            raise ConfigError(
+                f"choices of {name} in {source} must be plain values, but got {bad[0]!r}. "
+                f"Use numbers or names."
+            )
+        dim = Dimension(name, "categorical", choices=tuple(_typed_value(name, c, where) for c in choices),
+                        when=when)
+        for c in dim.choices:
+            _check_value(name, c, where)
+        return dim
+
+    numeric = current if current is not None and current.kind != "categorical" else None
+    if numeric is None and not ("low" in spec and "high" in spec):
+        missing = " and ".join(k for k in ("low", "high") if k not in spec)
+        example = (f"{{low: {registered.low}, high: {registered.high}}}"
+                   if registered is not None and registered.kind != "categorical"
+                   else "{low: 1, high: 4}")
+        raise ConfigError(
+            f"{where} must give low and high (or choices), but {missing} is missing. "
+            f"Write e.g. '{name}: {example}'."
+        )
+    low = _number(name, "low", spec["low"], source) if "low" in spec else numeric.low
+    high = _number(name, "high", spec["high"], source) if "high" in spec else numeric.high
+    log = spec.get("log", numeric.log if numeric and "step" not in spec else False)
+    step = _number(name, "step", spec["step"], source) if spec.get("step") is not None else (
+        numeric.step if numeric and "log" not in spec else None)
+    if not isinstance(log, bool):
+        raise ConfigError(f"log of {name} in {source} must be true or false, but got {log!r}. "
+                          f"Write 'log: true' or leave it out.")
+    want_int = spec.get("int")
+    if want_int is not None and not isinstance(want_int, bool):
+        raise ConfigError(f"int of {name} in {source} must be true or false, but got {want_int!r}. "
+                          f"Write 'int: true' or leave it out.")
+    whole_only = _whole_only(name)
+    if want_int is False and whole_only:
+        raise ConfigError(
+            f"{name} takes whole numbers only, but {source} sets 'int: false'. Remove 'int: false'."
+        )
+    if want_int is None:  # whole-number settings, and integer dimensions being narrowed
+        want_int = whole_only or (numeric is not None and numeric.kind == "int")
+    kind = "int" if want_int else "float"
+    if kind == "int":
+        for label, v in (("low", low), ("high", high), ("step", step)):
+            if v is not None and float(v) != int(v):
+                raise ConfigError(
+                    f"{label} of {name} in {source} must be a whole number for an integer range, "
+                    f"but got {v!r}. Give a whole number."
+                )
+        low, high = int(low), int(high)
+        step = int(step) if step is not None else None
+    if not low < high:
+        raise ConfigError(
+            f"{where} must have low below high, but got low {low!r} and high {high!r}. Swap them, "
+            f"or pin the setting with a plain value ('{name}: {low}')."
+        )
+    if log and low <= 0:
+        raise ConfigError(
+            f"A log-scale range must have low above 0, but {name} in {source} has low {low!r}. "
+            f"Raise low or remove 'log: true'."
+        )
+    if log and step is not None:
+        raise ConfigError(
+            f"{where} can have log or step, but not both. Remove one of them."
+        )
+    if step is not None and step <= 0:
+        raise ConfigError(f"step of {name} in {source} must be above 0, but got {step!r}. "
+                          f"Give a positive step.")
+    _check_value(name, low, where)
+    _check_value(name, high, where)
+    return Dimension(name, kind, low, high, log, step, (), when)
+
+
+def read_space_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a space file, with clear errors for a missing or malformed file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--space must name an existing YAML file, but {str(p)!r} does not "
+                          f"exist. Check the path.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"--space must be valid YAML, but {p.name} has a syntax error{where}. "
+                          f"Fix the file.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--space must hold a mapping of settings to specs, but {p.name} holds "
+                          f"a {type(data).__name__}. Write 'name: spec' lines, e.g. "
+                          f"'lr: {{low: 1e-5, high: 1e-4, log: true}}'.")
+    return data
+
+
+def space_to_dict(space: Iterable[Dimension]) -> dict[str, dict[str, Any]]:
+    """A space as the mapping of specs that a space file holds (with ``extend: false``)."""
+    return {d.name: d.to_spec() for d in space}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _searchable_name(raw: Any, source: str) -> str:
+    key = str(raw).strip().replace("-", "_")
+    if "." in key:
+        key = key.split(".", 1)[1]
+    if key in FULL:
+        return key
+    if key in setting_names():
+        raise ConfigError(
+            f"{key} cannot be searched, but {source} lists it. Pin it with a plain value "
+            f"('{key}: value') or --fixed {key}=VALUE, or search one of: {', '.join(FULL)}."
+        )
+    return _setting_name(key, source)
+
+
+def _setting_name(raw: Any, source: str) -> str:
+    key = str(raw).strip().replace("-", "_")
+    try:
+        return locate(key)[1]
+    except ConfigError:
+        pass
+    close = difflib.get_close_matches(key.split(".")[-1], setting_names(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"{source} names {key!r}, which is not a setting.{hint} Use a setting name such as lr "
+        f"or batch_size (see 'pretune train --help')."
+    )
+
+
+def _parse_when(name: str, when: Any, where: str) -> tuple[tuple[str, tuple], ...]:
+    if when is None:
+        return ()
+    if not isinstance(when, Mapping) or not when:
+        raise ConfigError(
+            f"{where} must give 'when' as a mapping of settings to lists of values, but got "
+            f"{when!r}. Write e.g. 'when: {{optimizer: [momentum, nesterov]}}'."
+        )
+    out = []
+    for parent, values in when.items():
+        _, parent_name = locate(str(parent))
+        if parent_name == name:
+            raise ConfigError(f"{where} makes {name} depend on itself. Name another setting in 'when'.")
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        out.append((parent_name, tuple(_typed_value(parent_name, v, where) for v in values)))
+    return tuple(out)
+
+
+def _number(name: str, label: str, value: Any, source: str) -> float | int:
+    # YAML 1.1 reads 1e-5 (no dot) as a string; accept any text that is a number.
+    number: Any = value
+    if isinstance(number, bool):
+        number = None
+    elif isinstance(number, str):
+        try:
+            number = float(number)
+        except ValueError:
+            number = None
+    if not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise ConfigError(
+            f"{label} of {name} in {source} must be a number, but got {value!r}. "
+            f"Write e.g. '{label}: 1e-5'."
+        )
+    return number
+
+
+_TYPES = {f.name: str(f.type) for c in (DataConfig, ModelConfig, TrainConfig) for f in fields(c)}
+
+
+def _whole_only(name: str) -> bool:
+    """Whether the setting takes whole numbers only (``int`` in its type, ``float`` not)."""
+    kind = _TYPES[locate(name)[1]]
+    return kind.startswith("int") and "float" not in kind
+
+
+def _typed_value(name: str, value: Any, where: str) -> Any:
+    """``value`` converted to the setting's type (as ``--set`` would)."""
+    if isinstance(value, str):
+        try:
+            return RunConfig().with_settings({name: value}).flat()[name]
+        except PretuneError as err:
+            raise ConfigError(f"{where} is not valid: {err}") from None
+    if isinstance(value, float) and value.is_integer() and _whole_only(name):
+        return int(value)
+    return value
+
+
+def _check_value(name: str, value: Any, where: str) -> None:
+    try:
+        validate(RunConfig().with_settings({name: value}))
+    except PretuneError as err:
+        raise ConfigError(f"{where} is not valid: {err}") from None
+
+
+def _typed(pinned: Mapping[str, Any], base: RunConfig, source: str) -> dict[str, Any]:
+    """Pinned values converted to their settings' types and validated together with ``base``."""
+    if not pinned:
+        return {}
+    config = base.with_settings(dict(pinned))
+    flat = config.flat()
+    typed = {name: flat[name] for name in pinned}
+    validate(config)
+    return typed
+
+
+def _drop_impossible(dims: list[Dimension], context: Mapping[str, Any]) -> tuple[Dimension, ...]:
+    """Leave out dimensions whose condition no value of their parents can meet."""
+    possible: dict[str, set | None] = {}  # name -> values it can take (None: any number)
+    kept: list[Dimension] = []
+    for dim in dims:
+        ok = True
+        for parent, allowed in dim.when:
+            values = possible.get(parent, {_hashable(context.get(parent))})
+            if values is not None and not values & {_hashable(v) for v in allowed}:
+                ok = False
+                break
+            if values is None:  # a numeric range: check that some allowed value is inside it
+                p = next(d for d in kept if d.name == parent)
+                if not any(isinstance(v, (int, float)) and p.low <= v <= p.high for v in allowed):
+                    ok = False
+                    break
+        if not ok:
+            continue
+        kept.append(dim)
+        if dim.kind == "categorical":
+            values_of = {_hashable(c) for c in dim.choices}
+        else:
+            values_of = None
+        if dim.when:  # a conditional dimension can also keep the base value
+            values_of = None if values_of is None else values_of | {_hashable(context.get(dim.name))}
+        possible[dim.name] = values_of
+    return tuple(kept)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+__all__ = [
+    "Dimension", "Float", "Int", "Choice", "FULL_SPACE", "DEFAULT_SPACE", "suggest",
+    "resolve_space", "parse_dimension", "read_space_file", "space_to_dict",
+]

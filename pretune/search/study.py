@@ -1,0 +1,515 @@
+"""The study: a search over a space, run trial after trial until the budget is spent.
+
+``run_tune`` opens (or continues) an Optuna study in a run directory and runs trials in this
+process. Each trial samples the space (``space.suggest``), builds its ``RunConfig`` from the base
+settings, the pinned values and the sample, and calls ``training.run.fit`` on data loaded once
+for the whole search. Its ``on_eval`` callback reports the objective metric to Optuna after
+every evaluation and raises ``optuna.TrialPruned`` when the pruner says so.
+
+Choices made here, and why:
+
+* **Fidelity steps.** A trial reports at ``step = round(epoch * 100)``: percent of an epoch.
+  Optimizer steps are not comparable across batch sizes (an epoch at batch 16 is twice the steps
+  at 32); epochs are. Each trial evaluates ``TuneConfig.evals_per_epoch`` (2) times an epoch so
+  the pruner has points to act on.
+* **ASHA** (``SuccessiveHalvingPruner``, reduction factor 3) with ``min_resource=100``: the first
+  rung is the end of the first epoch. A trial is never judged before it has seen every training
+  example once and before its warmup is over: the default space warms up for at most 20% of
+  2 to 5 epochs, i.e. at most one epoch. Scores after half an epoch, mid-warmup, say little
+  about the final model (and are noisy on small data sets). Later rungs are at 3 and 9 epochs.
+* **Median** (``MedianPruner``): 5 startup trials, no pruning before step 100 (one epoch), for
+  the same reasons.
+* **Trial budget** counts every finished trial in the storage (complete, pruned, failed), except
+  trials cut short by a killed or interrupted process: those are retried once, and the retry
+  counts. The **time budget** applies to each start of the search (Optuna's ``timeout``); a trial
+  running at the deadline is stopped, evaluated, and kept as complete with
+  ``stop_reason="deadline"``.
+* **Seeds.** The sampler is seeded from the run seed and the number of trials already in the
+  storage, so a continued search does not redraw the points of its first start. Each trial's
+  training seed is derived from the run seed and its number.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from pretune.config import (
+    Budget,
+    RunConfig,
+    TuneConfig,
+    metric_direction,
+    validate,
+    validate_tune,
+)
+from pretune.errors import ConfigError, PretuneError
+from pretune.search import rundir
+from pretune.search.space import Dimension, resolve_space, space_to_dict, suggest
+
+log = logging.getLogger(__name__)
+
+STEPS_PER_EPOCH = 100  # fidelity unit: percent of an epoch
+ASHA_MIN_RESOURCE = 100  # first rung at the end of epoch 1 (see the module docstring)
+ASHA_REDUCTION_FACTOR = 3
+MEDIAN_STARTUP_TRIALS = 5
+MEDIAN_WARMUP_STEPS = 100
+FAIL_STREAK = 5  # this many trials in a row failing with the same error stop the search
+
+INTERRUPTED = "interrupted"  # fail_reason of a trial its process did not finish
+DEADLINE = "deadline"  # stop_reason of a trial stopped by the time budget
+PRUNED = "pruned"
+
+
+# --- what a search returns --------------------------------------------------------------------
+
+
+@dataclass
+class TrialReport:
+    """One finished trial, as ``on_trial`` callbacks get it."""
+
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL
+    metric: str  # the metric ``value`` is of
+    value: float | None  # a pruned trial's: its last reported value
+    params: dict[str, Any]
+    seconds: float | None
+    stop_reason: str | None
+    fail_reason: str | None
+    is_best: bool  # the best complete trial so far (its model is in best/)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TuneResult:
+    """The outcome of a search. ``best_model`` loads lazily from ``path/best``."""
+
+    path: Path
+    metric: str
+    direction: str
+    best_trial: int | None  # number of the best complete trial; None when none completed
+    best_value: float | None
+    best_params: dict[str, Any]  # the searched values of the best trial
+    best_metrics: dict[str, float]  # validation metrics of its best checkpoint
+    best_settings: dict[str, Any]  # every setting of the best trial, by bare name
+    fixed: dict[str, Any]  # the pinned settings
+    trials: pd.DataFrame  # as trials.csv
+    trials_run: int = 0  # trials run by this call
+    _loaded: tuple | None = field(default=None, repr=False)
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / rundir.BEST_DIR
+
+    def load_best(self) -> tuple[Any, Any, dict]:
+        """``(model, tokenizer, meta)`` of the best model, loaded once."""
+        if self._loaded is None:
+            if self.best_trial is None or not (self.best_path / "config.json").is_file():
+                raise PretuneError(
+                    f"A best model exists once a trial completes, but no trial of the search in "
+                    f"{self.path} has completed. Run the search with a larger budget."
+                )
+            from pretune.models.io import load_model_dir
+
+            self._loaded = load_model_dir(self.best_path)
+        return self._loaded
+
+    @property
+    def best_model(self):
+        return self.load_best()[0]
+
+    @property
+    def best_tokenizer(self):
+        return self.load_best()[1]
+
+
+# --- samplers, pruners, seeds -----------------------------------------------------------------
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """``tpe``: multivariate TPE over groups of parameters that occur together (conditional
+    spaces), with the constant liar so parallel workers spread out; ``random``: uniform."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
+                                          constant_liar=True)
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=ASHA_MIN_RESOURCE, reduction_factor=ASHA_REDUCTION_FACTOR)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
+                                           n_warmup_steps=MEDIAN_WARMUP_STEPS)
+    return optuna.pruners.NopPruner()
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A seed in [0, 2**32) determined by ``seed`` and ``keys`` (a trial number, ...)."""
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0])
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts toward a trial budget: finished, and not cut short by its process."""
+    if trial.state == TrialState.FAIL:
+        return trial.user_attrs.get("fail_reason") != INTERRUPTED
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (current, not peak)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+# --- the search -------------------------------------------------------------------------------
+
+
+def run_tune(
+    base: RunConfig,
+    tune: TuneConfig,
+    out: str | Path,
+    *,
+    space: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    on_trial: Callable[[TrialReport], None] | None = None,
+    space_source: str = "the search space",
+) -> TuneResult:
+    """Search in run directory ``out``, starting or continuing its study.
+
+    ``base`` holds every setting that is not searched; ``space`` is a space file's content (see
+    ``pretune.search.space``), ``fixed`` pins settings by name. Stops when ``tune.budget`` is
+    spent. Data errors raise before any trial; a trial that fails is recorded and the search
+    goes on.
+    """
+    validate_tune(tune)
+    budget = Budget.parse(tune.budget)
+    out = Path(out).expanduser()
+    base = validate(base.with_settings({"evals_per_epoch": tune.evals_per_epoch}))
+    dims, pinned = resolve_space(space, fixed, base, source=space_source)
+    shared = validate(base.with_settings(pinned))  # what every trial shares
+    metric = shared.train.metric
+    direction = metric_direction(metric)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with rundir.RunLock(out):
+        rundir.clean_leftovers(out)
+        record = {
+            "settings": shared.to_dict(),
+            "tune": {k: v for k, v in vars(tune).items() if k != "budget"},
+            "metric": metric,
+            "direction": direction,
+            "space": space_to_dict(dims),
+            "fixed": dict(pinned),
+        }
+        # A mismatch raises before the data loads, and once more with the data's fingerprint.
+        started_before = rundir.check_record(out, record, only_given=True)
+
+        from pretune.data.task import load_task
+
+        task = load_task(shared.data, shared.train.seed)  # DataErrors propagate from here
+        record["data_fingerprint"] = task.fingerprint
+        default_storage = tune.storage is None
+        storage = tune.storage or f"sqlite:///{(out / rundir.STUDY_FILE).resolve()}"
+        study = _open_study(storage, tune.study_name, direction)
+        if started_before:
+            rundir.check_record(out, record)
+        else:  # written once the data and the storage are known to work
+            rundir.write_record(out, record)
+        if default_storage:
+            _recover_interrupted(study)
+        study.sampler = make_sampler(
+            tune.sampler, derive_seed(shared.train.seed, len(study.get_trials(deepcopy=False))))
+        study.pruner = make_pruner(tune.pruner)
+
+        search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
+                         metric=metric, direction=direction, out=out, budget=budget,
+                         on_trial=on_trial)
+        search.write_trials()
+        try:
+            search.run()
+        finally:
+            search.write_trials()
+        return search.result()
+
+
+def _open_study(storage: str, name: str, direction: str) -> optuna.Study:
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:  # pragma: no cover - optuna's RDB storage needs sqlalchemy
+        SQLAlchemyError = OSError  # type: ignore[assignment,misc]  # noqa: N806
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                    load_if_exists=True)
+    except ImportError as err:
+        raise ConfigError(
+            f"--storage needs the database driver for its URL, but it is not installed "
+            f"({' '.join(str(err).split())}). Install it, e.g. pip install 'pretune[postgres]' "
+            f"for PostgreSQL."
+        ) from None
+    except (ValueError, SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        detail = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+        raise ConfigError(
+            f"--storage must be an Optuna storage URL that can be opened, but {storage!r} "
+            f"failed ({detail}). Check the URL, e.g. sqlite:///runs/NAME/study.db or "
+            f"postgresql://user@host/db."
+        ) from None
+    if len(study.directions) != 1 or study.direction.name.lower() != direction:
+        raise ConfigError(
+            f"Study {name!r} in {storage} must {direction} the metric, but it was created to "
+            f"{study.directions[0].name.lower()}. Use another --study name or the metric it "
+            f"was created with."
+        )
+    return study
+
+
+def _recover_interrupted(study: optuna.Study) -> None:
+    """Mark trials left RUNNING by a killed process as failed ("interrupted") and queue each one's
+    parameters once more (a retry that is interrupted too is not queued again).
+
+    Only safe where no other process can be running trials: the run directory's own SQLite
+    storage, which the run lock guards. Shared storages need heartbeats instead.
+    """
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if "retry_of" not in t.user_attrs and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        log.info("trial %d was interrupted; it is queued to run again", t.number)
+
+
+class _TrialFailed(Exception):
+    """A trial that ended without a usable result (its reason is in the trial's fail_reason)."""
+
+
+class _Search:
+    """The objective and the after-trial bookkeeping of one start of a search."""
+
+    def __init__(self, *, study, task, base, dims, pinned, metric, direction, out, budget,
+                 on_trial):
+        self.study: optuna.Study = study
+        self.task = task
+        self.base: RunConfig = base
+        self.dims: tuple[Dimension, ...] = dims
+        self.pinned: dict[str, Any] = pinned
+        self.context = {**base.flat(), **pinned}
+        self.metric: str = metric
+        self.direction: str = direction
+        self.out: Path = out
+        self.budget: Budget = budget
+        self.on_trial = on_trial
+        self.deadline = None if budget.seconds is None else time.monotonic() + budget.seconds
+        self.pending: tuple[int, Any] | None = None  # (trial number, FitResult) to save as best
+        self.fails: list[str] = []  # fail reasons of the trials that failed in a row
+        self.stop_error: BaseException | None = None
+        self.trials_run = 0
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def remaining(self) -> int | None:
+        if self.budget.trials is None:
+            return None
+        done = sum(counted(t) for t in self.study.get_trials(deepcopy=False))
+        return max(0, self.budget.trials - done)
+
+    def run(self) -> None:
+        n = self.remaining()
+        if n == 0:
+            log.info("the study already has its %d trials; nothing to run", self.budget.trials)
+            return
+        self.study.optimize(self.objective, n_trials=n, timeout=self.budget.seconds,
+                            catch=(Exception,), callbacks=[self.after_trial])
+        if self.stop_error is not None:
+            raise self.stop_error
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    # -- one trial --------------------------------------------------------------------------
+
+    def objective(self, trial: optuna.Trial) -> float:
+        from pretune.training.run import fit
+
+        started = time.perf_counter()
+        peak = [rss_mb()]
+        last: dict[str, Any] = {}
+        reported: set[int] = set()
+        seed = derive_seed(self.base.train.seed, trial.number)
+        trial.set_user_attr("seed", seed)
+
+        def sample_memory(*_: Any) -> None:
+            peak[0] = max(peak[0], rss_mb())
+
+        def on_eval(step: int, metrics: dict) -> None:
+            sample_memory()
+            last.update(step=metrics.get("step"), epoch=metrics.get("epoch"))
+            fidelity = int(round(float(metrics["epoch"]) * STEPS_PER_EPOCH))
+            value = metrics.get(self.metric)
+            if value is None or not math.isfinite(value) or fidelity in reported:
+                return
+            reported.add(fidelity)
+            trial.report(float(value), fidelity)
+            if not self.past_deadline() and trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"{self.metric} {value:.4f} at {fidelity / STEPS_PER_EPOCH:g} epochs")
+
+        def record(stop_reason: str | None, fail_reason: str | None = None) -> None:
+            sample_memory()
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            trial.set_user_attr("peak_rss_mb", round(peak[0], 1))
+            trial.set_user_attr("steps", last.get("step"))
+            trial.set_user_attr("epochs", last.get("epoch"))
+            trial.set_user_attr("stop_reason", stop_reason)
+            if fail_reason is not None:
+                trial.set_user_attr("fail_reason", fail_reason)
+
+        try:
+            params = suggest(trial, self.dims, self.context)
+            config = self.base.with_settings({**params, **self.pinned, "seed": seed})
+            trial.set_user_attr("settings", rundir._plain(config.flat()))
+            validate(config)
+            result = fit(config, None, task=self.task, on_eval=on_eval,
+                         should_stop=self.past_deadline, on_step=sample_memory, keep_model=True)
+        except optuna.TrialPruned:
+            record(PRUNED)
+            raise
+        except KeyboardInterrupt:
+            record(INTERRUPTED, INTERRUPTED)
+            if "retry_of" not in trial.user_attrs:
+                self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise
+        except Exception as err:
+            record("failed", f"{type(err).__name__}: {' '.join(str(err).split())}")
+            raise
+
+        train = result.train_result
+        last.update(step=train.steps, epoch=train.epochs)
+        stop_reason = DEADLINE if train.stop_reason == "stopped" else train.stop_reason
+        value = result.metrics.get(self.metric) if not train.failed else None
+        if value is None or not math.isfinite(value):
+            why = (f"no evaluation finished ({train.stop_reason})" if train.failed
+                   else f"{self.metric} is not a number ({value})")
+            record(stop_reason, why)
+            raise _TrialFailed(why)
+        record(stop_reason)
+        trial.set_user_attr("metrics", rundir._plain(dict(result.metrics)))
+        trial.set_user_attr("settings", rundir._plain(result.config.flat()))  # max_length resolved
+        self.pending = (trial.number, result)
+        return float(value)
+
+    # -- after each trial ---------------------------------------------------------------------
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.trials_run += 1
+        is_best = False
+        try:
+            if trial.state == TrialState.COMPLETE and self.pending and self.pending[0] == trial.number:
+                if self._beats_earlier(trial):
+                    self._save_best(trial, self.pending[1])
+                    is_best = True
+        finally:
+            self.pending = None
+            release_memory()
+        self.write_trials()
+        self._watch_failures(study, trial)
+        if self.on_trial is not None:
+            self.on_trial(TrialReport(
+                number=trial.number, state=trial.state.name, metric=self.metric, value=trial.value,
+                params=dict(trial.params), seconds=trial.user_attrs.get("seconds"),
+                stop_reason=trial.user_attrs.get("stop_reason"),
+                fail_reason=trial.user_attrs.get("fail_reason"), is_best=is_best,
+                metrics=dict(trial.user_attrs.get("metrics") or {}),
+            ))
+        left = self.remaining()
+        if left is not None and left <= 0:
+            study.stop()  # other workers on a shared storage may have spent the budget
+
+    def _beats_earlier(self, trial: optuna.trial.FrozenTrial) -> bool:
+        others = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.number != trial.number and t.value is not None]
+        if not others:
+            return True
+        if self.direction == "maximize":
+            return trial.value > max(others)
+        return trial.value < min(others)
+
+    def _save_best(self, trial: optuna.trial.FrozenTrial, result) -> None:
+        from pretune.models.io import save_model
+        from pretune.training.run import run_metadata
+
+        meta = run_metadata(result.config, self.task, result.train_result)
+        meta["trial"] = trial.number
+        meta["params"] = dict(trial.params)
+        save_model(result.model, result.tokenizer, self.out / rundir.BEST_DIR, meta)
+
+    def _watch_failures(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Stop when trials keep failing the same way: the cause is then not the sample."""
+        reason = trial.user_attrs.get("fail_reason")
+        if trial.state != TrialState.FAIL or reason == INTERRUPTED or reason is None:
+            self.fails.clear()
+            return
+        self.fails.append(reason)
+        if len(self.fails) >= FAIL_STREAK and len(set(self.fails[-FAIL_STREAK:])) == 1:
+            self.stop_error = PretuneError(
+                f"A search stops when its trials keep failing the same way, but the last "
+                f"{FAIL_STREAK} trials all failed with: {reason} Fix that cause (or pin the "
+                f"setting behind it with --fixed) and run the same command again."
+            )
+            study.stop()
+
+    # -- the outcome --------------------------------------------------------------------------
+
+    def write_trials(self) -> None:
+        rundir.write_trials(self.out, self.frame())
+
+    def frame(self) -> pd.DataFrame:
+        return rundir.trials_frame(self.study.get_trials(deepcopy=False),
+                                   [d.name for d in self.dims])
+
+    def result(self) -> TuneResult:
+        complete = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.value is not None]
+        best = None
+        if complete:
+            pick = max if self.direction == "maximize" else min
+            best_value = pick(t.value for t in complete)
+            best = next(t for t in complete if t.value == best_value)  # the earliest of ties
+        return TuneResult(
+            path=self.out, metric=self.metric, direction=self.direction,
+            best_trial=best.number if best else None,
+            best_value=best.value if best else None,
+            best_params=dict(best.params) if best else {},
+            best_metrics=dict(best.user_attrs.get("metrics") or {}) if best else {},
+            best_settings=dict(best.user_attrs.get("settings") or {}) if best else {},
+            fixed=dict(self.pinned), trials=self.frame(), trials_run=self.trials_run,
+        )

@@ -19,13 +19,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# Fine-tune the packaged MiniLM on 2,000 SST-2 rows and report validation accuracy.
+# Tune the packaged MiniLM on 2,000 SST-2 rows for 5 minutes, tuned on validation.csv,
+# then report the best model's accuracy on test.csv. Run it again to continue the search.
+DEMO_OUT    ?= runs/demo
+DEMO_BUDGET ?= 5m
+
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/pretune train \
+	HF_HUB_OFFLINE=1 $(BIN)/pretune tune \
 	    --train $(DATA)/train.csv --train-rows 2000 --valid $(DATA)/validation.csv \
-	    --out runs/demo --epochs 3 --lr 1e-4 --batch-size 32
-	$(BIN)/pretune predict runs/demo --input $(DATA)/test.csv --output runs/demo/test-predictions.csv
-	$(BIN)/python -c "import pandas as p; d=p.read_csv('runs/demo/test-predictions.csv'); print(f'test accuracy: {(d.prediction.astype(str)==d.label.astype(str)).mean():.4f} on {len(d)} rows')"
+	    --budget $(DEMO_BUDGET) --out $(DEMO_OUT)
+	HF_HUB_OFFLINE=1 $(BIN)/pretune predict $(DEMO_OUT) --input $(DATA)/test.csv \
+	    --output $(DEMO_OUT)/test-predictions.csv
+	$(BIN)/python -c "import pandas as p; d = p.read_csv('$(DEMO_OUT)/test-predictions.csv'); \
+	    print(f'test accuracy of the best model: {(d.prediction.astype(str) == d.label.astype(str)).mean():.4f} on {len(d)} rows')"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
@@ -34,4 +40,4 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf runs/demo
+	rm -rf $(DEMO_OUT)

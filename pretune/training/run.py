@@ -21,7 +21,7 @@ import torch
 from pretune import __version__
 from pretune.config import RunConfig, validate
 from pretune.data.collate import Batches
-from pretune.data.task import TaskData, load_task, read_inputs
+from pretune.data.task import Split, TaskData, load_task, read_inputs
 from pretune.data.tokenize import choose_max_length, encode
 from pretune.models import build_model, merge_lora
 from pretune.models.io import load_model_dir, resolve_model_dir, save_model
@@ -76,7 +76,7 @@ def fit(
     log.info("transfer: %s", transfer)
 
     max_length = config.data.max_length or choose_max_length(
-        task.train, tokenizer, cap=position_limit(model))
+        _both(task), tokenizer, cap=position_limit(model))
     config = replace(config, data=replace(config.data, max_length=max_length))
     train_enc = encode(task.train.texts, task.train.pairs, task.train.labels, tokenizer, max_length)
     valid_enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer, max_length)
@@ -100,6 +100,14 @@ def fit(
         label_names=list(task.label_names), path=path,
         model=model if keep_model else None, tokenizer=tokenizer if keep_model else None,
     )
+
+
+def _both(task: TaskData) -> Split:
+    """Train and valid texts together: valid texts may be longer (SST-2's are whole sentences,
+    its training rows mostly phrases), and truncating what the model is judged on hurts."""
+    pairs = task.train.pairs + task.valid.pairs if task.train.pairs is not None else None
+    return Split(task.train.texts + task.valid.texts, pairs,
+                 np.concatenate([task.train.labels, task.valid.labels]))
 
 
 def position_limit(model) -> int | None:

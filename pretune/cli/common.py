@@ -58,40 +58,24 @@ def run_command(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(code=130) from None
 
 
-def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+def parse_sets(pairs: list[str] | None, flag: str = "--set") -> dict[str, str]:
     """``["lr=3e-5", "head_layers=1"]`` to a dict; a pair without '=' is a ConfigError."""
     out: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(
-                f"--set must be written key=value, but got {pair!r}. Write it like --set lr=3e-5."
+                f"{flag} must be written key=value, but got {pair!r}. Write it like {flag} lr=3e-5."
             )
         out[key.strip()] = value.strip()
     return out
 
 
 def read_yaml(path: str | Path, flag: str = "--config") -> dict:
-    """A YAML mapping from ``path``, with clear errors for a missing or malformed file."""
-    import yaml
+    """A YAML mapping of settings from ``path``, with clear errors for a missing or bad file."""
+    from pretune.yamlfile import read_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{flag} must name an existing YAML file, but {str(p)!r} does not exist. "
-                          f"Check the path.")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{flag} must be valid YAML, but {p.name} has a syntax error{where}. "
-                          f"Fix the file.") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{flag} must hold a mapping of settings, but {p.name} holds a "
-                          f"{type(data).__name__}. Write 'name: value' lines.")
-    return data
+    return read_mapping(path, flag)
 
 
 def is_terminal() -> bool:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from pretune.cli.common import console, read_yaml, run_command
+from pretune.cli.common import console, parse_sets, read_yaml, run_command
 
 EXAMPLE = """
 Example:
@@ -58,7 +58,6 @@ def command(
     def body():
         from pretune.api import tune as api_tune
 
-        _quiet_optuna()
         base = read_yaml(config) if config else None
         flags: dict[str, Any] = dict(
             train=train, valid=valid, model=model, text_column=text_column,
@@ -70,7 +69,7 @@ def command(
         if trust_remote_code:
             flags["trust_remote_code"] = True
         settings = {k: v for k, v in flags.items() if v is not None}
-        pins = _parse_fixed(fixed)
+        pins = parse_sets(fixed, "--fixed")
         def on_trial(report) -> None:
             console.print(format_trial(report), highlight=False, soft_wrap=True)
 
@@ -86,30 +85,6 @@ def command(
 
 
 command.__doc__ = (command.__doc__ or "") + EXAMPLE
-
-
-def _quiet_optuna() -> None:
-    """Optuna resets its log level when first imported; quiet it again unless --verbose."""
-    import logging
-
-    import pretune.search  # noqa: F401  (imports Optuna)
-
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("optuna").setLevel(logging.ERROR)
-
-
-def _parse_fixed(pairs: list[str] | None) -> dict[str, str]:
-    from pretune.errors import ConfigError
-
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(
-                f"--fixed must be written key=value, but got {pair!r}. Write it like --fixed epochs=3."
-            )
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _short(value: Any) -> str:

@@ -61,6 +61,7 @@ from pretune.config import (
     validate,
 )
 from pretune.errors import ConfigError, PretuneError
+from pretune.yamlfile import read_mapping
 
 KINDS = ("float", "int", "categorical")
 SPEC_KEYS = ("low", "high", "log", "step", "int", "choices", "when")
@@ -381,26 +382,7 @@ def parse_dimension(name: str, spec: Mapping[str, Any], current: Dimension | Non
 
 def read_space_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a space file, with clear errors for a missing or malformed file."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--space must name an existing YAML file, but {str(p)!r} does not "
-                          f"exist. Check the path.")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"--space must be valid YAML, but {p.name} has a syntax error{where}. "
-                          f"Fix the file.") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--space must hold a mapping of settings to specs, but {p.name} holds "
-                          f"a {type(data).__name__}. Write 'name: spec' lines, e.g. "
-                          f"'lr: {{low: 1e-5, high: 1e-4, log: true}}'.")
-    return data
+    return read_mapping(path, "--space", "'name: spec' lines, e.g. 'lr: {low: 1e-5, high: 1e-4, log: true}'")
 
 
 def space_to_dict(space: Iterable[Dimension]) -> dict[str, dict[str, Any]]:

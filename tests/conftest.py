@@ -23,7 +23,8 @@ def minilm_dir() -> str:
     return str(gt.MODEL_DIR)
 
 
-def build_tiny_model_dir(path: Path, *, num_labels: int = 2, safetensors: bool = True) -> Path:
+def build_tiny_model_dir(path: Path, *, num_labels: int = 2, safetensors: bool = True,
+                         initializer_range: float = 0.02) -> Path:
     """Save a randomly initialized 2-layer BERT with a MiniLM tokenizer under ``path``."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -37,6 +38,7 @@ def build_tiny_model_dir(path: Path, *, num_labels: int = 2, safetensors: bool =
         intermediate_size=64,
         max_position_embeddings=128,
         num_labels=num_labels,
+        initializer_range=initializer_range,
     )
     model = BertForSequenceClassification(config)
     path.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,13 @@ def build_tiny_model_dir(path: Path, *, num_labels: int = 2, safetensors: bool =
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture(scope="session")
+def tiny_learner_dir(tmp_path_factory) -> str:
+    """The tiny BERT with weights 10x wider than BERT's init, so that a few steps on a toy task
+    move the loss clearly whatever the head and strategy (tests of learning, not of init)."""
+    return str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-learner"), initializer_range=0.2))
 
 
 SENTIMENT_ROWS = [

@@ -1,6 +1,6 @@
 """pretune: automatic fine-tuning and hyperparameter search for pretrained models."""
 
-__version__ = "0.1.0"
+from pretune._version import __version__
 
 from pretune.api import predict, train, tune  # noqa: E402
 from pretune.errors import PretuneError  # noqa: E402

@@ -39,9 +39,17 @@ def train(
 
     Any setting of ``pretune.config`` can be passed by name.
     """
+    from pretune.errors import PretuneError
     from pretune.training.run import fit
 
-    return fit(build_config(config, settings), out, on_step=on_step, on_eval=on_eval)
+    result = fit(build_config(config, settings), out, on_step=on_step, on_eval=on_eval)
+    if result.train_result.failed:
+        raise PretuneError(
+            f"Training must reach one evaluation to give a model, but it stopped at step "
+            f"{result.train_result.steps} with {result.train_result.stop_reason.replace('_', ' ')}. "
+            f"Lower --lr, keep gradient clipping on (max_grad_norm), or check the data."
+        )
+    return result
 
 
 def predict(model: str | Path, input: str | Path, *, output: str | Path | None = None,

@@ -61,6 +61,7 @@ class DataConfig:
     max_length: int | None = None  # None: 99th percentile of token lengths, capped by the model
     dataset_split_train: str = "train"  # split names when `train` is a Hugging Face dataset
     dataset_split_valid: str = "validation"
+    data_seed: int | None = None  # seed of sampling and splitting; None: the run's seed
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,8 @@ def locate(key: str) -> tuple[str, str]:
     close = [n for n in setting_names() if n.startswith(key.split(".")[-1][:3])][:5]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
-        f"There is no setting named '{key}'.{hint} Run 'pretune train --help' for the list."
+        f"There is no setting named '{key}'.{hint} Use a name from the settings table in the "
+        f"README (the fields of pretune.config)."
     )
 
 
@@ -265,6 +267,8 @@ def validate(config: RunConfig) -> RunConfig:
         _number("train_rows", d.train_rows, 2, 10**12, integer=True)
     if d.max_length is not None:
         _number("max_length", d.max_length, 2, 10**6, integer=True)
+    if d.data_seed is not None:
+        _number("data_seed", d.data_seed, 0, 2**32 - 1, integer=True)
 
     _check(bool(m.model), "model must name a Hugging Face model id or a local directory, "
                           "but got nothing. Pass --model.")

@@ -36,12 +36,9 @@ def quiet_libraries(verbose: bool = False) -> None:
         pass
     for name in ("datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:  # Optuna resets its logger's level when imported, so set it through Optuna.
-        import optuna
+    from pretune.search.study import quiet_optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-    except ImportError:  # pragma: no cover - optuna is a core dependency
-        pass
+    quiet_optuna()
 
 
 def run_command(fn: Callable[[], Any]) -> Any:

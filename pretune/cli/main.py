@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pretune import __version__
+from pretune._version import __version__
 from pretune.cli import predict, train, tune
 from pretune.cli.common import quiet_libraries
 

@@ -25,7 +25,8 @@ def command(
     text_column: Optional[str] = typer.Option(None, "--text-column"),
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     batch_size: int = typer.Option(64, "--batch-size"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
 ) -> None:
     """Predict the label of every row of a file with a trained model."""
 
@@ -39,6 +40,7 @@ def command(
             frame = api_predict(
                 model, input, output=output, batch_size=batch_size, text_column=text_column,
                 text_pair_column=text_pair_column, allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
                 on_batch=lambda done, total: bar.update(task, completed=done, total=total),
             )
         where = f" to {output}" if output else ""

@@ -74,7 +74,19 @@ class RunLock:
 
 
 def clean_leftovers(out: Path) -> list[Path]:
-    """Remove what a killed run can leave behind: half-written best models and temp files."""
+    """Remove what a killed run can leave behind: half-written best models and temp files.
+
+    A kill between save_model's two renames leaves no best/ but a complete new one (best.tmp-*,
+    whose pretune.yaml is written last) and the previous one (best.old-*): the new one, else
+    the old one, becomes best/ again before the rest is removed.
+    """
+    best = Path(out) / BEST_DIR
+    if not best.exists():
+        complete = [p for p in Path(out).glob(f"{BEST_DIR}.tmp-*") if (p / META_FILE).is_file()]
+        previous = [p for p in Path(out).glob(f"{BEST_DIR}.old-*") if (p / META_FILE).is_file()]
+        for candidate in complete + previous:
+            os.replace(candidate, best)
+            break
     removed = []
     for pattern in (f"{BEST_DIR}.tmp-*", f"{BEST_DIR}.old-*", f".{TRIALS_FILE}.tmp-*",
                     f".{META_FILE}.tmp-*"):

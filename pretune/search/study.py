@@ -159,6 +159,11 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def quiet_optuna() -> None:
+    """Only Optuna's warnings (it resets its logger's level on import, so set it through it)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def derive_seed(seed: int, *keys: int) -> int:
     """A seed in [0, 2**32) determined by ``seed`` and ``keys`` (a trial number, ...)."""
     return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0])
@@ -235,8 +240,9 @@ def run_tune(
         started_before = rundir.check_record(out, record, only_given=True)
 
         from pretune.data.task import load_task
+        from pretune.training.run import data_seed
 
-        task = load_task(shared.data, shared.train.seed)  # DataErrors propagate from here
+        task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
         record["data_fingerprint"] = task.fingerprint
         default_storage = tune.storage is None
         storage = tune.storage or f"sqlite:///{(out / rundir.STUDY_FILE).resolve()}"
@@ -323,6 +329,8 @@ class _Search:
         self.dims: tuple[Dimension, ...] = dims
         self.pinned: dict[str, Any] = pinned
         self.context = {**base.flat(), **pinned}
+        # Every trial trains on the data loaded once with this seed, and records it.
+        self.data_seed = base.train.seed if base.data.data_seed is None else base.data.data_seed
         self.metric: str = metric
         self.direction: str = direction
         self.out: Path = out
@@ -395,7 +403,8 @@ class _Search:
 
         try:
             params = suggest(trial, self.dims, self.context)
-            config = self.base.with_settings({**params, **self.pinned, "seed": seed})
+            config = self.base.with_settings(
+                {**params, **self.pinned, "seed": seed, "data_seed": self.data_seed})
             trial.set_user_attr("settings", rundir._plain(config.flat()))
             validate(config)
             result = fit(config, None, task=self.task, on_eval=on_eval,
@@ -454,14 +463,26 @@ class _Search:
         if left is not None and left <= 0:
             study.stop()  # other workers on a shared storage may have spent the budget
 
+    def saved_best(self) -> tuple[int, float] | None:
+        """(trial number, value) of the model in best/, from its pretune.yaml; None if none.
+
+        best/ is the source of truth: the study may name a better trial whose model was never
+        written (a kill between the trial's end and the save, or another worker's trial)."""
+        from pretune.models.io import read_meta
+
+        meta = read_meta(self.out / rundir.BEST_DIR)
+        value = (meta.get("metrics") or {}).get(self.metric)
+        if meta.get("trial") is None or value is None:
+            return None
+        return int(meta["trial"]), float(value)
+
     def _beats_earlier(self, trial: optuna.trial.FrozenTrial) -> bool:
-        others = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.number != trial.number and t.value is not None]
-        if not others:
+        saved = self.saved_best()
+        if saved is None:
             return True
         if self.direction == "maximize":
-            return trial.value > max(others)
-        return trial.value < min(others)
+            return trial.value > saved[1]
+        return trial.value < saved[1]
 
     def _save_best(self, trial: optuna.trial.FrozenTrial, result) -> None:
         from pretune.models.io import save_model
@@ -497,13 +518,17 @@ class _Search:
                                    [d.name for d in self.dims])
 
     def result(self) -> TuneResult:
-        complete = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.value is not None]
-        best = None
-        if complete:
-            pick = max if self.direction == "maximize" else min
-            best_value = pick(t.value for t in complete)
-            best = next(t for t in complete if t.value == best_value)  # the earliest of ties
+        """The outcome, with the best trial being the one whose model is in best/."""
+        saved = self.saved_best()
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        best = trials.get(saved[0]) if saved else None
+        complete = [t.value for t in trials.values()
+                    if t.state == TrialState.COMPLETE and t.value is not None]
+        if complete and best is not None:
+            top = (max if self.direction == "maximize" else min)(complete)
+            if top != best.value:
+                log.warning("the study's best value %.4f has no saved model; best/ holds trial %d "
+                            "(%.4f)", top, best.number, best.value)
         return TuneResult(
             path=self.out, metric=self.metric, direction=self.direction,
             best_trial=best.number if best else None,

@@ -89,8 +89,10 @@ def train(
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
     max_norm = settings.max_grad_norm or math.inf
 
-    # Evaluate every eval_steps, or evals_per_epoch times an epoch, and always at the end.
-    eval_every = settings.eval_steps or max(1, steps_per_epoch // settings.evals_per_epoch)
+    # Evaluate every eval_steps optimizer steps, or else evals_per_epoch times an epoch at
+    # evenly spaced points of each epoch (the last at its end); and always at the very end.
+    n_evals = min(settings.evals_per_epoch, steps_per_epoch)
+    eval_points = {math.ceil(k * steps_per_epoch / n_evals) for k in range(1, n_evals + 1)}
     metric = settings.metric
     best_score: float | None = None
     best_metrics: dict[str, float] = {}
@@ -124,7 +126,7 @@ def train(
     done = False
     while not done:
         train_batches.set_epoch(epoch)
-        evaluated_at = -1
+        evaluated_at, epoch_step = -1, 0
         for group in _groups(train_batches, accum):
             # One optimizer step over the micro-batches of a group, weighted by their size.
             n_group = sum(len(b["labels"]) for b in group)
@@ -155,11 +157,13 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            epoch_step += 1
             running_loss, running_n = running_loss + group_loss, running_n + 1
             if on_step is not None:
                 on_step(step, total_steps, group_loss)
 
-            if step % eval_every == 0 and step < total_steps:
+            due = (step % settings.eval_steps == 0) if settings.eval_steps else epoch_step in eval_points
+            if due and step < total_steps:
                 evaluated_at = step
                 if evaluate():
                     stop_reason = EARLY_STOPPING

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pretune import __version__
+from pretune._version import __version__
 from pretune.config import RunConfig, validate
 from pretune.data.collate import Batches
 from pretune.data.task import Split, TaskData, load_task, read_inputs
@@ -43,6 +43,12 @@ class FitResult:
     path: Path | None  # the saved model directory, if one was written
     model: Any = None  # the trained model (best weights), in eval mode
     tokenizer: Any = None
+
+
+def data_seed(config: RunConfig) -> int:
+    """The seed that samples and splits the data: ``data_seed``, else the run's seed."""
+    d = config.data.data_seed
+    return config.train.seed if d is None else d
 
 
 def seed_everything(seed: int) -> None:
@@ -70,14 +76,20 @@ def fit(
     set_threads(config.train.threads)
     seed_everything(config.train.seed)
     if task is None:
-        task = load_task(config.data, config.train.seed)
+        task = load_task(config.data, data_seed(config))
 
     model, tokenizer, transfer = build_model(config.model, len(task.label_names), task.label_names)
     log.info("transfer: %s", transfer)
 
-    max_length = config.data.max_length or choose_max_length(
-        _both(task), tokenizer, cap=position_limit(model))
-    config = replace(config, data=replace(config.data, max_length=max_length))
+    limit = position_limit(model)
+    max_length = config.data.max_length or choose_max_length(_both(task), tokenizer, cap=limit)
+    if limit is not None and max_length > limit:
+        log.warning("max_length %d is more than the model's %d positions; using %d",
+                    max_length, limit, limit)
+        max_length = limit
+    # Record what was resolved, so a config read back from pretune.yaml repeats this run.
+    config = replace(config, data=replace(config.data, max_length=max_length,
+                                          data_seed=data_seed(config)))
     train_enc = encode(task.train.texts, task.train.pairs, task.train.labels, tokenizer, max_length)
     valid_enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer, max_length)
 
@@ -172,6 +184,7 @@ def predict(
     text_column: str | None = None,
     text_pair_column: str | None = None,
     allow_pickle: bool = False,
+    trust_remote_code: bool = False,
     precision: str = "fp32",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
@@ -181,7 +194,10 @@ def predict(
     the input's columns plus ``prediction`` and ``prob_<label>`` for each label, in input order;
     with ``output`` it is also written there (CSV, TSV, JSONL or Parquet by extension).
     """
-    model, tokenizer, meta = load_model_dir(resolve_model_dir(model_dir), allow_pickle=allow_pickle)
+    if output is not None:
+        table_format(Path(output))  # a wrong extension fails before the work, not after
+    model, tokenizer, meta = load_model_dir(resolve_model_dir(model_dir), allow_pickle=allow_pickle,
+                                            trust_remote_code=trust_remote_code)
     columns = meta.get("columns") or {}
     texts, pairs, frame = read_inputs(
         str(source),
@@ -225,23 +241,33 @@ class _Counting:
                 self.on_batch(i, len(self.batches))
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
+_TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
+                  ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(path: Path) -> str:
     from pretune.errors import ConfigError
 
-    suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    elif suffix == ".tsv":
-        frame.to_csv(tmp, index=False, sep="\t")
-    elif suffix in (".jsonl", ".json"):
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    elif suffix in (".parquet", ".pq"):
-        frame.to_parquet(tmp, index=False)
-    else:
+    kind = _TABLE_FORMATS.get(path.suffix.lower())
+    if kind is None:
         raise ConfigError(
             f"--output must end in .csv, .tsv, .jsonl or .parquet, but got {path.name!r}. "
             f"Choose one of those extensions."
         )
+    return kind
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` in the format its extension names, atomically."""
+    kind = table_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if kind == "csv":
+        frame.to_csv(tmp, index=False)
+    elif kind == "tsv":
+        frame.to_csv(tmp, index=False, sep="\t")
+    elif kind == "jsonl":
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)

@@ -98,3 +98,36 @@ def test_bad_input_gives_one_line_and_exit_code_2(case, tiny_model_dir, tmp_path
 def test_predict_refuses_a_missing_model_directory(tmp_path, sentiment_csv):
     r = pretune("predict", tmp_path / "nothing", "--input", sentiment_csv)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_a_run_that_diverges_before_any_evaluation_is_an_error(tiny_model_dir, sentiment_csv, tmp_path):
+    # Any gradient norm counts as exploding here, so the very first step stops the run.
+    r = pretune("train", "--train", sentiment_csv, "--out", tmp_path / "m",
+                "--set", "grad_norm_max=1e-12", *fast(tiny_model_dir))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "exploding gradient" in r.stderr and "--lr" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_max_length_above_the_model_limit_is_capped(tiny_model_dir, tmp_path):
+    long_rows = [(" ".join(["great"] * 300), "pos"), (" ".join(["awful"] * 300), "neg")] * 4
+    data = _csv(tmp_path / "long.csv", long_rows)
+    r = pretune("train", "--train", data, "--out", tmp_path / "m", "--max-length", "1000",
+                "--set", "valid_fraction=0.25", *fast(tiny_model_dir))
+    assert r.returncode == 0, r.stderr
+    meta = yaml.safe_load((tmp_path / "m" / "pretune.yaml").read_text())
+    assert meta["settings"]["data"]["max_length"] == 128  # the tiny model's positions
+
+
+def test_retraining_from_a_saved_config_uses_the_same_split(tiny_model_dir, sentiment_csv, tmp_path):
+    first = tmp_path / "first"
+    assert pretune("train", "--train", sentiment_csv, "--out", first, "--seed", "5",
+                   *fast(tiny_model_dir)).returncode == 0
+    second = tmp_path / "second"
+    r = pretune("train", "--config", first / "pretune.yaml", "--out", second, "--seed", "9")
+    assert r.returncode == 0, r.stderr
+    a = yaml.safe_load((first / "pretune.yaml").read_text())
+    b = yaml.safe_load((second / "pretune.yaml").read_text())
+    assert a["data"]["fingerprint"] == b["data"]["fingerprint"]
+    assert b["settings"]["train"]["seed"] == 9

@@ -209,3 +209,11 @@ def test_bf16_autocast_still_lowers_the_loss():
     assert result.precision == "bf16"
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert all(math.isfinite(h["loss"]) for h in result.history)
+
+
+def test_evals_per_epoch_are_evenly_spaced_within_each_epoch():
+    ids, labels = separable(40)
+    result = train(tiny_bert(), ToyBatches(ids, labels, 8), ToyBatches(ids, labels, 40),
+                   settings(epochs=2, evals_per_epoch=2))
+    # 5 steps an epoch: halfway (rounded up) and at the end of each epoch, never drifting.
+    assert [h["step"] for h in result.history] == [3, 5, 8, 10]

@@ -1,12 +1,13 @@
-"""Reading a YAML mapping from a file a user named, with one-line errors.
+"""YAML in and out: a mapping from a file a user named (one-line errors), plain values to write.
 
 It sits beside ``errors.py``: it imports nothing else of ours, so every layer may use it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pretune.errors import ConfigError
 
@@ -35,3 +36,20 @@ def read_mapping(path: str | Path, flag: str, example: str = "'name: value'") ->
         raise ConfigError(f"{flag} must hold a mapping, but {p.name} holds a "
                           f"{type(data).__name__}. Write {example} lines.")
     return data
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain YAML and JSON types: numpy and torch scalars to numbers, tuples to
+    lists, sets to sorted lists, paths to strings, mapping keys that are not scalars to str."""
+    if isinstance(value, Mapping):
+        return {(k if isinstance(k, (str, int, float, bool)) or k is None else str(k)): plain(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return value.item()  # numpy / torch scalar
+    return value

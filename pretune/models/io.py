@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from pretune.yamlfile import plain
 from pretune.errors import ModelError
 from pretune.models import mlp_head
 from pretune.models.load import (
@@ -73,22 +74,6 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 
 
 # --- saving ----------------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain YAML types: numpy scalars to numbers, tuples to lists, paths to str."""
-    if isinstance(value, Mapping):
-        return {(k if isinstance(k, (str, int, float, bool)) or k is None else str(k)): _plain(v)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return value.item()  # numpy / torch scalar
-    return value
 
 
 def head_code(model: Any) -> str | None:
@@ -146,7 +131,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: Map
         tokenizer.save_pretrained(tmp)
         if getattr(model.config, "pretune_head", None):
             _write_head_code(model, tmp)
-        text = yaml.safe_dump(_plain(dict(meta)), sort_keys=False, allow_unicode=True)
+        text = yaml.safe_dump(plain(dict(meta)), sort_keys=False, allow_unicode=True)
         (tmp / META_FILE).write_text(text, encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

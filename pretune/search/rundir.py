@@ -26,6 +26,7 @@ import yaml
 
 from pretune.config import METRICS, GROUPS
 from pretune.errors import ConfigError
+from pretune.yamlfile import plain
 
 META_FILE = "pretune.yaml"
 STUDY_FILE = "study.db"
@@ -125,7 +126,7 @@ def check_record(out: Path, record: Mapping[str, Any], *, only_given: bool = Fal
             f"{path} must be the YAML file a search wrote, but it cannot be read. Restore it, or "
             f"pass a new --out to start another search."
         ) from None
-    new = _plain(record)
+    new = plain(record)
     old_flat, new_flat = _flatten(saved), _flatten(new)
     extra = [] if only_given else [k for k in old_flat if k not in new_flat]
     for key in list(new_flat) + extra:
@@ -142,7 +143,7 @@ def check_record(out: Path, record: Mapping[str, Any], *, only_given: bool = Fal
 
 
 def write_record(out: Path, record: Mapping[str, Any]) -> None:
-    text = yaml.safe_dump(_plain(record), sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(plain(record), sort_keys=False, allow_unicode=True)
     write_atomic(Path(out) / META_FILE, text)
 
 
@@ -199,19 +200,6 @@ def _same(a: Any, b: Any) -> bool:
             and not isinstance(b, bool):
         return float(a) == float(b)
     return a == b
-
-
-def _plain(value: Any) -> Any:
-    """Plain YAML values: tuples to lists, numpy scalars to numbers, paths to strings."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    return value
 
 
 # --- trials.csv ----------------------------------------------------------------------------------

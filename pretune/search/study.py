@@ -57,6 +57,7 @@ from pretune.config import (
 )
 from pretune.errors import ConfigError, PretuneError
 from pretune.search import rundir
+from pretune.yamlfile import plain
 from pretune.search.space import Dimension, resolve_space, space_to_dict, suggest
 
 log = logging.getLogger(__name__)
@@ -405,7 +406,7 @@ class _Search:
             params = suggest(trial, self.dims, self.context)
             config = self.base.with_settings(
                 {**params, **self.pinned, "seed": seed, "data_seed": self.data_seed})
-            trial.set_user_attr("settings", rundir._plain(config.flat()))
+            trial.set_user_attr("settings", plain(config.flat()))
             validate(config)
             result = fit(config, None, task=self.task, on_eval=on_eval,
                          should_stop=self.past_deadline, on_step=sample_memory, keep_model=True)
@@ -431,8 +432,8 @@ class _Search:
             record(stop_reason, why)
             raise _TrialFailed(why)
         record(stop_reason)
-        trial.set_user_attr("metrics", rundir._plain(dict(result.metrics)))
-        trial.set_user_attr("settings", rundir._plain(result.config.flat()))  # max_length resolved
+        trial.set_user_attr("metrics", plain(dict(result.metrics)))
+        trial.set_user_attr("settings", plain(result.config.flat()))  # max_length resolved
         self.pending = (trial.number, result)
         return float(value)
 

@@ -20,6 +20,7 @@ import torch
 
 from pretune._version import __version__
 from pretune.config import RunConfig, validate
+from pretune.yamlfile import plain
 from pretune.data.collate import Batches
 from pretune.data.task import Split, TaskData, load_task, read_inputs
 from pretune.data.tokenize import choose_max_length, encode
@@ -135,7 +136,7 @@ def position_limit(model) -> int | None:
 
 def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict:
     """What ``pretune.yaml`` beside a model records: enough to reproduce and to trust it."""
-    return {
+    return plain({
         "pretune_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "labels": list(map(str, task.label_names)),
@@ -145,7 +146,7 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
             "label": task.label_column,
         },
         "metric": config.train.metric,
-        "metrics": {k: _plain(v) for k, v in result.best_metrics.items()},
+        "metrics": dict(result.best_metrics),
         "training": {
             "stop_reason": result.stop_reason,
             "steps": result.steps,
@@ -160,19 +161,8 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
             "valid_rows": len(task.valid),
             "valid_source": task.valid_source,
         },
-        "settings": _plain(config.to_dict()),
-    }
-
-
-def _plain(value: Any) -> Any:
-    """Turn NumPy scalars and tuples into plain YAML-safe values."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+        "settings": config.to_dict(),
+    })
 
 
 def predict(

@@ -68,6 +68,18 @@ def parse_sets(pairs: list[str] | None, flag: str = "--set") -> dict[str, str]:
     return out
 
 
+def given_settings(flags: dict[str, Any], *, allow_pickle: bool = False,
+                   trust_remote_code: bool = False) -> dict[str, Any]:
+    """The settings a user gave as flags: those not left at None, plus the safety opt-ins
+    (which are only ever switched on from the command line, never off over a config file)."""
+    settings = {k: v for k, v in flags.items() if v is not None}
+    if allow_pickle:
+        settings["allow_pickle"] = True
+    if trust_remote_code:
+        settings["trust_remote_code"] = True
+    return settings
+
+
 def read_yaml(path: str | Path, flag: str = "--config") -> dict:
     """A YAML mapping of settings from ``path``, with clear errors for a missing or bad file."""
     from pretune.yamlfile import read_mapping

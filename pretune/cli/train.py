@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from pretune.cli.common import console, parse_sets, read_yaml, run_command, training_progress
+from pretune.cli.common import (
+    console, given_settings, parse_sets, read_yaml, run_command, training_progress,
+)
 
 EXAMPLE = """
 Example:
@@ -58,11 +60,8 @@ def command(
             optimizer=optimizer, schedule=schedule, transfer=transfer, metric=metric,
             precision=precision, seed=seed,
         )
-        if allow_pickle:
-            flags["allow_pickle"] = True
-        if trust_remote_code:
-            flags["trust_remote_code"] = True
-        settings = {k: v for k, v in flags.items() if v is not None}
+        settings = given_settings(flags, allow_pickle=allow_pickle,
+                                  trust_remote_code=trust_remote_code)
         settings.update(parse_sets(set_))
         cfg = build_config(base, settings)
         with training_progress() as (on_step, on_eval):

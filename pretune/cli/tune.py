@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from pretune.cli.common import console, parse_sets, read_yaml, run_command
+from pretune.cli.common import console, given_settings, parse_sets, read_yaml, run_command
 
 EXAMPLE = """
 Example:
@@ -64,11 +64,8 @@ def command(
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
             max_length=max_length, metric=metric, precision=precision, seed=seed,
         )
-        if allow_pickle:
-            flags["allow_pickle"] = True
-        if trust_remote_code:
-            flags["trust_remote_code"] = True
-        settings = {k: v for k, v in flags.items() if v is not None}
+        settings = given_settings(flags, allow_pickle=allow_pickle,
+                                  trust_remote_code=trust_remote_code)
         pins = parse_sets(fixed, "--fixed")
         def on_trial(report) -> None:
             console.print(format_trial(report), highlight=False, soft_wrap=True)

@@ -29,7 +29,7 @@ HEAD_NORMS = ("none", "layer", "batch")
 HEAD_INITS = ("pretrained", "xavier", "he", "normal", "zeros")
 PENALTIES = ("none", "l1", "l2", "elasticnet")
 CLASS_WEIGHTS = ("none", "balanced")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc", "log_loss", "loss")
 # Metrics where a lower value is better; every other metric is maximized.
 LOWER_IS_BETTER = ("log_loss", "loss")
@@ -123,7 +123,8 @@ class TrainConfig:
     grad_norm_min: float = 1e-10  # stop when the gradient norm vanishes below this ...
     grad_norm_max: float = 1e6  # ... or explodes above this
     eval_batch_size: int = 128
-    precision: str = "auto"  # auto: bf16 where the hardware supports it, else fp32
+    precision: str = "auto"  # auto: bf16 where the hardware has it, fp16 on older GPUs, else fp32
+    feature_cache: bool = True  # run frozen bottom layers once per data set, not every step
     threads: int | None = None  # torch threads; None: all cores
     seed: int = 0
 

@@ -61,6 +61,25 @@ def find_embeddings(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def frozen_blocks(model: nn.Module) -> list[nn.Module]:
+    """The body's embeddings and encoder layers of which no parameter trains (the whole body
+    when nothing in it trains); [] for a model pretune cannot take apart."""
+    try:
+        base = getattr(model, base_prefix(model))
+        _, layers = find_layers(model)
+        blocks = [*find_embeddings(model), *layers]
+    except (ModelError, AttributeError):
+        return []
+    if not any(p.requires_grad for p in base.parameters()):
+        return [base]
+
+    def frozen(module: nn.Module) -> bool:
+        params = list(module.parameters())
+        return bool(params) and not any(p.requires_grad for p in params)
+
+    return [m for m in blocks if frozen(m)]
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; shared parameters are counted once."""
     trainable = total = 0

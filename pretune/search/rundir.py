@@ -8,6 +8,7 @@
       study.db       Optuna storage (SQLite) unless --storage names another
       trials.csv     one row per trial (see ``trials_frame``), rewritten after every trial
       best/          the best model so far (``pretune.models.io.save_model``)
+      cache/         tokenized data and frozen features shared by the trials; safe to delete
 
 Files are replaced atomically (written beside, then ``os.replace``), so a killed process leaves
 either the old or the new file, never half of one.
@@ -32,6 +33,7 @@ META_FILE = "pretune.yaml"
 STUDY_FILE = "study.db"
 TRIALS_FILE = "trials.csv"
 BEST_DIR = "best"
+CACHE_DIR = "cache"  # tokenized data and frozen features (pretune.training.caches)
 LOCK_FILE = ".pretune.lock"
 
 # Keys of the record that may change between starts of the same search.

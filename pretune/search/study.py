@@ -241,6 +241,7 @@ def run_tune(
         started_before = rundir.check_record(out, record, only_given=True)
 
         from pretune.data.task import load_task
+        from pretune.training.caches import RunCaches
         from pretune.training.run import data_seed
 
         task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
@@ -260,7 +261,7 @@ def run_tune(
 
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
-                         on_trial=on_trial)
+                         on_trial=on_trial, caches=RunCaches(out / rundir.CACHE_DIR))
         search.write_trials()
         try:
             search.run()
@@ -323,7 +324,7 @@ class _Search:
     """The objective and the after-trial bookkeeping of one start of a search."""
 
     def __init__(self, *, study, task, base, dims, pinned, metric, direction, out, budget,
-                 on_trial):
+                 on_trial, caches):
         self.study: optuna.Study = study
         self.task = task
         self.base: RunConfig = base
@@ -337,6 +338,7 @@ class _Search:
         self.out: Path = out
         self.budget: Budget = budget
         self.on_trial = on_trial
+        self.caches = caches  # tokenized data and frozen features, shared by every trial
         self.deadline = None if budget.seconds is None else time.monotonic() + budget.seconds
         self.pending: tuple[int, Any] | None = None  # (trial number, FitResult) to save as best
         self.fails: list[str] = []  # fail reasons of the trials that failed in a row
@@ -409,7 +411,8 @@ class _Search:
             trial.set_user_attr("settings", plain(config.flat()))
             validate(config)
             result = fit(config, None, task=self.task, on_eval=on_eval,
-                         should_stop=self.past_deadline, on_step=sample_memory, keep_model=True)
+                         should_stop=self.past_deadline, on_step=sample_memory, keep_model=True,
+                         caches=self.caches)
         except optuna.TrialPruned:
             record(PRUNED)
             raise
@@ -432,6 +435,8 @@ class _Search:
             record(stop_reason, why)
             raise _TrialFailed(why)
         record(stop_reason)
+        trial.set_user_attr("timings", plain(result.timings))
+        trial.set_user_attr("feature_depth", result.feature_depth)
         trial.set_user_attr("metrics", plain(dict(result.metrics)))
         trial.set_user_attr("settings", plain(result.config.flat()))  # max_length resolved
         self.pending = (trial.number, result)

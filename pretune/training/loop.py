@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pretune.config import TrainConfig, metric_direction
+from pretune.models.transfer import frozen_blocks
 from pretune.training.device import autocast, pick_device, resolve_precision
 from pretune.training.metrics import classification_metrics, is_better
 from pretune.training.optimizers import build_optimizer
@@ -88,6 +89,8 @@ def train(
     weight = _class_weights(settings, class_counts, device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
     max_norm = settings.max_grad_norm or math.inf
+    # fp16 (GPUs without bf16) needs loss scaling; with any other precision this is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     # Evaluate every eval_steps optimizer steps, or else evals_per_epoch times an epoch at
     # evenly spaced points of each epoch (the last at its end); and always at the very end.
@@ -141,19 +144,26 @@ def train(
                     extra = penalty(weights, settings)
                     if extra is not None:
                         loss = loss + extra
-                loss.backward()
+                scaler.scale(loss).backward()
                 group_loss += loss.item()
             if not math.isfinite(group_loss):
                 stop_reason = NAN_LOSS
                 break
+            scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if scaler.is_enabled() and not math.isfinite(grad_norm):
+                scaler.step(optimizer)  # skips the step and lowers the scale: fp16 overflowed
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                continue
             if not math.isfinite(grad_norm) or grad_norm > settings.grad_norm_max:
                 stop_reason = EXPLODING_GRADIENT
                 break
             if grad_norm < settings.grad_norm_min:
                 stop_reason = VANISHING_GRADIENT
                 break
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -239,11 +249,11 @@ def _groups(batches: Iterable[dict], size: int):
 
 
 def _train_mode(model: nn.Module) -> None:
-    """Train mode, except a fully frozen encoder stays in eval mode (no dropout on features)."""
+    """Train mode, except frozen embeddings and frozen layers stay in eval mode: they are a fixed
+    feature extractor (no dropout), as the frozen-feature cache computes them."""
     model.train()
-    base = getattr(model, "base_model", None)
-    if base is not None and base is not model and not any(p.requires_grad for p in base.parameters()):
-        base.eval()
+    for module in frozen_blocks(model):
+        module.eval()
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import random
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +25,11 @@ from pretune.config import RunConfig, validate
 from pretune.yamlfile import plain
 from pretune.data.collate import Batches
 from pretune.data.task import Split, TaskData, load_task, read_inputs
-from pretune.data.tokenize import choose_max_length, encode
+from pretune.data.tokenize import encode
 from pretune.models import build_model, merge_lora
+from pretune.models.features import FeatureBatches, agrees, frozen_depth, model_fingerprint, starting_at
 from pretune.models.io import load_model_dir, resolve_model_dir, save_model
+from pretune.training.caches import RunCaches
 from pretune.training.device import pick_device, resolve_precision, set_threads
 from pretune.training.loop import TrainResult, predict_proba, train
 
@@ -44,6 +48,10 @@ class FitResult:
     path: Path | None  # the saved model directory, if one was written
     model: Any = None  # the trained model (best weights), in eval mode
     tokenizer: Any = None
+    # Seconds spent: "model" (load and set up), "data" (max_length and tokenization),
+    # "features" (frozen features, when cached), "train" (the loop, evaluations included).
+    timings: dict[str, float] = field(default_factory=dict)
+    feature_depth: int | None = None  # the frozen layers the feature cache stood in for
 
 
 def data_seed(config: RunConfig) -> int:
@@ -67,23 +75,33 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     keep_model: bool = True,
+    caches: RunCaches | None = None,
 ) -> FitResult:
     """Fine-tune ``config.model.model`` on ``config.data`` with ``config.train``.
 
     With ``out``, the best checkpoint is saved there as a model directory that loads with
     ``AutoModelForSequenceClassification.from_pretrained``, with ``pretune.yaml`` beside it.
+    ``caches`` keeps tokenized data and frozen features for the next run on the same data (a
+    search passes one for all its trials); without it, tokenized data is kept in this process
+    and frozen features for this run only.
     """
     validate(config)
     set_threads(config.train.threads)
     seed_everything(config.train.seed)
     if task is None:
         task = load_task(config.data, data_seed(config))
+    caches = caches or RunCaches.for_one_run()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
 
     model, tokenizer, transfer = build_model(config.model, len(task.label_names), task.label_names)
     log.info("transfer: %s", transfer)
+    device = pick_device()
+    model.to(device)
+    clock = _lap(timings, "model", clock)
 
     limit = position_limit(model)
-    max_length = config.data.max_length or choose_max_length(_both(task), tokenizer, cap=limit)
+    max_length = config.data.max_length or caches.tokens.max_length(_both(task), tokenizer, cap=limit)
     if limit is not None and max_length > limit:
         log.warning("max_length %d is more than the model's %d positions; using %d",
                     max_length, limit, limit)
@@ -91,8 +109,9 @@ def fit(
     # Record what was resolved, so a config read back from pretune.yaml repeats this run.
     config = replace(config, data=replace(config.data, max_length=max_length,
                                           data_seed=data_seed(config)))
-    train_enc = encode(task.train.texts, task.train.pairs, task.train.labels, tokenizer, max_length)
-    valid_enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer, max_length)
+    train_enc = caches.tokens.encode(task.train, tokenizer, max_length)
+    valid_enc = caches.tokens.encode(task.valid, tokenizer, max_length)
+    clock = _lap(timings, "data", clock)
 
     t = config.train
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -101,8 +120,31 @@ def fit(
     valid_batches = Batches(valid_enc, t.eval_batch_size, pad_id=pad_id, shuffle=False)
     counts = np.bincount(task.train.labels, minlength=len(task.label_names))
 
-    result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
-                   should_stop=should_stop, class_counts=counts, on_step=on_step)
+    # Frozen bottom layers: train from their cached output instead of running them every step.
+    depth = frozen_depth(model, transfer) if t.feature_cache else None
+    context: Any = contextlib.nullcontext()
+    if depth is not None:
+        keys = {name: caches.tokens.data_key(split, tokenizer, max_length)
+                for name, split in (("train", task.train), ("valid", task.valid))}
+        model_id = model_fingerprint(config.model.model, config.model.revision)
+        valid_feats = caches.features_for(model, model_id, keys["valid"], valid_enc, depth, pad_id)
+        if agrees(model, valid_enc, valid_feats, pad_id=pad_id):
+            train_feats = caches.features_for(model, model_id, keys["train"], train_enc, depth,
+                                              pad_id)
+            train_batches = FeatureBatches(train_feats, train_enc, micro, shuffle=True, seed=t.seed)
+            valid_batches = FeatureBatches(valid_feats, valid_enc, t.eval_batch_size, shuffle=False)
+            context = starting_at(model, depth)
+            log.info("training from cached features of the %d frozen layers", depth)
+        else:
+            log.warning("%s gives other outputs from cached features; training without the "
+                        "feature cache", type(model).__name__)
+            depth = None
+        clock = _lap(timings, "features", clock)
+
+    with context:
+        result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
+                       should_stop=should_stop, class_counts=counts, on_step=on_step)
+    clock = _lap(timings, "train", clock)
 
     model = merge_lora(model)  # a plain transformers model from here on
     path = None
@@ -112,7 +154,14 @@ def fit(
         config=config, metrics=result.best_metrics, train_result=result,
         label_names=list(task.label_names), path=path,
         model=model if keep_model else None, tokenizer=tokenizer if keep_model else None,
+        timings=timings, feature_depth=depth,
     )
+
+
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(timings.get(name, 0.0) + now - since, 4)
+    return now
 
 
 def _both(task: TaskData) -> Split:

@@ -11,17 +11,23 @@ from pretune.training.loop import evaluate_model
 
 
 def _run(monkeypatch, tiny_learner_dir, csv, **kw):
-    """fit() with the model's loss and weights captured just before training starts."""
+    """fit() with the model's weights captured as built and its loss just before training
+    (which may run from cached features of the frozen layers)."""
     seen = {}
-    real_train = run_module.train
+    real_build, real_train = run_module.build_model, run_module.train
 
-    def spy(model, train_batches, valid_batches, settings, **options):
-        seen["loss"] = evaluate_model(model, valid_batches)["loss"]
+    def spy_build(*args, **options):
+        model, tokenizer, summary = real_build(*args, **options)
         seen["weights"] = {n: p.detach().clone() for n, p in model.named_parameters()}
         seen["frozen"] = {n for n, p in model.named_parameters() if not p.requires_grad}
+        return model, tokenizer, summary
+
+    def spy_train(model, train_batches, valid_batches, settings, **options):
+        seen["loss"] = evaluate_model(model, valid_batches)["loss"]
         return real_train(model, train_batches, valid_batches, settings, **options)
 
-    monkeypatch.setattr(run_module, "train", spy)
+    monkeypatch.setattr(run_module, "build_model", spy_build)
+    monkeypatch.setattr(run_module, "train", spy_train)
     settings = dict(model=tiny_learner_dir, train=str(csv), valid=str(csv), epochs=4, lr=3e-3,
                     batch_size=8, precision="fp32", threads=1, metric="loss", patience=None,
                     warmup_ratio=0.0)
@@ -30,11 +36,15 @@ def _run(monkeypatch, tiny_learner_dir, csv, **kw):
     return seen, result
 
 
-@pytest.mark.parametrize("transfer", TRANSFERS)
-def test_transfer_strategy_lowers_the_loss_and_keeps_frozen_weights(monkeypatch, tiny_learner_dir, sentiment_csv, transfer):
+# The feature cache applies to strategies with a frozen bottom: those run with and without it.
+@pytest.mark.parametrize("transfer,feature_cache", [
+    *[(t, True) for t in TRANSFERS], ("linear_probe", False), ("freeze_bottom", False)])
+def test_transfer_strategy_lowers_the_loss_and_keeps_frozen_weights(monkeypatch, tiny_learner_dir, sentiment_csv, transfer, feature_cache):
     extra = {"lr": 1e-2} if transfer in ("linear_probe", "lora") else {}
     seen, result = _run(monkeypatch, tiny_learner_dir, sentiment_csv, transfer=transfer,
-                        freeze_layers=1, **extra)
+                        freeze_layers=1, feature_cache=feature_cache, **extra)
+    expected_depth = {"linear_probe": 2, "freeze_bottom": 1}.get(transfer) if feature_cache else None
+    assert result.feature_depth == expected_depth
     assert result.metrics["loss"] < seen["loss"] * 0.95, (seen["loss"], result.metrics["loss"])
     if transfer == "full":
         assert not seen["frozen"]

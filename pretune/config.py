@@ -23,7 +23,7 @@ from pretune.errors import ConfigError, one_of
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine", "polynomial", "exponential", "step")
-TRANSFERS = ("full", "linear_probe", "freeze_bottom", "lora")
+TRANSFERS = ("full", "linear_probe", "freeze_bottom", "lora", "lp_ft")
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 HEAD_NORMS = ("none", "layer", "batch")
 HEAD_INITS = ("pretrained", "xavier", "he", "normal", "zeros")
@@ -72,7 +72,7 @@ class ModelConfig:
     revision: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    transfer: str = "full"  # full | linear_probe | freeze_bottom
+    transfer: str = "full"  # full | linear_probe | freeze_bottom | lora | lp_ft
     freeze_layers: int = 0  # with freeze_bottom: embeddings + this many bottom layers frozen
     reinit_layers: int = 0  # re-initialize the top k encoder layers before training
     dropout: float | None = None  # None keeps the pretrained model's dropout
@@ -86,6 +86,9 @@ class ModelConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     lora_targets: str | None = None  # comma-separated module names; None: attention query/value
+    # lp_ft: a linear probe first, then full fine-tuning from the probed head (Kumar et al., 2022)
+    probe_epochs: float = 3.0
+    probe_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,8 @@ def validate(config: RunConfig) -> RunConfig:
     _number("lora_r", m.lora_r, 1, 4096, integer=True)
     _number("lora_alpha", m.lora_alpha, 0.0, 1e6, lo_open=True)
     _number("lora_dropout", m.lora_dropout, 0.0, 0.95)
+    _number("probe_epochs", m.probe_epochs, 0.0, 1000.0, lo_open=True)
+    _number("probe_lr", m.probe_lr, 0.0, 10.0, lo_open=True)
 
     one_of("optimizer", t.optimizer, OPTIMIZERS)
     _number("lr", t.lr, 0.0, 10.0, lo_open=True)

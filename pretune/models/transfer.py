@@ -1,7 +1,8 @@
 """Transfer strategies: how much of the pretrained network trains, and re-initializing its top.
 
 ``full`` trains everything; ``linear_probe`` freezes the whole body (``model.base_model``) so
-that only the head trains; ``freeze_bottom`` freezes the embeddings and the bottom
+that only the head trains (``lp_ft`` starts so, and ``pretune.training.run`` unfreezes the body
+once the head is probed); ``freeze_bottom`` freezes the embeddings and the bottom
 ``freeze_layers`` encoder layers. ``reinit_layers`` re-initializes the top k encoder layers with
 the model's own initializer, whatever the strategy. Freezing means ``requires_grad=False``.
 
@@ -128,7 +129,7 @@ def apply_transfer(model: nn.Module, cfg: ModelConfig) -> dict[str, Any]:
     embeddings_frozen = False
     if cfg.transfer == "full":
         pass
-    elif cfg.transfer == "linear_probe":
+    elif cfg.transfer in ("linear_probe", "lp_ft"):  # lp_ft: unfrozen after its probe
         _set_trainable(getattr(model, base_prefix(model)), False)
         frozen_layers, embeddings_frozen = n_layers, True
     elif cfg.transfer == "freeze_bottom":

@@ -171,6 +171,8 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Choice("lora_r", (4, 8, 16, 32, 64), when={"transfer": ("lora",)}),
     Float("lora_alpha", 4.0, 64.0, log=True, when={"transfer": ("lora",)}),
     Float("lora_dropout", 0.0, 0.2, when={"transfer": ("lora",)}),
+    Float("probe_lr", 1e-4, 1e-2, log=True, when={"transfer": ("lp_ft",)}),
+    Float("probe_epochs", 1.0, 5.0, when={"transfer": ("lp_ft",)}),
     Choice("max_length", (64, 128, 256, 512)),
 )
 
@@ -193,6 +195,10 @@ ORDER: dict[str, int] = {d.name: i for i, d in enumerate(FULL_SPACE)}
 #             smoothing help?".
 #   [LoRA]    Hu et al. 2021, LoRA: rank 4 to 16 (8 is common), alpha about 2 x rank,
 #             dropout 0.05 to 0.1.
+#   [LP-FT]   Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features": probing the
+#             head first, then fine-tuning everything, matches or beats fine-tuning in
+#             distribution and beats it out of distribution; the probe is cheap here (its
+#             frozen features are cached and one probe serves every trial).
 
 DEFAULT_SPACE: tuple[Dimension, ...] = (
     Choice("optimizer", ("adamw",)),  # [BERT], [RoBERTa], [Mosbach]: AdamW
@@ -205,7 +211,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     Float("label_smoothing", 0.0, 0.1),  # [LS] 0.1
     Float("dropout", 0.0, 0.2),  # [BERT] 0.1
     # To search LoRA as well, add "lora" to these choices: lora_* below then take part.
-    Choice("transfer", ("full", "freeze_bottom")),  # [Freeze]
+    Choice("transfer", ("full", "freeze_bottom", "lp_ft")),  # [Freeze], [LP-FT]
     Int("freeze_layers", 1, 4, when={"transfer": ("freeze_bottom",)}),  # [Freeze]; MiniLM-L6: 6
     Choice("lora_r", (4, 8, 16), when={"transfer": ("lora",)}),  # [LoRA]
     Float("lora_alpha", 8.0, 32.0, log=True, when={"transfer": ("lora",)}),  # [LoRA]

@@ -8,12 +8,19 @@ search, parallel workers) find the same files.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from pretune.data.cache import TokenCache, shared_cache
 from pretune.data.tokenize import Encoded
 from pretune.models.features import FeatureStore, Features, compute_features, features_key
+
+log = logging.getLogger(__name__)
 
 
 class RunCaches:
@@ -24,6 +31,7 @@ class RunCaches:
         self.directory = None if directory is None else Path(directory)
         self.tokens = tokens or TokenCache(self.directory)
         self.features = features or FeatureStore(self.directory)
+        self._probes: dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]] = {}
 
     @classmethod
     def for_one_run(cls) -> "RunCaches":
@@ -44,3 +52,43 @@ class RunCaches:
         found = compute_features(model, encoded, depth, pad_id=pad_id, start=lower)
         self.features.put(key, found)
         return found
+
+    # -- probed heads (lp_ft) -------------------------------------------------------------------
+
+    def probe(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
+        """A probed head's parameters and its validation metrics, if a run kept them."""
+        if key in self._probes:
+            return self._probes[key]
+        path = None if self.directory is None else self.directory / f"probe-{key}.safetensors"
+        if path is None or not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                state = {name: f.get_tensor(name) for name in f.keys()}
+                metrics = json.loads((f.metadata() or {})["metrics"])
+        except Exception as err:  # noqa: BLE001 - a damaged file is probed again
+            log.warning("ignoring an unreadable probe file %s (%s)", path, err)
+            return None
+        self._probes[key] = (state, metrics)
+        return self._probes[key]
+
+    def keep_probe(self, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
+        self._probes[key] = (state, dict(metrics))
+        if self.directory is None:
+            return
+        from safetensors.torch import save_file
+
+        path = self.directory / f"probe-{key}.safetensors"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                      metadata={"metrics": json.dumps({k: float(v) for k, v in metrics.items()})})
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("could not write the probe file %s (%s)", path, err)
+        finally:
+            if tmp.exists():
+                tmp.unlink()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
+import json
 import logging
 import os
 import random
@@ -25,8 +27,8 @@ from pretune.config import RunConfig, validate
 from pretune.yamlfile import plain
 from pretune.data.collate import Batches
 from pretune.data.task import Split, TaskData, load_task, read_inputs
-from pretune.data.tokenize import encode
-from pretune.models import build_model, merge_lora
+from pretune.data.tokenize import Encoded, encode
+from pretune.models import apply_transfer, build_model, head_parameter_names, merge_lora
 from pretune.models.features import FeatureBatches, agrees, frozen_depth, model_fingerprint, starting_at
 from pretune.models.io import load_model_dir, resolve_model_dir, save_model
 from pretune.training.caches import RunCaches
@@ -52,6 +54,7 @@ class FitResult:
     # "features" (frozen features, when cached), "train" (the loop, evaluations included).
     timings: dict[str, float] = field(default_factory=dict)
     feature_depth: int | None = None  # the frozen layers the feature cache stood in for
+    probe_metrics: dict[str, float] | None = None  # lp_ft: validation metrics of the probe
 
 
 def data_seed(config: RunConfig) -> int:
@@ -87,7 +90,10 @@ def fit(
     """
     validate(config)
     set_threads(config.train.threads)
-    seed_everything(config.train.seed)
+    lp_ft = config.model.transfer == "lp_ft"
+    # An lp_ft model is built (its head initialized) and probed under the data's seed, so that
+    # every trial of a search shares one probe; its fine-tuning runs under the trial's seed.
+    seed_everything(data_seed(config) if lp_ft else config.train.seed)
     if task is None:
         task = load_task(config.data, data_seed(config))
     caches = caches or RunCaches.for_one_run()
@@ -109,39 +115,37 @@ def fit(
     # Record what was resolved, so a config read back from pretune.yaml repeats this run.
     config = replace(config, data=replace(config.data, max_length=max_length,
                                           data_seed=data_seed(config)))
-    train_enc = caches.tokens.encode(task.train, tokenizer, max_length)
-    valid_enc = caches.tokens.encode(task.valid, tokenizer, max_length)
+    data = _Prepared(
+        train=caches.tokens.encode(task.train, tokenizer, max_length),
+        valid=caches.tokens.encode(task.valid, tokenizer, max_length),
+        keys={name: caches.tokens.data_key(split, tokenizer, max_length)
+              for name, split in (("train", task.train), ("valid", task.valid))},
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        model_id=model_fingerprint(config.model.model, config.model.revision),
+    )
     clock = _lap(timings, "data", clock)
 
     t = config.train
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = FULL_BATCH_MICRO if t.batch_size == "full" else t.batch_size
-    train_batches = Batches(train_enc, micro, pad_id=pad_id, shuffle=True, seed=t.seed)
-    valid_batches = Batches(valid_enc, t.eval_batch_size, pad_id=pad_id, shuffle=False)
     counts = np.bincount(task.train.labels, minlength=len(task.label_names))
 
     # Frozen bottom layers: train from their cached output instead of running them every step.
     depth = frozen_depth(model, transfer) if t.feature_cache else None
-    context: Any = contextlib.nullcontext()
     if depth is not None:
-        keys = {name: caches.tokens.data_key(split, tokenizer, max_length)
-                for name, split in (("train", task.train), ("valid", task.valid))}
-        model_id = model_fingerprint(config.model.model, config.model.revision)
-        valid_feats = caches.features_for(model, model_id, keys["valid"], valid_enc, depth, pad_id)
-        if agrees(model, valid_enc, valid_feats, pad_id=pad_id):
-            train_feats = caches.features_for(model, model_id, keys["train"], train_enc, depth,
-                                              pad_id)
-            train_batches = FeatureBatches(train_feats, train_enc, micro, shuffle=True, seed=t.seed)
-            valid_batches = FeatureBatches(valid_feats, valid_enc, t.eval_batch_size, shuffle=False)
-            context = starting_at(model, depth)
-            log.info("training from cached features of the %d frozen layers", depth)
-        else:
-            log.warning("%s gives other outputs from cached features; training without the "
-                        "feature cache", type(model).__name__)
-            depth = None
+        depth = _features_ready(model, caches, data, depth)
         clock = _lap(timings, "features", clock)
 
-    with context:
+    probe_metrics = None
+    if lp_ft:
+        probe_metrics = _probe(model, config, caches, data, depth, should_stop)
+        apply_transfer(model, replace(config.model, transfer="full", reinit_layers=0))
+        depth = None  # the whole network trains from here on
+        seed_everything(t.seed)
+        clock = _lap(timings, "probe", clock)
+
+    train_batches, valid_batches = _batches(model, caches, data, depth, micro, t.eval_batch_size,
+                                            t.seed)
+    with starting_at(model, depth) if depth is not None else contextlib.nullcontext():
         result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
                        should_stop=should_stop, class_counts=counts, on_step=on_step)
     clock = _lap(timings, "train", clock)
@@ -154,8 +158,92 @@ def fit(
         config=config, metrics=result.best_metrics, train_result=result,
         label_names=list(task.label_names), path=path,
         model=model if keep_model else None, tokenizer=tokenizer if keep_model else None,
-        timings=timings, feature_depth=depth,
+        timings=timings, feature_depth=depth, probe_metrics=probe_metrics,
     )
+
+
+@dataclass
+class _Prepared:
+    """Tokenized train and valid data, their cache keys, and what names the model's weights."""
+
+    train: Encoded
+    valid: Encoded
+    keys: dict[str, str]
+    pad_id: int
+    model_id: str
+
+
+def _features_ready(model, caches: RunCaches, data: _Prepared, depth: int) -> int | None:
+    """Compute (or find) the frozen layers' features of train and valid; ``depth``, or None when
+    the model does not give its own outputs from them."""
+    valid = caches.features_for(model, data.model_id, data.keys["valid"], data.valid, depth,
+                                data.pad_id)
+    if not agrees(model, data.valid, valid, pad_id=data.pad_id):
+        log.warning("%s gives other outputs from cached features; training without the "
+                    "feature cache", type(model).__name__)
+        return None
+    caches.features_for(model, data.model_id, data.keys["train"], data.train, depth, data.pad_id)
+    log.info("training from cached features of the %d frozen layers", depth)
+    return depth
+
+
+def _batches(model, caches: RunCaches, data: _Prepared, depth: int | None, batch_size: int,
+             eval_batch_size: int, seed: int) -> tuple[Batches, Batches]:
+    """Shuffled training batches and ordered validation batches: of cached features when
+    ``depth`` is given, else of tokens."""
+    if depth is None:
+        return (Batches(data.train, batch_size, pad_id=data.pad_id, shuffle=True, seed=seed),
+                Batches(data.valid, eval_batch_size, pad_id=data.pad_id, shuffle=False))
+    feats = {name: caches.features_for(model, data.model_id, data.keys[name], enc, depth, data.pad_id)
+             for name, enc in (("train", data.train), ("valid", data.valid))}
+    return (FeatureBatches(feats["train"], data.train, batch_size, shuffle=True, seed=seed),
+            FeatureBatches(feats["valid"], data.valid, eval_batch_size, shuffle=False))
+
+
+PROBE_BATCH = 32  # the probe's recipe is fixed, so that every trial of a search can share it
+
+
+def _probe(model, config: RunConfig, caches: RunCaches, data: _Prepared, depth: int | None,
+           should_stop: Callable[[], bool] | None) -> dict[str, float]:
+    """Train the head of ``model`` on its frozen body (from cached features when ``depth`` is
+    given), or take the head a run with the same data, model, head and probe settings trained
+    before. Returns the probe's validation metrics."""
+    m, t = config.model, config.train
+    seed = data_seed(config)
+    key = probe_key(config, data.model_id, data.keys, resolve_precision(t.precision, pick_device()))
+    found = caches.probe(key)
+    if found is not None:
+        state, metrics = found
+        model.load_state_dict(state, strict=False)
+        log.info("lp_ft: reusing the probed head (%s %.4f)", t.metric, metrics.get(t.metric, float("nan")))
+        return metrics
+    settings = replace(
+        t, optimizer="adamw", lr=m.probe_lr, epochs=m.probe_epochs, batch_size=PROBE_BATCH,
+        grad_accum=1, max_steps=None, schedule="linear", warmup_ratio=0.0, min_lr_ratio=0.0,
+        weight_decay=0.01, penalty="none", label_smoothing=0.0, class_weights="none",
+        eval_steps=0, evals_per_epoch=1, patience=None, seed=seed)
+    train_batches, valid_batches = _batches(model, caches, data, depth, PROBE_BATCH,
+                                            t.eval_batch_size, seed)
+    with starting_at(model, depth) if depth is not None else contextlib.nullcontext():
+        result = train(model, train_batches, valid_batches, settings, should_stop=should_stop)
+    if result.stop_reason == "completed" and not result.failed:  # a cut-short probe is not kept
+        names = set(head_parameter_names(model))
+        head = {n: p.detach().to("cpu", copy=True)  # a copy: fine-tuning goes on in place
+                for n, p in model.named_parameters() if n in names}
+        caches.keep_probe(key, head, result.best_metrics)
+    log.info("lp_ft: probed the head (%s %.4f)", t.metric, result.best_metrics.get(t.metric, float("nan")))
+    return dict(result.best_metrics)
+
+
+def probe_key(config: RunConfig, model_id: str, data_keys: dict[str, str], precision: str) -> str:
+    """What decides a probed head: data, model, head, dropout, re-initialized layers, the probe's
+    settings and seed, the metric that picks its best epoch, and the precision."""
+    m = config.model
+    parts = [model_id, data_keys, m.head_layers, m.head_width, m.head_activation, m.head_dropout,
+             m.head_norm, m.head_init, m.dropout, m.reinit_layers, m.probe_lr, m.probe_epochs,
+             data_seed(config), config.train.metric, config.train.eval_batch_size, precision,
+             PROBE_BATCH]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
 
 
 def _lap(timings: dict[str, float], name: str, since: float) -> float:

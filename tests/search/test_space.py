@@ -30,6 +30,8 @@ CONDITIONS = {
     "lora_r": ("transfer", {"lora"}),
     "lora_alpha": ("transfer", {"lora"}),
     "lora_dropout": ("transfer", {"lora"}),
+    "probe_lr": ("transfer", {"lp_ft"}),
+    "probe_epochs": ("transfer", {"lp_ft"}),
     "head_width": ("head_layers", {1, 2, 3}),
     "head_activation": ("head_layers", {1, 2, 3}),
     "head_norm": ("head_layers", {1, 2, 3}),
@@ -64,7 +66,8 @@ def test_the_full_space_covers_every_searchable_setting():
         "min_lr_ratio", "poly_power", "decay_gamma", "decay_drops", "max_grad_norm",
         "label_smoothing", "class_weights", "dropout", "transfer", "freeze_layers",
         "reinit_layers", "head_layers", "head_width", "head_activation", "head_dropout",
-        "head_norm", "head_init", "lora_r", "lora_alpha", "lora_dropout", "max_length",
+        "head_norm", "head_init", "lora_r", "lora_alpha", "lora_dropout", "probe_lr",
+        "probe_epochs", "max_length",
     }
     order = [d.name for d in FULL_SPACE]
     for child, (parent, _) in CONDITIONS.items():

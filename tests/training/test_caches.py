@@ -48,11 +48,11 @@ def test_a_second_run_with_the_same_caches_prepares_no_data(tiny_learner_dir, se
     caches = RunCaches(tmp_path / "cache")
     first = fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="linear_probe",
                          epochs=1), caches=caches)
-    assert caches.tokens.misses == 2 and caches.features.misses > 0
+    assert caches.tokens.misses == 2 and caches.features.misses == 2  # train and valid
     second = fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="linear_probe",
                           epochs=1, lr=3e-3, head_layers=1), caches=caches)
     assert caches.tokens.misses == 2 and caches.tokens.hits == 2
-    assert caches.features.hits == 2  # train and valid features, computed by the first run
+    assert caches.features.misses == 2  # the first run's features served the second
     assert second.timings["data"] <= first.timings["data"]
     assert {"model", "data", "features", "train"} <= set(second.timings)
 
@@ -90,3 +90,40 @@ def test_reduced_precision_training_still_lowers_the_loss(tiny_learner_dir, sent
     assert result.train_result.precision == precision
     assert all(np.isfinite(h["loss"]) for h in history)
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_lp_ft_probes_the_head_on_a_frozen_body_then_trains_everything(tiny_learner_dir, sentiment_csv, valid_csv, monkeypatch):
+    import pretune.training.run as run_module
+
+    stages = []
+    real = run_module.train
+
+    def spy(model, train_batches, valid_batches, settings, **kw):
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        stages.append({"trainable": trainable, "lr": settings.lr,
+                       "head": {n: p.detach().clone() for n, p in model.named_parameters()
+                                if n.startswith("classifier")}})
+        return real(model, train_batches, valid_batches, settings, **kw)
+
+    monkeypatch.setattr(run_module, "train", spy)
+    caches = RunCaches()
+    first = fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="lp_ft", lr=1e-3,
+                         probe_lr=3e-2, probe_epochs=2, epochs=1), caches=caches)
+    probe, tune = stages
+    assert probe["lr"] == 3e-2 and probe["trainable"] == {"classifier.weight", "classifier.bias"}
+    assert tune["lr"] == 1e-3 and any(n.startswith("bert.encoder") for n in tune["trainable"])
+    assert first.probe_metrics["loss"] > 0 and first.timings["probe"] > 0
+
+    # Another trial (other lr and seed; a search pins data_seed) reuses the probed head.
+    stages.clear()
+    fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="lp_ft", lr=3e-4, seed=7, data_seed=0,
+                 probe_lr=3e-2, probe_epochs=2, epochs=1), caches=caches)
+    assert len(stages) == 1
+    for name, value in stages[0]["head"].items():
+        assert torch.equal(value, tune["head"][name]), name
+
+    # Another probe setting is another probe.
+    stages.clear()
+    fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="lp_ft", probe_lr=1e-2,
+                 probe_epochs=2, epochs=1), caches=caches)
+    assert len(stages) == 2

@@ -49,6 +49,12 @@ def test_transfer_strategy_lowers_the_loss_and_keeps_frozen_weights(monkeypatch,
     if transfer == "full":
         assert not seen["frozen"]
         return
+    if transfer == "lp_ft":  # built frozen for its probe, then the whole network trains
+        assert result.probe_metrics and "loss" in result.probe_metrics
+        moved = [n for n in seen["frozen"]
+                 if not torch.equal(dict(result.model.named_parameters())[n], seen["weights"][n])]
+        assert moved
+        return
     assert seen["frozen"]
     after = dict(result.model.named_parameters()) if transfer != "lora" else None
     if after is None:  # LoRA was merged after training: base weights moved by exactly B @ A

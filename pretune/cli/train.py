@@ -41,7 +41,7 @@ def command(
     schedule: Optional[str] = typer.Option(None, "--schedule"),
     transfer: Optional[str] = typer.Option(None, "--transfer", help="full, linear_probe or freeze_bottom."),
     metric: Optional[str] = typer.Option(None, "--metric"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, bf16 or fp32."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),

@@ -49,7 +49,7 @@ def command(
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, bf16 or fp32."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
 ) -> None:

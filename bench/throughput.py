@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                              "side's fastest is kept (default 2)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: all cores)")
-    parser.add_argument("--skip-hf", action="store_true", help="leave out the HF Trainer line")
+    parser.add_argument("--only", default="12345",
+                        help="which measurements to run, by number (default 12345)")
     args = parser.parse_args(argv)
     if args.rows < 100 or args.repeats < 1 or args.threads < 1:
         parser.error("--rows must be at least 100, --repeats and --threads at least 1")
@@ -300,13 +301,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"{b[0] / a[0]:.2f}x", note))
         print(f"  {name}: {a[0]:.1f}s vs {b[0]:.1f}s {note}", flush=True)
 
-    print("1. pretune's loop against a plain PyTorch loop", flush=True)
-    pretune_side, plain_side, n, precision = loop_pair(train_csv, args.threads)
-    a, b = best_of(args.repeats, pretune_side, plain_side)
-    line(f"loop: pretune vs plain PyTorch ({precision})", a, b, n,
-         f"valid acc {a[1]:.3f} vs {b[1]:.3f}")
+    if "1" in args.only:
+        print("1. pretune's loop against a plain PyTorch loop", flush=True)
+        pretune_side, plain_side, n, precision = loop_pair(train_csv, args.threads)
+        a, b = best_of(args.repeats, pretune_side, plain_side)
+        line(f"loop: pretune vs plain PyTorch ({precision})", a, b, n,
+             f"valid acc {a[1]:.3f} vs {b[1]:.3f}")
 
-    if not args.skip_hf:
+    if "2" in args.only:
         print("2. pretune's default trial against the HF Trainer (text-classification guide)",
               flush=True)
         a, b = best_of(args.repeats, pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS),
@@ -314,28 +316,36 @@ def main(argv: list[str] | None = None) -> int:
         line(f"trial: pretune default ({a[1]['precision']}) vs HF Trainer (fp32)", a, b,
              args.rows * HF_EPOCHS, f"valid acc {a[1]['accuracy']:.4f} vs {b[1]['accuracy']:.4f}")
 
-    print("3. precision: pretune's default trial in bf16 against fp32", flush=True)
-    a, b = best_of(args.repeats, pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS, precision="bf16"),
-                   pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS, precision="fp32"))
-    line("trial: bf16 vs fp32", a, b, args.rows * HF_EPOCHS,
-         f"valid acc {a[1]['accuracy']:.4f} vs {b[1]['accuracy']:.4f}")
+    if "3" in args.only:
+        print("3. precision: pretune's default trial in bf16 against fp32", flush=True)
+        a, b = best_of(args.repeats,
+                       pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS, precision="bf16"),
+                       pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS, precision="fp32"))
+        line("trial: bf16 vs fp32", a, b, args.rows * HF_EPOCHS,
+             f"valid acc {a[1]['accuracy']:.4f} vs {b[1]['accuracy']:.4f}")
 
-    print("4. a linear-probe trial with the feature cache warm against without it", flush=True)
-    cold, cached = probe_pair(train_csv, args.threads)
-    a, b = best_of(args.repeats, cached, cold)
-    line("linear probe: feature cache warm vs none", a, b, args.rows * PROBE_EPOCHS,
-         f"valid acc {a[1]:.4f} vs {b[1]:.4f}")
+    if "4" in args.only:
+        print("4. a linear-probe trial with the feature cache warm against without it", flush=True)
+        cold, cached = probe_pair(train_csv, args.threads)
+        a, b = best_of(args.repeats, cached, cold)
+        line("linear probe: feature cache warm vs none", a, b, args.rows * PROBE_EPOCHS,
+             f"valid acc {a[1]:.4f} vs {b[1]:.4f}")
 
-    print("5. data preparation: second trial against first", flush=True)
-    first, second = data_prep(train_csv, args.threads)
+    prep = None
+    if "5" in args.only:
+        print("5. data preparation: second trial against first", flush=True)
+        prep = data_prep(train_csv, args.threads)
 
     print()
     print(f"machine: {platform.machine()}, {args.threads} threads of {os.cpu_count()} cores, "
           f"bf16 native: {cpu_has_bf16()}, torch {torch.__version__}; MiniLM-L6 "
           f"({model_dir().rsplit('/', 2)[-2]}), {args.rows} SST-2 training rows, 872 validation")
     print_table(("measurement", "A s", "B s", "A ex/s", "B ex/s", "A speed-up", "note"), rows)
-    print(f"data preparation (tokenize, measure max_length): first trial {first * 1000:.0f} ms, "
-          f"second trial {second * 1000:.1f} ms ({second / max(first, 1e-9):.3f} of the first)")
+    if prep is not None:
+        first, second = prep
+        print(f"data preparation (tokenize, measure max_length): first trial {first * 1000:.0f} "
+              f"ms, second trial {second * 1000:.1f} ms ({second / max(first, 1e-9):.3f} of the "
+              f"first)")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -76,6 +76,7 @@ def tune(
     study: str | None = None,
     evals_per_epoch: int | None = None,
     on_trial: Callable[[Any], None] | None = None,
+    progress: Any = None,
     **settings: Any,
 ):
     """Search hyperparameters within a budget; returns a ``TuneResult``.
@@ -89,7 +90,7 @@ def tune(
     any setting passed by name that the space would search (``lr=3e-5``); other settings
     (``metric="f1_macro"``, ``seed=1``, ``train=...``) apply to every trial. Running it again
     with the same ``out`` continues the search; ``on_trial`` gets a ``TrialReport`` after each
-    trial.
+    trial, and ``progress`` follows the running trial (see ``pretune.search.study.run_tune``).
     """
     from pretune.config import TuneConfig
     from pretune.search.space import FULL
@@ -112,4 +113,4 @@ def tune(
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
     return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
-                    on_trial=on_trial, space_source=source)
+                    on_trial=on_trial, progress=progress, space_source=source)

@@ -17,6 +17,30 @@ from pretune.errors import ConfigError, PretuneError
 
 console = Console(stderr=True)
 
+# How much the commands print: -1 quiet (results only), 0 normal, 1 verbose (library logs too).
+_output = {"level": 0}
+
+
+def output_level() -> int:
+    return _output["level"]
+
+
+def set_output_level(level: int) -> None:
+    _output["level"] = level
+
+
+def set_verbose() -> None:
+    """Show library logs and warnings from here on (a command's own --verbose)."""
+    set_output_level(1)
+    logging.getLogger().setLevel(logging.INFO)
+    warnings.resetwarnings()
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+    except Exception:  # pragma: no cover - transformers is a core dependency
+        pass
+
 
 def quiet_libraries(verbose: bool = False) -> None:
     """Silence warnings and progress bars from libraries that users cannot act on."""

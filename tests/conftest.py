@@ -100,8 +100,9 @@ def sst2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_search_run(tiny_model_dir, tmp_path_factory):
-    """A real 4-trial search with the tiny model, run by the `pretune tune` command with its
-    output captured (not a terminal): ``(run directory, completed process, valid.csv)``."""
+    """A real 4-trial search with the tiny model (no pruning, so every trial completes and
+    every chart of the report has data), run by the `pretune tune` command with its output
+    captured (not a terminal): ``(run directory, completed process, valid.csv)``."""
     import subprocess
     import sys
 
@@ -113,7 +114,7 @@ def tiny_search_run(tiny_model_dir, tmp_path_factory):
     out = root / "run"
     args = ["tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
             "--budget", "4trials", "--out", out, "--space", space, "--fixed", "epochs=2",
-            "--metric", "loss", "--precision", "fp32", "--fixed", "threads=1"]
+            "--metric", "loss", "--pruner", "none", "--precision", "fp32", "--fixed", "threads=1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PRETUNE_DEBUG": ""}
     done = subprocess.run([sys.executable, "-m", "pretune.cli.main", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600)

@@ -198,4 +198,4 @@ def plain_line(report, text: str) -> str:
     params = escape(" ".join(f"{k}={short(v)}" for k, v in report.params.items()))
     seconds = f"{report.seconds:.0f}s" if report.seconds is not None else ""
     best = "  * best" if report.is_best else ""
-    return f"trial {report.number:>3}  {escape(text):<10} {value:<18} {params}  {seconds}{best}"
+    return f"trial {report.number:>3}  {escape(text):<20} {value:<18} {params}  {seconds}{best}"

@@ -55,6 +55,7 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result: no progress, no line per trial."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Plain lines instead of live bars, with library logs."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html at the end (needs plotly)."),
+    log_to: Optional[list[str]] = typer.Option(None, "--log-to", help="Also record each trial in mlflow or tensorboard; repeatable."),
 ) -> None:
     """Search hyperparameters within a budget; the best model is kept in OUT/best."""
 
@@ -84,7 +85,7 @@ def command(
             result = api_tune(
                 base, out=out, budget=budget, space=space, fixed=pins, sampler=sampler,
                 pruner=pruner, storage=storage, study=study, on_trial=progress.on_trial,
-                progress=progress, **settings,
+                progress=progress, log_to=log_to, **settings,
             )
         print_summary(result)
         if report:

@@ -46,6 +46,8 @@ def quiet_libraries(verbose: bool = False) -> None:
     """Silence warnings and progress bars from libraries that users cannot act on."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:  # --log-to mlflow: its database set-up lines say nothing to act on
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if verbose:

@@ -105,3 +105,23 @@ def test_not_a_run_directory_is_a_one_sentence_error(tmp_path, tiny_search_run):
     out, _, _ = tiny_search_run
     with pytest.raises(ConfigError, match="not a search's record"):
         read_history(out / "best")  # a model directory has a pretune.yaml too
+
+
+def test_a_study_in_another_storage_is_found_through_pretune_yaml(tiny_search_run, tmp_path):
+    import shutil
+
+    out, _, _ = tiny_search_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    elsewhere = tmp_path / "elsewhere.db"
+    (run / "study.db").rename(elsewhere)
+    record = yaml.safe_load((run / "pretune.yaml").read_text())
+    record["tune"]["storage"] = f"sqlite:///{elsewhere}"
+    (run / "pretune.yaml").write_text(yaml.safe_dump(record))
+    history = read_history(run, importance=False)
+    assert history.storage == f"sqlite:///{elsewhere}" and len(history.trials) == 4
+
+    record["tune"]["study_name"] = "another"
+    (run / "pretune.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(ConfigError, match="has no study named 'another'"):
+        read_history(run)

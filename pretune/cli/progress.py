@@ -96,8 +96,10 @@ class SearchProgress:
 
     # -- the search's hooks ------------------------------------------------------------------
 
-    def search_started(self, trials_left: int | None, seconds: float | None) -> None:
+    def search_started(self, trials_left: int | None, seconds: float | None,
+                       metric: str | None = None) -> None:
         self.trials_left, self.seconds = trials_left, seconds
+        self.metric = metric or self.metric
         self.started = time.monotonic()
         if self.mode == MODE_LIVE:
             total = seconds if seconds is not None else trials_left

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from pretune.cli.common import console, given_settings, parse_sets, read_yaml, run_command
+from pretune.cli.progress import short
 
 EXAMPLE = """
 Example:
@@ -117,12 +118,6 @@ def write_report_safely(run: Path, *, quiet: bool = False) -> None:
 command.__doc__ = (command.__doc__ or "") + EXAMPLE
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
 def print_summary(result) -> None:
     counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
     tally = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
@@ -137,7 +132,7 @@ def print_summary(result) -> None:
             f"A search keeps a best model once a trial completes, but none has in "
             f"{result.path}.{why} Fix the cause, or give a larger --budget, and run again."
         )
-    params = escape(", ".join(f"{k}={_short(v)}" for k, v in result.best_params.items()))
+    params = escape(", ".join(f"{k}={short(v)}" for k, v in result.best_params.items()))
     console.print(
         f"[bold green]best[/]: trial {result.best_trial}, {result.metric} "
         f"{result.best_value:.4f} ({params}); model saved to {escape(str(result.best_path))}",

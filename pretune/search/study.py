@@ -220,7 +220,7 @@ def run_tune(
     goes on.
 
     ``progress`` (optional) follows the search as it runs: any of its methods
-    ``search_started(trials_left, seconds)`` (None where the budget has no such limit),
+    ``search_started(trials_left, seconds, metric)`` (None where the budget has no such limit),
     ``trial_started(number, params)``, ``on_step(step, total_steps, loss)`` and
     ``on_eval(step, metrics)`` that it has are called (a terminal display, a tracker).
     """
@@ -361,7 +361,7 @@ class _Search:
 
     def run(self) -> None:
         n = self.remaining()
-        self._tell("search_started", n, self.budget.seconds)
+        self._tell("search_started", n, self.budget.seconds, self.metric)
         if n == 0:
             log.info("the study already has its %d trials; nothing to run", self.budget.trials)
             return

@@ -21,6 +21,9 @@ Example:
       --space space.yaml --fixed epochs=3 --metric f1_macro
 
 Running the same command again continues the search in --out (a larger budget extends it).
+At the end OUT/report.html is written (pretune report OUT writes it again); pretune show OUT
+prints the summary. On a terminal the search draws live bars and a table of finished trials;
+elsewhere it prints one line per trial.
 A space file narrows or extends the default space, e.g.:
 
   lr: {low: 1e-5, high: 1e-4, log: true}

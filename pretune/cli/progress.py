@@ -63,7 +63,9 @@ class SearchProgress:
         self.finished: list[tuple[Any, str]] = []  # (TrialReport, outcome text)
         self.best: int | None = None
         self.current: int | None = None
-        self.last_epoch: float | None = None
+        self.last_epoch: float | None = None  # of the running trial's last evaluation
+        self.last_score: float | None = None  # its objective metric there
+        self.loss: float | None = None  # its last optimizer step's training loss
         self.live: Live | None = None
         self.bars = Progress(
             TextColumn("{task.description}"), BarColumn(bar_width=30),
@@ -107,7 +109,7 @@ class SearchProgress:
                                                   done="", note="")
 
     def trial_started(self, number: int, params: dict) -> None:
-        self.current, self.last_epoch = number, None
+        self.current, self.last_epoch, self.last_score, self.loss = number, None, None, None
         if self.mode == MODE_LIVE:
             if self.trial_task is not None:
                 self.trial_bar.remove_task(self.trial_task)
@@ -115,17 +117,15 @@ class SearchProgress:
 
     def on_step(self, step: int, total: int, loss: float) -> None:
         if self.trial_task is not None:
+            self.loss = loss
             self.trial_bar.update(self.trial_task, completed=step, total=total,
-                                  info=self._trial_info(loss))
-            self._loss = loss
+                                  info=self._trial_info())
 
     def on_eval(self, step: int, metrics: dict) -> None:
         self.last_epoch = metrics.get("epoch")
-        if self.metric is None:
-            return
-        self._last_eval = (metrics.get("epoch"), metrics.get(self.metric))
+        self.last_score = metrics.get(self.metric) if self.metric else None
         if self.trial_task is not None:
-            self.trial_bar.update(self.trial_task, info=self._trial_info(getattr(self, "_loss", None)))
+            self.trial_bar.update(self.trial_task, info=self._trial_info())
 
     def on_trial(self, report) -> None:
         """After each trial (the search's ``on_trial``)."""
@@ -134,17 +134,15 @@ class SearchProgress:
         self.finished.append((report, text))
         if report.is_best:
             self.best = report.number
-        self._last_eval = None
         if self.mode == MODE_PLAIN:
             console.print(plain_line(report, text), highlight=False, soft_wrap=True)
 
     # -- drawing -----------------------------------------------------------------------------
 
-    def _trial_info(self, loss: float | None) -> str:
-        parts = [] if loss is None else [f"loss {loss:.4f}"]
-        last = getattr(self, "_last_eval", None)
-        if last and last[1] is not None:
-            parts.append(f"{self.metric} {last[1]:.4f} at epoch {last[0]:g}")
+    def _trial_info(self) -> str:
+        parts = [] if self.loss is None else [f"train loss {self.loss:.4f}"]
+        if self.last_score is not None and self.last_epoch is not None:
+            parts.append(f"{self.metric} {self.last_score:.4f} at epoch {self.last_epoch:g}")
         return escape("  ".join(parts))
 
     def _render(self):

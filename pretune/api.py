@@ -76,6 +76,8 @@ def tune(
     study: str | None = None,
     evals_per_epoch: int | None = None,
     on_trial: Callable[[Any], None] | None = None,
+    progress: Any = None,
+    log_to: str | list[str] | None = None,
     **settings: Any,
 ):
     """Search hyperparameters within a budget; returns a ``TuneResult``.
@@ -89,11 +91,14 @@ def tune(
     any setting passed by name that the space would search (``lr=3e-5``); other settings
     (``metric="f1_macro"``, ``seed=1``, ``train=...``) apply to every trial. Running it again
     with the same ``out`` continues the search; ``on_trial`` gets a ``TrialReport`` after each
-    trial.
+    trial, and ``progress`` follows the running trial (see ``pretune.search.study.run_tune``).
+    ``log_to`` ("mlflow", "tensorboard" or a list of them) records each trial as a run of that
+    tracker (see ``pretune.search.trackers``).
     """
     from pretune.config import TuneConfig
     from pretune.search.space import FULL
     from pretune.search.study import run_tune
+    from pretune.search.trackers import make_trackers, with_trackers
 
     space_spec: Mapping[str, Any] | None = None
     space_file: str | None = None
@@ -111,5 +116,8 @@ def tune(
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
+    names = [log_to] if isinstance(log_to, str) else list(log_to or [])
+    trackers = make_trackers(names, out, tune_config.study_name)
+    progress, on_trial = with_trackers(trackers, progress, on_trial)
     return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
-                    on_trial=on_trial, space_source=source)
+                    on_trial=on_trial, progress=progress, space_source=source)

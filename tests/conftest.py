@@ -96,3 +96,33 @@ def sst2_dir() -> Path:
     if not (path / "train.csv").exists():
         pytest.skip(f"SST-2 data is not at {path}; see ../shared/data/SOURCES.md")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_search_run(tiny_model_dir, tmp_path_factory):
+    """A real 4-trial search with the tiny model (no pruning, so every trial completes and
+    every chart of the report has data), run by the `pretune tune` command with its output
+    captured (not a terminal): ``(run directory, completed process, valid.csv)``."""
+    import subprocess
+    import sys
+
+    from tests.search.helpers import NARROW, data_files, space_file
+
+    root = tmp_path_factory.mktemp("search-run")
+    train, valid = data_files(root / "data")
+    space = space_file(root / "space.yaml", NARROW)
+    out = root / "run"
+    args = ["tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
+            "--budget", "4trials", "--out", out, "--space", space, "--fixed", "epochs=2",
+            "--metric", "loss", "--pruner", "none", "--precision", "fp32", "--fixed", "threads=1"]
+    for tracker, module in (("mlflow", "mlflow"), ("tensorboard", "tensorboard")):
+        try:  # the trackers' tests read what they recorded; they skip without the extra
+            __import__(module)
+            args += ["--log-to", tracker]
+        except ImportError:
+            pass
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PRETUNE_DEBUG": "", "MLFLOW_TRACKING_URI": ""}
+    done = subprocess.run([sys.executable, "-m", "pretune.cli.main", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return out, done, valid

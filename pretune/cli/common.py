@@ -17,11 +17,37 @@ from pretune.errors import ConfigError, PretuneError
 
 console = Console(stderr=True)
 
+# How much the commands print: -1 quiet (results only), 0 normal, 1 verbose (library logs too).
+_output = {"level": 0}
+
+
+def output_level() -> int:
+    return _output["level"]
+
+
+def set_output_level(level: int) -> None:
+    _output["level"] = level
+
+
+def set_verbose() -> None:
+    """Show library logs and warnings from here on (a command's own --verbose)."""
+    set_output_level(1)
+    logging.getLogger().setLevel(logging.INFO)
+    warnings.resetwarnings()
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+    except Exception:  # pragma: no cover - transformers is a core dependency
+        pass
+
 
 def quiet_libraries(verbose: bool = False) -> None:
     """Silence warnings and progress bars from libraries that users cannot act on."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:  # --log-to mlflow: its database set-up lines say nothing to act on
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if verbose:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from pretune._version import __version__
-from pretune.cli import predict, train, tune
-from pretune.cli.common import quiet_libraries
+from pretune.cli import export, predict, report, show, train, tune
+from pretune.cli.common import quiet_libraries, set_output_level
 
 app = typer.Typer(
     name="pretune",
@@ -20,9 +20,11 @@ app = typer.Typer(
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs and warnings."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results and errors only."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
     quiet_libraries(verbose)
+    set_output_level(1 if verbose else -1 if quiet else 0)
     if version:
         print(__version__)
         raise typer.Exit()
@@ -31,6 +33,9 @@ def _root(
 app.command("train")(train.command)
 app.command("predict")(predict.command)
 app.command("tune")(tune.command)
+app.command("report")(report.command)
+app.command("show")(show.command)
+app.command("export")(export.command)
 
 
 def main() -> None:

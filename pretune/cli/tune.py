@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from pretune.cli.common import console, given_settings, parse_sets, read_yaml, run_command
+from pretune.cli.progress import short
 
 EXAMPLE = """
 Example:
@@ -20,6 +21,9 @@ Example:
       --space space.yaml --fixed epochs=3 --metric f1_macro
 
 Running the same command again continues the search in --out (a larger budget extends it).
+At the end OUT/report.html is written (pretune report OUT writes it again); pretune show OUT
+prints the summary. On a terminal the search draws live bars and a table of finished trials;
+elsewhere it prints one line per trial.
 A space file narrows or extends the default space, e.g.:
 
   lr: {low: 1e-5, high: 1e-4, log: true}
@@ -52,12 +56,22 @@ def command(
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result: no progress, no line per trial."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Plain lines instead of live bars, with library logs."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html at the end (needs plotly)."),
+    log_to: Optional[list[str]] = typer.Option(None, "--log-to", help="Also record each trial in mlflow or tensorboard; repeatable."),
 ) -> None:
     """Search hyperparameters within a budget; the best model is kept in OUT/best."""
 
     def body():
         from pretune.api import tune as api_tune
+        from pretune.cli.common import output_level, set_verbose
+        from pretune.cli.progress import MODE_PLAIN, MODE_QUIET, SearchProgress, choose_mode
 
+        if verbose:
+            set_verbose()
+        level = output_level()
+        mode = choose_mode(quiet=quiet or level < 0, verbose=verbose or level > 0)
         base = read_yaml(config) if config else None
         flags: dict[str, Any] = dict(
             train=train, valid=valid, model=model, text_column=text_column,
@@ -67,42 +81,44 @@ def command(
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)
         pins = parse_sets(fixed, "--fixed")
-        def on_trial(report) -> None:
-            console.print(format_trial(report), highlight=False, soft_wrap=True)
-
-        console.print(f"searching in {escape(str(out))} (budget {budget or '10m'}); one line per trial",
-                      highlight=False, soft_wrap=True)
-        result = api_tune(
-            base, out=out, budget=budget, space=space, fixed=pins, sampler=sampler,
-            pruner=pruner, storage=storage, study=study, on_trial=on_trial, **settings,
-        )
+        progress = SearchProgress(mode, budget_label=budget or "10m", metric=metric)
+        if mode == MODE_PLAIN:
+            console.print(f"searching in {escape(str(out))} (budget {budget or '10m'}); "
+                          f"one line per trial", highlight=False, soft_wrap=True)
+        with progress:
+            result = api_tune(
+                base, out=out, budget=budget, space=space, fixed=pins, sampler=sampler,
+                pruner=pruner, storage=storage, study=study, on_trial=progress.on_trial,
+                progress=progress, log_to=log_to, **settings,
+            )
         print_summary(result)
+        if report:
+            write_report_safely(result.path, quiet=mode == MODE_QUIET)
 
     run_command(body)
 
 
+def write_report_safely(run: Path, *, quiet: bool = False) -> None:
+    """The report at the end of a search: a failure to write it is a warning, never an error
+    (the search's results are already on disk)."""
+    from pretune.errors import MissingExtraError
+    from pretune.report.html import write_report
+
+    try:
+        path = write_report(run)
+    except MissingExtraError as err:
+        console.print(f"[yellow]no report:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return
+    except Exception as err:  # noqa: BLE001 - the search is already saved
+        console.print(f"[yellow]warning:[/] the report could not be written "
+                      f"({escape(type(err).__name__)}: {escape(str(err))}); run pretune report "
+                      f"{escape(str(run))} to try again", highlight=False, soft_wrap=True)
+        return
+    if not quiet:
+        console.print(f"report written to {escape(str(path))}", highlight=False, soft_wrap=True)
+
+
 command.__doc__ = (command.__doc__ or "") + EXAMPLE
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def format_trial(report) -> str:
-    """One line for a finished trial: number, state, value, parameters, seconds, best mark."""
-    value = f"{report.metric} {report.value:.4f}" if report.value is not None else ""
-    params = escape(" ".join(f"{k}={_short(v)}" for k, v in report.params.items()))
-    seconds = f"{report.seconds:.0f}s" if report.seconds is not None else ""
-    state = report.state.lower()
-    if report.state == "COMPLETE" and report.stop_reason == "deadline":
-        state = "complete (deadline)"
-    extra = f" ({escape(report.fail_reason)})" if report.fail_reason else ""
-    best = "  [bold green]* best[/]" if report.is_best else ""
-    color = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(report.state, "white")
-    return (f"trial {report.number:>3}  [{color}]{state:<8}[/] {value:<18} {params}  "
-            f"{seconds}{extra}{best}")
 
 
 def print_summary(result) -> None:
@@ -119,7 +135,7 @@ def print_summary(result) -> None:
             f"A search keeps a best model once a trial completes, but none has in "
             f"{result.path}.{why} Fix the cause, or give a larger --budget, and run again."
         )
-    params = escape(", ".join(f"{k}={_short(v)}" for k, v in result.best_params.items()))
+    params = escape(", ".join(f"{k}={short(v)}" for k, v in result.best_params.items()))
     console.print(
         f"[bold green]best[/]: trial {result.best_trial}, {result.metric} "
         f"{result.best_value:.4f} ({params}); model saved to {escape(str(result.best_path))}",

@@ -72,6 +72,7 @@ FAIL_STREAK = 5  # this many trials in a row failing with the same error stop th
 INTERRUPTED = "interrupted"  # fail_reason of a trial its process did not finish
 DEADLINE = "deadline"  # stop_reason of a trial stopped by the time budget
 PRUNED = "pruned"
+PREDICTIONS_FILE = "valid-predictions.csv"  # in best/: the best model's validation predictions
 
 
 # --- what a search returns --------------------------------------------------------------------
@@ -208,6 +209,7 @@ def run_tune(
     space: Mapping[str, Any] | None = None,
     fixed: Mapping[str, Any] | None = None,
     on_trial: Callable[[TrialReport], None] | None = None,
+    progress: Any = None,
     space_source: str = "the search space",
 ) -> TuneResult:
     """Search in run directory ``out``, starting or continuing its study.
@@ -216,6 +218,11 @@ def run_tune(
     ``pretune.search.space``), ``fixed`` pins settings by name. Stops when ``tune.budget`` is
     spent. Data errors raise before any trial; a trial that fails is recorded and the search
     goes on.
+
+    ``progress`` (optional) follows the search as it runs: any of its methods
+    ``search_started(trials_left, seconds, metric)`` (None where the budget has no such limit),
+    ``trial_started(number, params)``, ``on_step(step, total_steps, loss)`` and
+    ``on_eval(step, metrics)`` that it has are called (a terminal display, a tracker).
     """
     validate_tune(tune)
     budget = Budget.parse(tune.budget)
@@ -261,7 +268,8 @@ def run_tune(
 
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
-                         on_trial=on_trial, caches=RunCaches(out / rundir.CACHE_DIR))
+                         on_trial=on_trial, progress=progress,
+                         caches=RunCaches(out / rundir.CACHE_DIR))
         search.write_trials()
         try:
             search.run()
@@ -324,7 +332,7 @@ class _Search:
     """The objective and the after-trial bookkeeping of one start of a search."""
 
     def __init__(self, *, study, task, base, dims, pinned, metric, direction, out, budget,
-                 on_trial, caches):
+                 on_trial, caches, progress=None):
         self.study: optuna.Study = study
         self.task = task
         self.base: RunConfig = base
@@ -339,6 +347,7 @@ class _Search:
         self.budget: Budget = budget
         self.on_trial = on_trial
         self.caches = caches  # tokenized data and frozen features, shared by every trial
+        self.progress = progress
         self.deadline = None if budget.seconds is None else time.monotonic() + budget.seconds
         self.pending: tuple[int, Any] | None = None  # (trial number, FitResult) to save as best
         self.fails: list[str] = []  # fail reasons of the trials that failed in a row
@@ -355,6 +364,7 @@ class _Search:
 
     def run(self) -> None:
         n = self.remaining()
+        self._tell("search_started", n, self.budget.seconds, self.metric)
         if n == 0:
             log.info("the study already has its %d trials; nothing to run", self.budget.trials)
             return
@@ -381,8 +391,13 @@ class _Search:
         def sample_memory(*_: Any) -> None:
             peak[0] = max(peak[0], rss_mb())
 
+        def on_step(step: int, total: int, loss: float) -> None:
+            sample_memory()
+            self._tell("on_step", step, total, loss)
+
         def on_eval(step: int, metrics: dict) -> None:
             sample_memory()
+            self._tell("on_eval", step, metrics)
             last.update(step=metrics.get("step"), epoch=metrics.get("epoch"))
             fidelity = int(round(float(metrics["epoch"]) * STEPS_PER_EPOCH))
             value = metrics.get(self.metric)
@@ -410,8 +425,9 @@ class _Search:
                 {**params, **self.pinned, "seed": seed, "data_seed": self.data_seed})
             trial.set_user_attr("settings", plain(config.flat()))
             validate(config)
+            self._tell("trial_started", trial.number, dict(params))
             result = fit(config, None, task=self.task, on_eval=on_eval,
-                         should_stop=self.past_deadline, on_step=sample_memory, keep_model=True,
+                         should_stop=self.past_deadline, on_step=on_step, keep_model=True,
                          caches=self.caches)
         except optuna.TrialPruned:
             record(PRUNED)
@@ -441,6 +457,11 @@ class _Search:
         trial.set_user_attr("settings", plain(result.config.flat()))  # max_length resolved
         self.pending = (trial.number, result)
         return float(value)
+
+    def _tell(self, event: str, *args: Any) -> None:
+        method = getattr(self.progress, event, None)
+        if method is not None:
+            method(*args)
 
     # -- after each trial ---------------------------------------------------------------------
 
@@ -497,7 +518,20 @@ class _Search:
         meta = run_metadata(result.config, self.task, result.train_result)
         meta["trial"] = trial.number
         meta["params"] = dict(trial.params)
-        save_model(result.model, result.tokenizer, self.out / rundir.BEST_DIR, meta)
+        best = save_model(result.model, result.tokenizer, self.out / rundir.BEST_DIR, meta)
+        self._save_predictions(trial.number, result, best)
+
+    def _save_predictions(self, number: int, result, best: Path) -> None:
+        """best/valid-predictions.csv, for the report's confusion matrix. The ``trial`` column
+        tells a reader whether it belongs to the model beside it. Losing it loses no result."""
+        from pretune.training.run import valid_predictions
+
+        try:
+            frame = valid_predictions(result, self.task)
+            frame.insert(0, "trial", number)
+            rundir.write_atomic(best / PREDICTIONS_FILE, frame.to_csv(index=False))
+        except Exception as err:  # noqa: BLE001 - a report detail must not stop a search
+            log.warning("could not write the best model's validation predictions: %s", err)
 
     def _watch_failures(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Stop when trials keep failing the same way: the cause is then not the sample."""

@@ -252,6 +252,27 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
     return now
 
 
+def valid_predictions(result: FitResult, task: TaskData) -> pd.DataFrame:
+    """The kept model's predictions on the validation split: ``label``, ``prediction`` and
+    ``prob_<label>`` per row, in the split's order (what a confusion matrix is drawn from)."""
+    if result.model is None or result.tokenizer is None:
+        raise ValueError("valid_predictions needs a FitResult that kept its model")
+    tokenizer, config = result.tokenizer, result.config
+    enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer,
+                 config.data.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
+    device = next(result.model.parameters()).device
+    probs, labels, _ = predict_proba(result.model, batches, device=device,
+                                     precision=resolve_precision(config.train.precision, device))
+    names = [str(n) for n in result.label_names]
+    frame = pd.DataFrame({"label": [names[i] for i in labels],
+                          "prediction": [names[i] for i in probs.argmax(axis=1)]})
+    for i, name in enumerate(names):
+        frame[f"prob_{name}"] = probs[:, i]
+    return frame
+
+
 def _both(task: TaskData) -> Split:
     """Train and valid texts together: valid texts may be longer (SST-2's are whole sentences,
     its training rows mostly phrases), and truncating what the model is judged on hurts."""

@@ -246,3 +246,22 @@ def test_interrupted_marker_is_not_counted():
     trial = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
                                       user_attrs={"fail_reason": "RuntimeError: x"})
     assert counted(trial)
+
+
+def test_trials_share_the_run_directorys_caches(tiny_model_dir, tmp_path):
+    """Tokenized data and frozen features are made by the first trial and reused by the rest,
+    also by a later start of the same search."""
+    train, valid = data_files(tmp_path / "data")
+    out = tmp_path / "run"
+    common = dict(model=tiny_model_dir, train=str(train), valid=str(valid), out=out,
+                  space=NARROW, fixed={"epochs": 1, "threads": 1, "transfer": "linear_probe"},
+                  pruner="none", precision="fp32")
+    pretune.tune(budget="3trials", **common)
+    cache = out / "cache"
+    assert len(list(cache.glob("tokens-*.npz"))) == 2  # train and valid, once for 3 trials
+    assert len(list(cache.glob("features-*.safetensors"))) == 2
+    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    pretune.tune(budget="5trials", **common)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before  # nothing redone
+    depths = [t.user_attrs.get("feature_depth") for t in trials_of(out)]
+    assert depths == [2] * 5

@@ -46,14 +46,13 @@ def test_training_from_cached_features_trains_the_same_model(tiny_learner_dir, s
 
 def test_a_second_run_with_the_same_caches_prepares_no_data(tiny_learner_dir, sentiment_csv, valid_csv, tmp_path):
     caches = RunCaches(tmp_path / "cache")
-    first = fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="linear_probe",
+    fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="linear_probe",
                          epochs=1), caches=caches)
     assert caches.tokens.misses == 2 and caches.features.misses == 2  # train and valid
     second = fit(settings(tiny_learner_dir, sentiment_csv, valid_csv, transfer="linear_probe",
                           epochs=1, lr=3e-3, head_layers=1), caches=caches)
     assert caches.tokens.misses == 2 and caches.tokens.hits == 2
     assert caches.features.misses == 2  # the first run's features served the second
-    assert second.timings["data"] <= first.timings["data"]
     assert {"model", "data", "features", "train"} <= set(second.timings)
 
     # Another process on the same run directory finds both on disk.

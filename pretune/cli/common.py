@@ -113,6 +113,12 @@ def read_yaml(path: str | Path, flag: str = "--config") -> dict:
     return read_mapping(path, flag)
 
 
+def with_example(command: Callable, example: str) -> None:
+    """Append ``example`` to a command's help, as its own paragraph: the first paragraph of a
+    docstring is the one-line summary that ``pretune --help`` lists."""
+    command.__doc__ = (command.__doc__ or "").rstrip() + "\n\n" + example.strip("\n") + "\n"
+
+
 def is_terminal() -> bool:
     return sys.stderr.isatty()
 

@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs and warnings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results and errors only."),

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pretune.cli.common import console, run_command
+from pretune.cli.common import console, run_command, with_example
 
 EXAMPLE = """
 Example:
@@ -51,4 +51,4 @@ def command(
     run_command(body)
 
 
-command.__doc__ = (command.__doc__ or "") + EXAMPLE
+with_example(command, EXAMPLE)

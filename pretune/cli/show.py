@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pretune.cli.common import run_command
+from pretune.cli.common import run_command, with_example
 
 EXAMPLE = """
 Example:
@@ -49,4 +49,4 @@ def command(
     run_command(body)
 
 
-command.__doc__ = (command.__doc__ or "") + EXAMPLE
+with_example(command, EXAMPLE)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pretune.cli.common import (
-    console, given_settings, parse_sets, read_yaml, run_command, training_progress,
+    console, given_settings, parse_sets, read_yaml, run_command, training_progress, with_example,
 )
 
 EXAMPLE = """
@@ -79,4 +79,4 @@ def command(
     run_command(body)
 
 
-command.__doc__ = (command.__doc__ or "") + EXAMPLE
+with_example(command, EXAMPLE)

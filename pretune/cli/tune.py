@@ -8,7 +8,8 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from pretune.cli.common import console, given_settings, parse_sets, read_yaml, run_command
+from pretune.cli.common import (
+    console, given_settings, parse_sets, read_yaml, run_command, with_example)
 from pretune.cli.progress import short
 
 EXAMPLE = """
@@ -118,7 +119,7 @@ def write_report_safely(run: Path, *, quiet: bool = False) -> None:
         console.print(f"report written to {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
-command.__doc__ = (command.__doc__ or "") + EXAMPLE
+with_example(command, EXAMPLE)
 
 
 def print_summary(result) -> None:

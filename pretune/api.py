@@ -70,12 +70,16 @@ def tune(
     budget: str | None = None,
     space: str | Path | Mapping[str, Any] | None = None,
     fixed: Mapping[str, Any] | None = None,
+    strategy: str | None = None,
     sampler: str | None = None,
     pruner: str | None = None,
     storage: str | None = None,
     study: str | None = None,
     evals_per_epoch: int | None = None,
+    priors: bool | None = None,
+    lr_range_test: bool | None = None,
     on_trial: Callable[[Any], None] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
     **settings: Any,
 ):
     """Search hyperparameters within a budget; returns a ``TuneResult``.
@@ -90,6 +94,13 @@ def tune(
     (``metric="f1_macro"``, ``seed=1``, ``train=...``) apply to every trial. Running it again
     with the same ``out`` continues the search; ``on_trial`` gets a ``TrialReport`` after each
     trial.
+
+    ``strategy`` names the sampler and pruner (``auto``, ``tpe``, ``random``, ``hyperband``,
+    ``asha``, ``median``, ``random-hyperband``; see ``pretune.search.strategies``); by default a
+    continued search keeps the one it started with, and a new one uses ``auto``. ``sampler`` and
+    ``pruner`` replace one part of it. A new search first runs a short learning-rate range test
+    (``lr_range_test=False`` skips it) and queues known fine-tuning recipes as its first trials
+    (``priors=False`` skips them); ``on_plan`` gets the budget plan before the first trial.
     """
     from pretune.config import TuneConfig
     from pretune.search.space import FULL
@@ -106,10 +117,11 @@ def tune(
         space_file = str(space)
         space_spec = read_space_file(space_file)
         source = Path(space_file).name
-    options = dict(budget=budget, sampler=sampler, pruner=pruner, storage=storage,
-                   study_name=study, evals_per_epoch=evals_per_epoch, space=space_file)
+    options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
+                   storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
+                   space=space_file, priors=priors, lr_range_test=lr_range_test)
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
     return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
-                    on_trial=on_trial, space_source=source)
+                    on_trial=on_trial, on_plan=on_plan, space_source=source)

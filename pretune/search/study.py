@@ -11,14 +11,12 @@ Choices made here, and why:
 * **Fidelity steps.** A trial reports at ``step = round(epoch * 100)``: percent of an epoch.
   Optimizer steps are not comparable across batch sizes (an epoch at batch 16 is twice the steps
   at 32); epochs are. Each trial evaluates ``TuneConfig.evals_per_epoch`` (2) times an epoch so
-  the pruner has points to act on.
-* **ASHA** (``SuccessiveHalvingPruner``, reduction factor 3) with ``min_resource=100``: the first
-  rung is the end of the first epoch. A trial is never judged before it has seen every training
-  example once and before its warmup is over: the default space warms up for at most 20% of
-  2 to 5 epochs, i.e. at most one epoch. Scores after half an epoch, mid-warmup, say little
-  about the final model (and are noisy on small data sets). Later rungs are at 3 and 9 epochs.
-* **Median** (``MedianPruner``): 5 startup trials, no pruning before step 100 (one epoch), for
-  the same reasons.
+  the pruner has points to act on. The sampler and pruner come from ``strategies`` (``--strategy``;
+  ``auto`` by default), the schedule they judge on from ``planning``: no trial is judged before
+  the end of its first epoch.
+* **Before the first trial** (``prepare``): a learning-rate range test (cached in plan.yaml)
+  centers the default lr range and times a step; the budget plan says how many full trials fit;
+  a new study queues the recipes of ``priors`` first.
 * **Trial budget** counts every finished trial in the storage (complete, pruned, failed), except
   trials cut short by a killed or interrupted process: those are retried once, and the retry
   counts. The **time budget** applies to each start of the search (Optuna's ``timeout``); a trial
@@ -56,17 +54,14 @@ from pretune.config import (
     validate_tune,
 )
 from pretune.errors import ConfigError, PretuneError
-from pretune.search import rundir
+from pretune.search import planning, prepare, priors, rundir, strategies
+from pretune.search.planning import STEPS_PER_EPOCH, Plan
+from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
 from pretune.search.space import Dimension, resolve_space, space_to_dict, suggest
 
 log = logging.getLogger(__name__)
 
-STEPS_PER_EPOCH = 100  # fidelity unit: percent of an epoch
-ASHA_MIN_RESOURCE = 100  # first rung at the end of epoch 1 (see the module docstring)
-ASHA_REDUCTION_FACTOR = 3
-MEDIAN_STARTUP_TRIALS = 5
-MEDIAN_WARMUP_STEPS = 100
 FAIL_STREAK = 5  # this many trials in a row failing with the same error stop the search
 
 INTERRUPTED = "interrupted"  # fail_reason of a trial its process did not finish
@@ -108,6 +103,8 @@ class TuneResult:
     fixed: dict[str, Any]  # the pinned settings
     trials: pd.DataFrame  # as trials.csv
     trials_run: int = 0  # trials run by this call
+    plan: dict[str, Any] = field(default_factory=dict)  # the budget plan of this start
+    lr_range: dict[str, Any] | None = None  # the learning-rate range test, if one ran
     _loaded: tuple | None = field(default=None, repr=False)
 
     @property
@@ -136,28 +133,7 @@ class TuneResult:
         return self.load_best()[1]
 
 
-# --- samplers, pruners, seeds -----------------------------------------------------------------
-
-
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """``tpe``: multivariate TPE over groups of parameters that occur together (conditional
-    spaces), with the constant liar so parallel workers spread out; ``random``: uniform."""
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
-                                          constant_liar=True)
-
-
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=ASHA_MIN_RESOURCE, reduction_factor=ASHA_REDUCTION_FACTOR)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
-                                           n_warmup_steps=MEDIAN_WARMUP_STEPS)
-    return optuna.pruners.NopPruner()
+# --- seeds, budget counting, memory -----------------------------------------------------------------
 
 
 def quiet_optuna() -> None:
@@ -208,6 +184,7 @@ def run_tune(
     space: Mapping[str, Any] | None = None,
     fixed: Mapping[str, Any] | None = None,
     on_trial: Callable[[TrialReport], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
     space_source: str = "the search space",
 ) -> TuneResult:
     """Search in run directory ``out``, starting or continuing its study.
@@ -215,7 +192,7 @@ def run_tune(
     ``base`` holds every setting that is not searched; ``space`` is a space file's content (see
     ``pretune.search.space``), ``fixed`` pins settings by name. Stops when ``tune.budget`` is
     spent. Data errors raise before any trial; a trial that fails is recorded and the search
-    goes on.
+    goes on. ``on_plan`` gets the budget plan before the first trial.
     """
     validate_tune(tune)
     budget = Budget.parse(tune.budget)
@@ -229,9 +206,14 @@ def run_tune(
     out.mkdir(parents=True, exist_ok=True)
     with rundir.RunLock(out):
         rundir.clean_leftovers(out)
+        strategy = strategies.for_run(tune, rundir.read_record(out).get("tune"))
+        found = prepare.cached_lr_range(out)
+        dims = prepare.search_space(dims, space, pinned, found)
         record = {
             "settings": shared.to_dict(),
-            "tune": {k: v for k, v in vars(tune).items() if k != "budget"},
+            "tune": {**{k: v for k, v in vars(tune).items() if k != "budget"},
+                     "strategy": strategy.name, "sampler": strategy.sampler,
+                     "pruner": strategy.pruner},
             "metric": metric,
             "direction": direction,
             "space": space_to_dict(dims),
@@ -251,12 +233,33 @@ def run_tune(
         if started_before:
             rundir.check_record(out, record)
         else:  # written once the data and the storage are known to work
+            if tune.lr_range_test and found is None:
+                found = prepare.lr_range(out, shared, task, tune)
+                dims = prepare.search_space(dims, space, pinned, found)
+                record["space"] = space_to_dict(dims)
             rundir.write_record(out, record)
         if default_storage:
             _recover_interrupted(study)
+
+        plan = planning.make_plan(
+            strategy, budget, dims, {**shared.flat(), **pinned},
+            seconds_per_example=(found or {}).get("seconds_per_example"),
+            train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
+            evals_per_epoch=tune.evals_per_epoch)
+        rundir.update_plan(out, plan=plan.to_dict())
+        log.info("plan: %s", plan.message())
+        if on_plan is not None:
+            on_plan(plan)
         study.sampler = make_sampler(
-            tune.sampler, derive_seed(shared.train.seed, len(study.get_trials(deepcopy=False))))
-        study.pruner = make_pruner(tune.pruner)
+            strategy.sampler,
+            derive_seed(shared.train.seed, len(study.get_trials(deepcopy=False))))
+        study.pruner = make_pruner(plan.pruner, plan.fidelity)
+        if tune.priors:
+            lr_dim = next((d for d in dims if d.name == "lr"), None)
+            prior_lr = priors.base_lr(prepare.hidden_size(shared)) if lr_dim else shared.train.lr
+            queued = priors.enqueue(study, dims, prior_lr, {**shared.flat(), **pinned})
+            if queued:
+                log.info("queued %d recipes from practice as the first trials", queued)
 
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
@@ -266,7 +269,10 @@ def run_tune(
             search.run()
         finally:
             search.write_trials()
-        return search.result()
+        result = search.result()
+        result.plan = plan.to_dict()
+        result.lr_range = found
+        return result
 
 
 def _open_study(storage: str, name: str, direction: str) -> optuna.Study:
@@ -515,8 +521,9 @@ class _Search:
         rundir.write_trials(self.out, self.frame())
 
     def frame(self) -> pd.DataFrame:
-        return rundir.trials_frame(self.study.get_trials(deepcopy=False),
-                                   [d.name for d in self.dims])
+        started = [t for t in self.study.get_trials(deepcopy=False)
+                   if t.state != TrialState.WAITING]  # queued recipes not run yet
+        return rundir.trials_frame(started, [d.name for d in self.dims])
 
     def result(self) -> TuneResult:
         """The outcome, with the best trial being the one whose model is in best/."""

@@ -56,14 +56,18 @@ if str(REPO) not in sys.path:
 
 import optuna  # noqa: E402
 
-from pretune.search import strategies  # noqa: E402
+from pretune.search import planning, strategies  # noqa: E402
+from pretune.search.space import DEFAULT  # noqa: E402
 
 TABLE = REPO / ".." / "shared" / "data" / "hpo" / "taskset_imdb_rnn" / "valid_loss.csv"
 PARAMS = ("learning_rate", "beta1", "beta2", "epsilon", "l1", "l2", "linear_decay",
           "exponential_decay")
 BETAS = ("beta1", "beta2")
 CHECKPOINTS = 51
-PRETUNE_MIN_RESOURCE = 3  # checkpoints before pretune's pruner may judge a trial
+# pretune judges no trial before the end of its first epoch, of at most 5 in the default space
+# (min_resource 100 of max_resource 500 percent-of-epoch steps): the same fifth of a curve here.
+PRETUNE_MIN_RESOURCE = round(CHECKPOINTS * planning.MIN_RESOURCE
+                             / (planning.STEPS_PER_EPOCH * DEFAULT["epochs"].high))
 CONTENDERS = ("pretune", "tpe", "tpe+median", "random", "random+hyperband")
 
 
@@ -154,16 +158,41 @@ def contender(name: str, seed: int) -> tuple[optuna.samplers.BaseSampler, optuna
     return sampler, pruner
 
 
-def replay(task: Task, name: str, seed: int, budgets: list[int]) -> dict:
-    """Run one study of contender ``name`` on ``task``; regret at each budget (in curves)."""
+def row_costs(curves: np.ndarray) -> np.ndarray:
+    """Checkpoints a row costs when it runs unpruned: up to its first NaN, else all 51."""
+    nan = np.isnan(curves)
+    return np.where(nan.any(axis=1), nan.argmax(axis=1) + 1, curves.shape[1])
+
+
+def replay(task: Task, name: str, seed: int, budgets: list[int], *, shortcut: bool = True) -> dict:
+    """Run one study of contender ``name`` on ``task``; regret at each budget (in curves).
+
+    Without a pruner, once every row left fits in the cost before the next budget, whatever
+    order the sampler would pick them in, the study's picks are known: the best complete row
+    of all. The study then stops sampling and takes that (exact, and it spares the model-based
+    samplers their slowest trials)."""
     sampler, pruner = contender(name, seed)
-    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+    unpruned = shortcut and isinstance(pruner, optuna.pruners.NopPruner)
+    # Hyperband assigns brackets by a hash of the study name: name studies for repeatable runs.
+    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner,
+                                study_name=f"{task.name}-{name}-{seed}")
     mapper = Mapper(task.points)
+    costs = row_costs(task.curves)
+    finals = np.where(np.isnan(task.curves).any(axis=1), np.inf, task.curves[:, -1])
     limit = max(budgets) * CHECKPOINTS
     budgets = sorted(budgets)
     picks: dict[int, float | None] = {}
     cost, best, trials, pruned, failed = 0, None, 0, 0, 0
     while cost < limit and len(mapper):
+        if unpruned and cost + costs[mapper.free].sum() <= budgets[0] * CHECKPOINTS:
+            rest = float(finals[mapper.free].min())
+            if math.isfinite(rest) and (best is None or rest < best):
+                best = rest
+            trials += len(mapper)
+            failed += int(np.isinf(finals[mapper.free]).sum())
+            cost += int(costs[mapper.free].sum())
+            mapper.free[:] = False
+            break
         trial = study.ask()
         point = np.array([trial.suggest_float(p, 0.0, 1.0) for p in PARAMS])
         curve = task.curves[mapper.take(point)]
@@ -188,6 +217,8 @@ def replay(task: Task, name: str, seed: int, budgets: list[int]) -> dict:
         cost += steps
         if value is not None and (best is None or value < best):
             best = value
+        if not budgets:
+            break
     for b in budgets:  # the table ran out (or the largest budget was met exactly)
         picks[b] = best
     return {"task": task.name, "contender": name, "seed": seed, "trials": trials,
@@ -214,18 +245,31 @@ def _job(args: tuple[int, str, int, list[int]]) -> dict:
 
 
 def compare(*, seeds: int, task_count: int | None, budgets: list[int], contenders: list[str],
-            processes: int, path: Path = TABLE) -> pd.DataFrame:
+            processes: int, path: Path = TABLE, csv: Path | None = None) -> pd.DataFrame:
+    """Every (task, seed, contender) study, ``processes`` at a time; with ``csv``, each row is
+    appended there as it finishes (seed by seed, so a cut-short run still holds whole seeds)."""
     names = [t.name for t in load_tasks(path)][:task_count]
-    jobs = [(i, c, s, budgets) for i in range(len(names)) for s in range(seeds)
+    jobs = [(i, c, s, budgets) for s in range(seeds) for i in range(len(names))
             for c in contenders]
-    # The slowest jobs (model-based samplers) first, so the processes finish together.
-    jobs.sort(key=lambda j: j[1] == "random")
+    rows: list[dict] = []
+    if csv is not None:
+        csv.unlink(missing_ok=True)
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        if csv is not None:
+            pd.DataFrame([row]).to_csv(csv, mode="a", header=len(rows) == 1, index=False)
+        print(f"\r{len(rows)}/{len(jobs)} studies", end="", file=sys.stderr, flush=True)
+
     if processes <= 1:
         _init(str(path))
-        rows = [_job(j) for j in jobs]
+        for job in jobs:
+            keep(_job(job))
     else:
         with multiprocessing.get_context("fork").Pool(processes, _init, (str(path),)) as pool:
-            rows = pool.map(_job, jobs, chunksize=1)
+            for row in pool.imap_unordered(_job, jobs, chunksize=1):
+                keep(row)
+    print(file=sys.stderr)
     return pd.DataFrame(rows)
 
 
@@ -270,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="budgets in full-curve equivalents, comma-separated")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--csv", type=Path, default=None, help="also write every run's row here")
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="also write every study's row here, as it finishes")
+    parser.add_argument("--from-csv", type=Path, default=None,
+                        help="print the table of a --csv file instead of running")
     args = parser.parse_args(argv)
     if not TABLE.is_file():
         print(f"replay needs the table {TABLE.resolve()}; it is missing", file=sys.stderr)
@@ -288,11 +335,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    results = compare(seeds=args.seeds, task_count=args.tasks, budgets=budgets,
-                      contenders=contenders, processes=args.processes)
+    if args.from_csv:
+        results = pd.read_csv(args.from_csv)
+        seeds = results.groupby(["task", "contender"]).size()
+        contenders = [c for c in contenders if c in set(results.contender)]
+        args.seeds = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+    else:
+        results = compare(seeds=args.seeds, task_count=args.tasks, budgets=budgets,
+                          contenders=contenders, processes=args.processes, csv=args.csv)
     wall = time.perf_counter() - t0
-    if args.csv:
-        results.to_csv(args.csv, index=False)
     auto = strategies.STRATEGIES[strategies.AUTO]
     print(f"pretune = strategy auto = {auto.name} ({auto.about}), min_resource "
           f"{PRETUNE_MIN_RESOURCE} of {CHECKPOINTS} checkpoints")
@@ -303,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper study, mean: " + "; ".join(
         f"{c}: {per.loc[c, 'trials']:.0f} trials ({per.loc[c, 'pruned']:.0f} pruned, "
         f"{per.loc[c, 'failed']:.0f} failed), {per.loc[c, 'seconds']:.1f}s" for c in contenders))
-    print(f"wall time {wall:.0f}s with {args.processes} processes")
+    if not args.from_csv:
+        print(f"wall time {wall:.0f}s with {args.processes} processes")
     return 0
 
 

@@ -78,6 +78,7 @@ def tune(
     evals_per_epoch: int | None = None,
     priors: bool | None = None,
     lr_range_test: bool | None = None,
+    seed_check: int | None = None,
     on_trial: Callable[[Any], None] | None = None,
     on_plan: Callable[[Any], None] | None = None,
     **settings: Any,
@@ -101,6 +102,8 @@ def tune(
     ``pruner`` replace one part of it. A new search first runs a short learning-rate range test
     (``lr_range_test=False`` skips it) and queues known fine-tuning recipes as its first trials
     (``priors=False`` skips them); ``on_plan`` gets the budget plan before the first trial.
+    When the budget allows, the ``seed_check`` (3) best settings are re-run with another seed at
+    the end and the best mean wins (``0`` skips it; see ``pretune.search.final_pick``).
     """
     from pretune.config import TuneConfig
     from pretune.search.space import FULL
@@ -119,7 +122,8 @@ def tune(
         source = Path(space_file).name
     options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
                    storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
-                   space=space_file, priors=priors, lr_range_test=lr_range_test)
+                   space=space_file, priors=priors, lr_range_test=lr_range_test,
+                   seed_check=seed_check)
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})

@@ -355,6 +355,8 @@ class TuneConfig:
     priors: bool = True  # start a new study with known fine-tuning recipes
     lr_range_test: bool = True  # center the default lr range on a short increasing-lr sweep
     lr_range_steps: int = 50  # batches the sweep may take
+    seed_check: int = 3  # re-run this many best settings with other seeds at the end; 0: never
+    seed_check_runs: int = 1  # re-runs of each (when the budget allows them)
 
 
 def validate_tune(tune: TuneConfig) -> TuneConfig:
@@ -366,6 +368,8 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
     if tune.pruner is not None:
         one_of("pruner", tune.pruner, PRUNERS)
     _number("lr_range_steps", tune.lr_range_steps, 5, 10**4, integer=True)
+    _number("seed_check", tune.seed_check, 0, 100, integer=True)
+    _number("seed_check_runs", tune.seed_check_runs, 1, 100, integer=True)
     _number("evals_per_epoch", tune.evals_per_epoch, 1, 1000, integer=True)
     _check(bool(tune.study_name), "study_name must not be empty, but got ''. Pass --study NAME.")
     return tune

@@ -34,6 +34,7 @@ META_FILE = "pretune.yaml"
 STUDY_FILE = "study.db"
 TRIALS_FILE = "trials.csv"
 PLAN_FILE = "plan.yaml"
+CHECK_DIR = "seed_check"  # models of seed re-runs, while the final pick is being made
 BEST_DIR = "best"
 LOCK_FILE = ".pretune.lock"
 
@@ -41,7 +42,7 @@ LOCK_FILE = ".pretune.lock"
 # The space file's path (its content is `space`); what only a first start uses (priors, the
 # range test, whose outcome is in `space` and plan.yaml).
 MAY_CHANGE = {"tune.budget", "tune.space", "tune.priors", "tune.lr_range_test",
-              "tune.lr_range_steps"}
+              "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs"}
 
 
 class RunLock:
@@ -95,6 +96,9 @@ def clean_leftovers(out: Path) -> list[Path]:
             os.replace(candidate, best)
             break
     removed = []
+    if (Path(out) / CHECK_DIR).exists():
+        shutil.rmtree(Path(out) / CHECK_DIR, ignore_errors=True)
+        removed.append(Path(out) / CHECK_DIR)
     for pattern in (f"{BEST_DIR}.tmp-*", f"{BEST_DIR}.old-*", f".{TRIALS_FILE}.tmp-*",
                     f".{META_FILE}.tmp-*", f".{PLAN_FILE}.tmp-*"):
         for path in Path(out).glob(pattern):
@@ -104,6 +108,18 @@ def clean_leftovers(out: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def replace_best(out: Path, source: Path) -> None:
+    """Make the model directory ``source`` the run's best/ (renames only; a kill in between
+    leaves best.old-*, which ``clean_leftovers`` puts back)."""
+    best = Path(out) / BEST_DIR
+    old = best.with_name(f"{BEST_DIR}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(source, best)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -239,7 +255,7 @@ def _same(a: Any, b: Any) -> bool:
 # --- trials.csv ----------------------------------------------------------------------------------
 
 # Per-trial records (Optuna user attributes) that become columns, in this order.
-ATTR_COLUMNS = ("source", "seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason",
+ATTR_COLUMNS = ("source", "seed_of", "seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason",
                 "fail_reason", "retry_of")
 
 

@@ -54,7 +54,7 @@ from pretune.config import (
     validate_tune,
 )
 from pretune.errors import ConfigError, PretuneError
-from pretune.search import planning, prepare, priors, rundir, strategies
+from pretune.search import final_pick, planning, prepare, priors, rundir, strategies
 from pretune.search.planning import STEPS_PER_EPOCH, Plan
 from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
@@ -105,6 +105,9 @@ class TuneResult:
     trials_run: int = 0  # trials run by this call
     plan: dict[str, Any] = field(default_factory=dict)  # the budget plan of this start
     lr_range: dict[str, Any] | None = None  # the learning-rate range test, if one ran
+    # The final pick's seed check, if one ran: {"chosen": trial, "candidates": [{"trial",
+    # "params", "runs": {trial: value}, "mean", "std", "n"}, ...]}
+    seed_check: dict[str, Any] | None = None
     _loaded: tuple | None = field(default=None, repr=False)
 
     @property
@@ -264,6 +267,12 @@ def run_tune(
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
                          on_trial=on_trial)
+        search.seed_check_size = (tune.seed_check, tune.seed_check_runs)
+        search.reserve = final_pick.reserve(
+            budget, plan.trial_seconds, tune.seed_check, tune.seed_check_runs,
+            trials_done=sum(counted(t) for t in study.get_trials(deepcopy=False)))
+        if search.reserve.active:
+            log.info("keeping %s for the seed check of the final pick", search.reserve)
         search.write_trials()
         try:
             search.run()
@@ -272,6 +281,7 @@ def run_tune(
         result = search.result()
         result.plan = plan.to_dict()
         result.lr_range = found
+        result.seed_check = search.picked
         return result
 
 
@@ -348,6 +358,9 @@ class _Search:
         self.fails: list[str] = []  # fail reasons of the trials that failed in a row
         self.stop_error: BaseException | None = None
         self.trials_run = 0
+        self.reserve = final_pick.Reserve()  # budget kept for the seed check (none by default)
+        self.seed_check_size = (0, 0)  # (top settings, runs of each)
+        self.picked: dict[str, Any] | None = None  # the seed check's outcome
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -362,10 +375,53 @@ class _Search:
         if n == 0:
             log.info("the study already has its %d trials; nothing to run", self.budget.trials)
             return
-        self.study.optimize(self.objective, n_trials=n, timeout=self.budget.seconds,
-                            catch=(Exception,), callbacks=[self.after_trial])
+        keep = self.reserve
+        self.optimize(None if n is None else n - keep.trials,
+                      None if self.budget.seconds is None else self.budget.seconds - keep.seconds)
+        if keep.active and self.stop_error is None:
+            self.seed_check()
         if self.stop_error is not None:
             raise self.stop_error
+
+    def optimize(self, n_trials: int | None, timeout: float | None) -> None:
+        self.study.optimize(self.objective, n_trials=n_trials, timeout=timeout,
+                            catch=(Exception,), callbacks=[self.after_trial])
+
+    def time_left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def seed_check(self) -> None:
+        """Re-run the best settings with other seeds and keep the best mean (``final_pick``)."""
+        top, runs = self.seed_check_size
+        finished = self._finished()
+        took = [t.user_attrs.get("seconds") for t in finished if t.state == TrialState.COMPLETE]
+        took = [float(x) for x in took if x is not None]
+        measured = float(np.median(took)) if took else None
+        top = final_pick.fitting(top, runs, measured, self.time_left())
+        found = final_pick.candidates(finished, self.direction, top)
+        if len(found) < 2:  # nothing to compare in the time left: search on instead
+            self.optimize(self.remaining(), self.time_left())
+            return
+        for c in found:
+            for _ in range(runs):
+                self.study.enqueue_trial(c.params, user_attrs={final_pick.SEED_OF: c.trial})
+        self.optimize(self.remaining(), self.time_left())
+        found = final_pick.candidates(self._finished(), self.direction, top)
+        chosen = final_pick.choose(found, self.direction)
+        saved = self.saved_best()
+        numbers = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        in_best = numbers[saved[0]].params if saved and saved[0] in numbers else None
+        final_pick.adopt(self.out, chosen, in_best)
+        self.picked = {"chosen": chosen.trial if chosen else None,
+                       "candidates": [c.to_dict() for c in found]}
+        rundir.update_plan(self.out, seed_check=self.picked)
+        log.info("seed check: %s", "; ".join(
+            f"trial {c.trial}: {c.mean:.4f} ± {c.std:.4f} over {len(c.runs)} runs" for c in found))
+
+    def _finished(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials whose value is a whole run's (not cut short by the deadline)."""
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("stop_reason") != DEADLINE]
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -394,7 +450,8 @@ class _Search:
                 return
             reported.add(fidelity)
             trial.report(float(value), fidelity)
-            if not self.past_deadline() and trial.should_prune():
+            if (final_pick.SEED_OF not in trial.user_attrs and not self.past_deadline()
+                    and trial.should_prune()):
                 raise optuna.TrialPruned(
                     f"{self.metric} {value:.4f} at {fidelity / STEPS_PER_EPOCH:g} epochs")
 
@@ -453,6 +510,10 @@ class _Search:
                 if self._beats_earlier(trial):
                     self._save_best(trial, self.pending[1])
                     is_best = True
+                elif final_pick.SEED_OF in trial.user_attrs:  # kept in case its settings win
+                    spare = self.out / rundir.CHECK_DIR / str(trial.user_attrs[final_pick.SEED_OF])
+                    if self._beats_earlier(trial, spare):
+                        self._save_best(trial, self.pending[1], spare)
         finally:
             self.pending = None
             release_memory()
@@ -470,35 +531,36 @@ class _Search:
         if left is not None and left <= 0:
             study.stop()  # other workers on a shared storage may have spent the budget
 
-    def saved_best(self) -> tuple[int, float] | None:
+    def saved_best(self, directory: Path | None = None) -> tuple[int, float] | None:
         """(trial number, value) of the model in best/, from its pretune.yaml; None if none.
 
         best/ is the source of truth: the study may name a better trial whose model was never
         written (a kill between the trial's end and the save, or another worker's trial)."""
         from pretune.models.io import read_meta
 
-        meta = read_meta(self.out / rundir.BEST_DIR)
+        meta = read_meta(directory or self.out / rundir.BEST_DIR)
         value = (meta.get("metrics") or {}).get(self.metric)
         if meta.get("trial") is None or value is None:
             return None
         return int(meta["trial"]), float(value)
 
-    def _beats_earlier(self, trial: optuna.trial.FrozenTrial) -> bool:
-        saved = self.saved_best()
+    def _beats_earlier(self, trial: optuna.trial.FrozenTrial, directory: Path | None = None) -> bool:
+        saved = self.saved_best(directory)
         if saved is None:
             return True
         if self.direction == "maximize":
             return trial.value > saved[1]
         return trial.value < saved[1]
 
-    def _save_best(self, trial: optuna.trial.FrozenTrial, result) -> None:
+    def _save_best(self, trial: optuna.trial.FrozenTrial, result, directory: Path | None = None
+                   ) -> None:
         from pretune.models.io import save_model
         from pretune.training.run import run_metadata
 
         meta = run_metadata(result.config, self.task, result.train_result)
         meta["trial"] = trial.number
         meta["params"] = dict(trial.params)
-        save_model(result.model, result.tokenizer, self.out / rundir.BEST_DIR, meta)
+        save_model(result.model, result.tokenizer, directory or self.out / rundir.BEST_DIR, meta)
 
     def _watch_failures(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Stop when trials keep failing the same way: the cause is then not the sample."""
@@ -532,7 +594,7 @@ class _Search:
         best = trials.get(saved[0]) if saved else None
         complete = [t.value for t in trials.values()
                     if t.state == TrialState.COMPLETE and t.value is not None]
-        if complete and best is not None:
+        if complete and best is not None and self.picked is None:
             top = (max if self.direction == "maximize" else min)(complete)
             if top != best.value:
                 log.warning("the study's best value %.4f has no saved model; best/ holds trial %d "

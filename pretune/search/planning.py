@@ -46,6 +46,8 @@ class Plan:
     min_resource: int
     max_resource: int
     reason: str  # one sentence on why this schedule
+    lr_test: dict[str, Any] | None = None  # the range test's steps, lr_at_min and suggestion
+    lr_searched: tuple[float, float] | None = None  # the lr range the search samples
 
     @property
     def fidelity(self) -> Fidelity:
@@ -58,11 +60,19 @@ class Plan:
         if self.trial_seconds is None:
             time = "trial time not measured"
         else:
-            time = f"one {self.epochs:g}-epoch trial takes about {self.trial_seconds:.0f}s"
+            time = f"one {self.epochs:g}-epoch trial takes about {self.trial_seconds:.2g}s"
             if self.full_trials is not None:
                 time += f", so the budget allows about {self.full_trials:.1f} full trials"
-        return (f"{time}; pruner {self.pruner}, judging trials from epoch "
+        text = (f"{time}; pruner {self.pruner}, judging trials from epoch "
                 f"{self.min_resource / STEPS_PER_EPOCH:g} of up to {self.max_epochs:g}: {self.reason}")
+        if self.lr_test:
+            test = self.lr_test
+            text += f". Learning-rate range test ({test.get('steps')} steps): "
+            text += (f"lowest loss at lr {test['lr_at_min']:.3g}" if test.get("lr_at_min")
+                     else f"no suggestion (stopped: {test.get('stop_reason')})")
+        if self.lr_searched:
+            text += f"; searching lr {self.lr_searched[0]:.3g} to {self.lr_searched[1]:.3g}"
+        return text
 
 
 def epochs_range(dims: Iterable[Dimension], context: Mapping[str, Any]) -> tuple[float, float]:
@@ -89,8 +99,10 @@ def trial_seconds(seconds_per_example: float | None, train_rows: int, valid_rows
 
 def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
               context: Mapping[str, Any], *, seconds_per_example: float | None,
-              train_rows: int, valid_rows: int, evals_per_epoch: int) -> Plan:
+              train_rows: int, valid_rows: int, evals_per_epoch: int,
+              lr_test: Mapping[str, Any] | None = None) -> Plan:
     dims = tuple(dims)
+    lr = next((d for d in dims if d.name == "lr"), None)
     typical, longest = epochs_range(dims, context)
     max_resource = max(1, math.ceil(longest * STEPS_PER_EPOCH))
     min_resource = min(MIN_RESOURCE, max_resource)
@@ -108,7 +120,10 @@ def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
                   f"is over")
     return Plan(trial_seconds=seconds, full_trials=full, epochs=typical, max_epochs=longest,
                 pruner=pruner, min_resource=min_resource, max_resource=max_resource,
-                reason=reason)
+                reason=reason,
+                lr_test={k: lr_test.get(k) for k in ("steps", "lr_at_min", "suggested",
+                                                     "stop_reason")} if lr_test else None,
+                lr_searched=(float(lr.low), float(lr.high)) if lr is not None else None)
 
 
 # --- the learning-rate range ---------------------------------------------------------------------

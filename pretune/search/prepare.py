@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from pretune.config import RunConfig, TuneConfig
+from pretune.config import Budget, RunConfig, TuneConfig
 from pretune.errors import PretuneError
 from pretune.search import planning, rundir
 from pretune.search.space import Dimension
@@ -29,14 +29,20 @@ def cached_lr_range(out) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def lr_range(out, base: RunConfig, task, tune: TuneConfig) -> dict[str, Any] | None:
+LR_TEST_SHARE = 0.05  # the most of a time budget the range test may take
+
+
+def lr_range(out, base: RunConfig, task, tune: TuneConfig, budget: Budget
+             ) -> dict[str, Any] | None:
     """Run the range test on ``base`` (the settings every trial shares) and record it in
-    plan.yaml. A test that breaks for a reason other than the user's input is logged and
-    skipped: the search then runs on the default range."""
+    plan.yaml; it takes at most ``LR_TEST_SHARE`` of a time budget. A test that breaks for a
+    reason other than the user's input is logged and skipped: the search then runs on the
+    default range."""
     from pretune.training.lr_range import range_test
 
+    limit = None if budget.seconds is None else LR_TEST_SHARE * budget.seconds
     try:
-        found = range_test(base, task, steps=tune.lr_range_steps).to_dict()
+        found = range_test(base, task, steps=tune.lr_range_steps, max_seconds=limit).to_dict()
     except PretuneError:
         raise
     except Exception as err:  # noqa: BLE001 - the search does not need the test to go on

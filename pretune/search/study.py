@@ -199,6 +199,7 @@ def run_tune(
     """
     validate_tune(tune)
     budget = Budget.parse(tune.budget)
+    began = time.monotonic()  # what runs before the first trial counts toward a time budget
     out = Path(out).expanduser()
     base = validate(base.with_settings({"evals_per_epoch": tune.evals_per_epoch}))
     dims, pinned = resolve_space(space, fixed, base, source=space_source)
@@ -237,7 +238,7 @@ def run_tune(
             rundir.check_record(out, record)
         else:  # written once the data and the storage are known to work
             if tune.lr_range_test and found is None:
-                found = prepare.lr_range(out, shared, task, tune)
+                found = prepare.lr_range(out, shared, task, tune, budget)
                 dims = prepare.search_space(dims, space, pinned, found)
                 record["space"] = space_to_dict(dims)
             rundir.write_record(out, record)
@@ -248,7 +249,7 @@ def run_tune(
             strategy, budget, dims, {**shared.flat(), **pinned},
             seconds_per_example=(found or {}).get("seconds_per_example"),
             train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
-            evals_per_epoch=tune.evals_per_epoch)
+            evals_per_epoch=tune.evals_per_epoch, lr_test=found)
         rundir.update_plan(out, plan=plan.to_dict())
         log.info("plan: %s", plan.message())
         if on_plan is not None:
@@ -264,6 +265,9 @@ def run_tune(
             if queued:
                 log.info("queued %d recipes from practice as the first trials", queued)
 
+        if budget.seconds is not None:  # the trials get what preparing left of the time
+            budget = Budget(seconds=max(1.0, budget.seconds - (time.monotonic() - began)),
+                            trials=budget.trials)
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
                          on_trial=on_trial)

@@ -48,7 +48,7 @@ class RangeTest:
     lr_at_min: float | None = None  # the rate of the lowest smoothed loss
     suggested: float | None = None  # lr_at_min / 10; None when the sweep said nothing
     steps: int = 0
-    stop_reason: str = "completed"  # completed | diverged
+    stop_reason: str = "completed"  # completed | diverged | time
     seconds: float = 0.0
     seconds_per_example: float | None = None  # training time per example (forward + backward)
     batch_size: int = 0
@@ -63,9 +63,14 @@ class RangeTest:
 
 
 def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: float = MIN_LR,
-                  max_lr: float = MAX_LR, steps: int = STEPS) -> RangeTest:
+                  max_lr: float = MAX_LR, steps: int = STEPS,
+                  max_seconds: float | None = None) -> RangeTest:
     """Sweep ``model`` on ``batches`` with the optimizer of ``settings``, the rate growing
-    from ``min_lr`` to ``max_lr`` in ``steps`` steps; restore the model's weights afterwards."""
+    from ``min_lr`` to ``max_lr`` in ``steps`` steps; restore the model's weights afterwards.
+
+    With ``max_seconds`` the sweep stops when it has taken that long (``stop_reason="time"``);
+    a sweep that neither finished nor diverged saw only low rates, so it suggests nothing and
+    serves only to time a step."""
     if not 0 < min_lr < max_lr or steps < 2:
         raise ValueError(f"need 0 < min_lr < max_lr and steps >= 2, got {min_lr}, {max_lr}, {steps}")
     device = pick_device()
@@ -113,6 +118,9 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
                     break
                 if result.steps >= steps:
                     break
+                if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                    result.stop_reason = "time"
+                    break
                 lr *= growth
             else:
                 epoch += 1
@@ -125,7 +133,7 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
         model.train(was_training)
     if examples:
         result.seconds_per_example = result.seconds / examples
-    if len(result.losses) >= MIN_POINTS:
+    if len(result.losses) >= MIN_POINTS and result.stop_reason != "time":
         i = int(np.argmin(result.losses))
         result.lr_at_min = float(result.lrs[i])
         result.suggested = result.lr_at_min / 10
@@ -134,7 +142,8 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
     return result
 
 
-def range_test(config: RunConfig, task, *, steps: int = STEPS) -> RangeTest:
+def range_test(config: RunConfig, task, *, steps: int = STEPS,
+               max_seconds: float | None = None) -> RangeTest:
     """Build the model and training batches of ``config`` (as a training run does) on the
     loaded ``task`` and sweep them."""
     from pretune.data.collate import Batches
@@ -156,6 +165,7 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS) -> RangeTest:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = Batches(enc, micro, pad_id=pad_id, shuffle=True, seed=t.seed)
     try:
-        return lr_range_test(model, batches, replace(t, batch_size=micro), steps=steps)
+        return lr_range_test(model, batches, replace(t, batch_size=micro), steps=steps,
+                             max_seconds=max_seconds)
     finally:
         del model

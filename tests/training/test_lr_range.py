@@ -61,3 +61,12 @@ def test_range_test_builds_the_run_as_training_does(tiny_model_dir, sentiment_cs
     found = range_test(config, load_task(config.data, 0), steps=12)
     assert found.steps == 12 and found.batch_size == 4
     assert found.suggested is not None
+
+
+def test_a_sweep_out_of_time_times_a_step_but_suggests_nothing():
+    model = tiny_bert()
+    ids, labels = separable(64)
+    found = lr_range_test(model, ToyBatches(ids, labels, 8), settings(), steps=40,
+                          max_seconds=0.0)
+    assert found.stop_reason == "time" and found.steps == 1
+    assert found.suggested is None and found.seconds_per_example > 0

@@ -20,12 +20,17 @@ Protocol
   (median final loss of the task's finite rows - best). 0 is the table's best configuration, 1
   is a typical (median) configuration, which on these tasks is chance level (loss ~0.693). A
   strategy with no complete trial within a budget scores 1 there.
-* Contenders: ``pretune`` is ``pretune.search.strategies.AUTO`` built by the same
-  ``strategies.build`` that ``pretune tune`` calls, on a fidelity of steps 1..51 with its
-  ``min_resource`` (``PRETUNE_MIN_RESOURCE`` checkpoints) standing for "one epoch"; the others are
-  Optuna as a user gets it by default: ``TPESampler()``, ``TPESampler()`` + ``MedianPruner()``,
-  ``RandomSampler()``, ``RandomSampler()`` + ``HyperbandPruner()``. Every contender runs the same
-  seeds (seed s of a task seeds the sampler of every contender).
+* Contenders: ``pretune`` is strategy ``auto`` built by the same ``strategies.build`` that
+  ``pretune tune`` calls, on a fidelity of steps 1..51 whose ``min_resource`` is the same share
+  of a curve as in a real search (one epoch of at most five: 10 of 51 checkpoints); the others
+  are Optuna as a user gets it by default: ``TPESampler()``, ``TPESampler()`` +
+  ``MedianPruner()``, ``RandomSampler()``, ``RandomSampler()`` + ``HyperbandPruner()``. Every
+  contender runs the same seeds (seed s of a task seeds the sampler of every contender), and
+  every study is named after its task, contender and seed (Hyperband's brackets hash it).
+* Every contender runs every trial its budget pays for, however slow its sampler: nothing is
+  capped. One exact shortcut: without a pruner, once all rows left fit in the cost before the
+  next budget, the picks no longer depend on the order, so the study takes the best of them
+  without sampling (``replay(shortcut=False)`` gives the same numbers, slower).
 
 Run it (from the repo root)::
 
@@ -278,8 +283,9 @@ def short_task(name: str) -> str:
 
 
 def table(results: pd.DataFrame, budgets: list[int], contenders: list[str]) -> str:
-    """Mean normalized regret per task and budget (rows) and contender (columns); the best
-    value of each row is starred, and so is every value within one standard error of it."""
+    """Mean normalized regret per task and budget (rows) and contender (columns). The best
+    mean of each row is starred, and so is every mean tied with it: above it by no more than
+    the standard error of the difference, sqrt(se_best^2 + se^2)."""
     lines = []
     header = f"{'task':<32} {'budget':>6} " + " ".join(f"{c:>17}" for c in contenders)
     lines.append(header)
@@ -289,13 +295,15 @@ def table(results: pd.DataFrame, budgets: list[int], contenders: list[str]) -> s
         for b in budgets:
             col = f"regret@{b}"
             stats = rows.groupby("contender")[col].agg(["mean", "sem"])
+            stats["sem"] = stats["sem"].fillna(0.0)
             top = stats["mean"].idxmin()
-            bar = stats.loc[top, "mean"] + stats.loc[top, "sem"]
             cells = []
             for c in contenders:
                 m = stats.loc[c, "mean"]
-                star = "*" if m <= bar else " "
-                wins[c] += m <= bar
+                tied = m - stats.loc[top, "mean"] <= math.hypot(stats.loc[top, "sem"],
+                                                                 stats.loc[c, "sem"])
+                star = "*" if tied else " "
+                wins[c] += tied
                 cells.append(f"{m:>8.4f}±{stats.loc[c, 'sem']:.4f}{star}")
             lines.append(f"{short_task(task):<32} {b:>6} " + " ".join(f"{x:>17}" for x in cells))
     lines.append("-" * len(header))
@@ -348,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretune = strategy auto = {auto.name} ({auto.about}), min_resource "
           f"{PRETUNE_MIN_RESOURCE} of {CHECKPOINTS} checkpoints")
     print(f"mean normalized regret over {args.seeds} seeds (± standard error); "
-          f"0 = the table's best row, 1 = its median row\n")
+          f"0 = the table's best row, 1 = its median row;\n* = best of the row, or above it "
+          f"by at most the standard error of the difference\n")
     print(table(results, budgets, contenders))
     per = results.groupby("contender")[["trials", "pruned", "failed", "seconds"]].mean()
     print("\nper study, mean: " + "; ".join(

@@ -19,9 +19,11 @@ Choices made here, and why:
   a new study queues the recipes of ``priors`` first.
 * **Trial budget** counts every finished trial in the storage (complete, pruned, failed), except
   trials cut short by a killed or interrupted process: those are retried once, and the retry
-  counts. The **time budget** applies to each start of the search (Optuna's ``timeout``); a trial
-  running at the deadline is stopped, evaluated, and kept as complete with
-  ``stop_reason="deadline"``.
+  counts. The **time budget** applies to each start of the search, loading and the range test
+  included (Optuna's ``timeout`` gets what they left); a trial running at the deadline is
+  stopped, evaluated, and kept as complete with ``stop_reason="deadline"``.
+* **Final pick.** When the budget has room, the end of it re-runs the best settings with other
+  seeds and keeps the best mean (``final_pick``).
 * **Seeds.** The sampler is seeded from the run seed and the number of trials already in the
   storage, so a continued search does not redraw the points of its first start. Each trial's
   training seed is derived from the run seed and its number.

@@ -70,12 +70,17 @@ def tune(
     budget: str | None = None,
     space: str | Path | Mapping[str, Any] | None = None,
     fixed: Mapping[str, Any] | None = None,
+    strategy: str | None = None,
     sampler: str | None = None,
     pruner: str | None = None,
     storage: str | None = None,
     study: str | None = None,
     evals_per_epoch: int | None = None,
+    priors: bool | None = None,
+    lr_range_test: bool | None = None,
+    seed_check: int | None = None,
     on_trial: Callable[[Any], None] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
     progress: Any = None,
     log_to: str | list[str] | None = None,
     **settings: Any,
@@ -94,6 +99,15 @@ def tune(
     trial, and ``progress`` follows the running trial (see ``pretune.search.study.run_tune``).
     ``log_to`` ("mlflow", "tensorboard" or a list of them) records each trial as a run of that
     tracker (see ``pretune.search.trackers``).
+
+    ``strategy`` names the sampler and pruner (``auto``, ``tpe``, ``random``, ``hyperband``,
+    ``asha``, ``median``, ``random-hyperband``; see ``pretune.search.strategies``); by default a
+    continued search keeps the one it started with, and a new one uses ``auto``. ``sampler`` and
+    ``pruner`` replace one part of it. A new search first runs a short learning-rate range test
+    (``lr_range_test=False`` skips it) and queues known fine-tuning recipes as its first trials
+    (``priors=False`` skips them); ``on_plan`` gets the budget plan before the first trial.
+    When the budget allows, the ``seed_check`` (3) best settings are re-run with another seed at
+    the end and the best mean wins (``0`` skips it; see ``pretune.search.final_pick``).
     """
     from pretune.config import TuneConfig
     from pretune.search.space import FULL
@@ -111,8 +125,10 @@ def tune(
         space_file = str(space)
         space_spec = read_space_file(space_file)
         source = Path(space_file).name
-    options = dict(budget=budget, sampler=sampler, pruner=pruner, storage=storage,
-                   study_name=study, evals_per_epoch=evals_per_epoch, space=space_file)
+    options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
+                   storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
+                   space=space_file, priors=priors, lr_range_test=lr_range_test,
+                   seed_check=seed_check)
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
@@ -120,4 +136,5 @@ def tune(
     trackers = make_trackers(names, out, tune_config.study_name)
     progress, on_trial = with_trackers(trackers, progress, on_trial)
     return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
-                    on_trial=on_trial, progress=progress, space_source=source)
+                    on_trial=on_trial, on_plan=on_plan, progress=progress,
+                    space_source=source)

@@ -340,7 +340,9 @@ def metric_direction(metric: str) -> str:
 
 
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("asha", "median", "none")
+PRUNERS = ("hyperband", "asha", "median", "none")
+# Named sampler + pruner pairs (pretune.search.strategies); "auto" is the measured best.
+STRATEGIES = ("auto", "tpe", "random", "hyperband", "asha", "median", "random-hyperband")
 
 
 @dataclass(frozen=True)
@@ -348,18 +350,32 @@ class TuneConfig:
     """How the search runs (the settings it searches over are a RunConfig plus a space)."""
 
     budget: str = "10m"  # "10m", "2h", "30trials", or both: "10m,30trials"
-    sampler: str = "tpe"
-    pruner: str = "asha"
+    # None: the strategy the run directory was started with, else "auto" (see STRATEGIES).
+    strategy: str | None = None
+    sampler: str | None = None  # replaces the strategy's sampler (tpe | random)
+    pruner: str | None = None  # replaces the strategy's pruner (hyperband | asha | median | none)
     storage: str | None = None  # any Optuna storage URL; None: sqlite in the run directory
     study_name: str = "pretune"
     space: str | None = None  # YAML file that narrows or extends the default space
     evals_per_epoch: int = 2  # how often a trial reports to the pruner
+    priors: bool = True  # start a new study with known fine-tuning recipes
+    lr_range_test: bool = True  # center the default lr range on a short increasing-lr sweep
+    lr_range_steps: int = 50  # batches the sweep may take
+    seed_check: int = 3  # re-run this many best settings with other seeds at the end; 0: never
+    seed_check_runs: int = 1  # re-runs of each (when the budget allows them)
 
 
 def validate_tune(tune: TuneConfig) -> TuneConfig:
     Budget.parse(tune.budget)
-    one_of("sampler", tune.sampler, SAMPLERS)
-    one_of("pruner", tune.pruner, PRUNERS)
+    if tune.strategy is not None:
+        one_of("strategy", tune.strategy, STRATEGIES)
+    if tune.sampler is not None:
+        one_of("sampler", tune.sampler, SAMPLERS)
+    if tune.pruner is not None:
+        one_of("pruner", tune.pruner, PRUNERS)
+    _number("lr_range_steps", tune.lr_range_steps, 5, 10**4, integer=True)
+    _number("seed_check", tune.seed_check, 0, 100, integer=True)
+    _number("seed_check_runs", tune.seed_check_runs, 1, 100, integer=True)
     _number("evals_per_epoch", tune.evals_per_epoch, 1, 1000, integer=True)
     _check(bool(tune.study_name), "study_name must not be empty, but got ''. Pass --study NAME.")
     return tune

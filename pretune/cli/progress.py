@@ -108,6 +108,11 @@ class SearchProgress:
             self.budget_task = self.bars.add_task(f"budget {self.budget_label}", total=total or None,
                                                   done="", note="")
 
+    def on_plan(self, plan) -> None:
+        """The budget plan, before the first trial: one line (not when quiet)."""
+        if self.mode != MODE_QUIET:
+            console.print(f"plan: {escape(plan.message())}", highlight=False, soft_wrap=True)
+
     def trial_started(self, number: int, params: dict) -> None:
         self.current, self.last_epoch, self.last_score, self.loss = number, None, None, None
         if self.mode == MODE_LIVE:

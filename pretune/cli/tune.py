@@ -45,8 +45,11 @@ def command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the search; each trial derives its own."),
     space: Optional[Path] = typer.Option(None, "--space", help="YAML file that narrows or extends the search space."),
     fixed: Optional[list[str]] = typer.Option(None, "--fixed", help="Pin a setting, NAME=VALUE; repeatable."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default) or random."),
-    pruner: Optional[str] = typer.Option(None, "--pruner", help="asha (default), median or none."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto (default; a continued search keeps its own), tpe, random, hyperband, asha, median or random-hyperband."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="Replace the strategy's sampler: tpe or random."),
+    pruner: Optional[str] = typer.Option(None, "--pruner", help="Replace the strategy's pruner: hyperband, asha, median or none."),
+    priors: Optional[bool] = typer.Option(None, "--priors/--no-priors", help="Start a new search with known fine-tuning recipes (default on)."),
+    lr_range_test: Optional[bool] = typer.Option(None, "--lr-range-test/--no-lr-range-test", help="Center the default lr range on a short increasing-lr sweep (default on)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),
     text_column: Optional[str] = typer.Option(None, "--text-column"),
@@ -88,9 +91,10 @@ def command(
                           f"one line per trial", highlight=False, soft_wrap=True)
         with progress:
             result = api_tune(
-                base, out=out, budget=budget, space=space, fixed=pins, sampler=sampler,
-                pruner=pruner, storage=storage, study=study, on_trial=progress.on_trial,
-                progress=progress, log_to=log_to, **settings,
+                base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,
+                sampler=sampler, pruner=pruner, priors=priors, lr_range_test=lr_range_test,
+                storage=storage, study=study, on_trial=progress.on_trial,
+                on_plan=progress.on_plan, progress=progress, log_to=log_to, **settings,
             )
         print_summary(result)
         if report:

@@ -7,6 +7,8 @@
                      match it, except for the budget
       study.db       Optuna storage (SQLite) unless --storage names another
       trials.csv     one row per trial (see ``trials_frame``), rewritten after every trial
+      plan.yaml      the learning-rate range test (run once, reused by a continued search), the
+                     budget plan of the latest start, and the seed check of the final pick
       best/          the best model so far (``pretune.models.io.save_model``)
       cache/         tokenized data and frozen features shared by the trials; safe to delete
 
@@ -32,12 +34,17 @@ from pretune.yamlfile import plain
 META_FILE = "pretune.yaml"
 STUDY_FILE = "study.db"
 TRIALS_FILE = "trials.csv"
+PLAN_FILE = "plan.yaml"
+CHECK_DIR = "seed_check"  # models of seed re-runs, while the final pick is being made
 BEST_DIR = "best"
 CACHE_DIR = "cache"  # tokenized data and frozen features (pretune.training.caches)
 LOCK_FILE = ".pretune.lock"
 
 # Keys of the record that may change between starts of the same search.
-MAY_CHANGE = {"tune.budget", "tune.space"}  # the space file's path: its content is `space`
+# The space file's path (its content is `space`); what only a first start uses (priors, the
+# range test, whose outcome is in `space` and plan.yaml).
+MAY_CHANGE = {"tune.budget", "tune.space", "tune.priors", "tune.lr_range_test",
+              "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs"}
 
 
 class RunLock:
@@ -91,8 +98,11 @@ def clean_leftovers(out: Path) -> list[Path]:
             os.replace(candidate, best)
             break
     removed = []
+    if (Path(out) / CHECK_DIR).exists():
+        shutil.rmtree(Path(out) / CHECK_DIR, ignore_errors=True)
+        removed.append(Path(out) / CHECK_DIR)
     for pattern in (f"{BEST_DIR}.tmp-*", f"{BEST_DIR}.old-*", f".{TRIALS_FILE}.tmp-*",
-                    f".{META_FILE}.tmp-*"):
+                    f".{META_FILE}.tmp-*", f".{PLAN_FILE}.tmp-*"):
         for path in Path(out).glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -100,6 +110,18 @@ def clean_leftovers(out: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def replace_best(out: Path, source: Path) -> None:
+    """Make the model directory ``source`` the run's best/ (renames only; a kill in between
+    leaves best.old-*, which ``clean_leftovers`` puts back)."""
+    best = Path(out) / BEST_DIR
+    old = best.with_name(f"{BEST_DIR}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(source, best)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -142,6 +164,34 @@ def check_record(out: Path, record: Mapping[str, Any], *, only_given: bool = Fal
             f"{name} {_show(old_v)} to continue it, or pass a new --out to start another search."
         )
     return True
+
+
+def read_record(out: Path) -> dict[str, Any]:
+    """The record in ``out/pretune.yaml``; {} when there is none or it cannot be read
+    (``check_record`` reports an unreadable one)."""
+    return _read_yaml(Path(out) / META_FILE)
+
+
+def read_plan(out: Path) -> dict[str, Any]:
+    """``out/plan.yaml``; {} when there is none yet."""
+    return _read_yaml(Path(out) / PLAN_FILE)
+
+
+def update_plan(out: Path, **sections: Any) -> None:
+    """Replace sections of ``out/plan.yaml`` (``lr_range=...``, ``plan=...``), keeping the rest."""
+    plan = read_plan(out)
+    plan.update(plain(sections))
+    write_atomic(Path(out) / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def write_record(out: Path, record: Mapping[str, Any]) -> None:
@@ -207,8 +257,8 @@ def _same(a: Any, b: Any) -> bool:
 # --- trials.csv ----------------------------------------------------------------------------------
 
 # Per-trial records (Optuna user attributes) that become columns, in this order.
-ATTR_COLUMNS = ("seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason", "fail_reason",
-                "retry_of")
+ATTR_COLUMNS = ("source", "seed_of", "seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason",
+                "fail_reason", "retry_of")
 
 
 def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.DataFrame:

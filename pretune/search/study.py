@@ -11,19 +11,19 @@ Choices made here, and why:
 * **Fidelity steps.** A trial reports at ``step = round(epoch * 100)``: percent of an epoch.
   Optimizer steps are not comparable across batch sizes (an epoch at batch 16 is twice the steps
   at 32); epochs are. Each trial evaluates ``TuneConfig.evals_per_epoch`` (2) times an epoch so
-  the pruner has points to act on.
-* **ASHA** (``SuccessiveHalvingPruner``, reduction factor 3) with ``min_resource=100``: the first
-  rung is the end of the first epoch. A trial is never judged before it has seen every training
-  example once and before its warmup is over: the default space warms up for at most 20% of
-  2 to 5 epochs, i.e. at most one epoch. Scores after half an epoch, mid-warmup, say little
-  about the final model (and are noisy on small data sets). Later rungs are at 3 and 9 epochs.
-* **Median** (``MedianPruner``): 5 startup trials, no pruning before step 100 (one epoch), for
-  the same reasons.
+  the pruner has points to act on. The sampler and pruner come from ``strategies`` (``--strategy``;
+  ``auto`` by default), the schedule they judge on from ``planning``: no trial is judged before
+  the end of its first epoch.
+* **Before the first trial** (``prepare``): a learning-rate range test (cached in plan.yaml)
+  centers the default lr range and times a step; the budget plan says how many full trials fit;
+  a new study queues the recipes of ``priors`` first.
 * **Trial budget** counts every finished trial in the storage (complete, pruned, failed), except
   trials cut short by a killed or interrupted process: those are retried once, and the retry
-  counts. The **time budget** applies to each start of the search (Optuna's ``timeout``); a trial
-  running at the deadline is stopped, evaluated, and kept as complete with
-  ``stop_reason="deadline"``.
+  counts. The **time budget** applies to each start of the search, loading and the range test
+  included (Optuna's ``timeout`` gets what they left); a trial running at the deadline is
+  stopped, evaluated, and kept as complete with ``stop_reason="deadline"``.
+* **Final pick.** When the budget has room, the end of it re-runs the best settings with other
+  seeds and keeps the best mean (``final_pick``).
 * **Seeds.** The sampler is seeded from the run seed and the number of trials already in the
   storage, so a continued search does not redraw the points of its first start. Each trial's
   training seed is derived from the run seed and its number.
@@ -56,17 +56,14 @@ from pretune.config import (
     validate_tune,
 )
 from pretune.errors import ConfigError, PretuneError
-from pretune.search import rundir
+from pretune.search import final_pick, planning, prepare, priors, rundir, strategies
+from pretune.search.planning import STEPS_PER_EPOCH, Plan
+from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
 from pretune.search.space import Dimension, resolve_space, space_to_dict, suggest
 
 log = logging.getLogger(__name__)
 
-STEPS_PER_EPOCH = 100  # fidelity unit: percent of an epoch
-ASHA_MIN_RESOURCE = 100  # first rung at the end of epoch 1 (see the module docstring)
-ASHA_REDUCTION_FACTOR = 3
-MEDIAN_STARTUP_TRIALS = 5
-MEDIAN_WARMUP_STEPS = 100
 FAIL_STREAK = 5  # this many trials in a row failing with the same error stop the search
 
 INTERRUPTED = "interrupted"  # fail_reason of a trial its process did not finish
@@ -109,6 +106,11 @@ class TuneResult:
     fixed: dict[str, Any]  # the pinned settings
     trials: pd.DataFrame  # as trials.csv
     trials_run: int = 0  # trials run by this call
+    plan: dict[str, Any] = field(default_factory=dict)  # the budget plan of this start
+    lr_range: dict[str, Any] | None = None  # the learning-rate range test, if one ran
+    # The final pick's seed check, if one ran: {"chosen": trial, "candidates": [{"trial",
+    # "params", "runs": {trial: value}, "mean", "std", "n"}, ...]}
+    seed_check: dict[str, Any] | None = None
     _loaded: tuple | None = field(default=None, repr=False)
 
     @property
@@ -137,28 +139,7 @@ class TuneResult:
         return self.load_best()[1]
 
 
-# --- samplers, pruners, seeds -----------------------------------------------------------------
-
-
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """``tpe``: multivariate TPE over groups of parameters that occur together (conditional
-    spaces), with the constant liar so parallel workers spread out; ``random``: uniform."""
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
-                                          constant_liar=True)
-
-
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=ASHA_MIN_RESOURCE, reduction_factor=ASHA_REDUCTION_FACTOR)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
-                                           n_warmup_steps=MEDIAN_WARMUP_STEPS)
-    return optuna.pruners.NopPruner()
+# --- seeds, budget counting, memory -----------------------------------------------------------------
 
 
 def quiet_optuna() -> None:
@@ -209,6 +190,7 @@ def run_tune(
     space: Mapping[str, Any] | None = None,
     fixed: Mapping[str, Any] | None = None,
     on_trial: Callable[[TrialReport], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
     progress: Any = None,
     space_source: str = "the search space",
 ) -> TuneResult:
@@ -217,7 +199,8 @@ def run_tune(
     ``base`` holds every setting that is not searched; ``space`` is a space file's content (see
     ``pretune.search.space``), ``fixed`` pins settings by name. Stops when ``tune.budget`` is
     spent. Data errors raise before any trial; a trial that fails is recorded and the search
-    goes on.
+    goes on. ``on_plan`` gets the budget plan before the first trial.
+
 
     ``progress`` (optional) follows the search as it runs: any of its methods
     ``search_started(trials_left, seconds, metric)`` (None where the budget has no such limit),
@@ -226,6 +209,7 @@ def run_tune(
     """
     validate_tune(tune)
     budget = Budget.parse(tune.budget)
+    began = time.monotonic()  # what runs before the first trial counts toward a time budget
     out = Path(out).expanduser()
     base = validate(base.with_settings({"evals_per_epoch": tune.evals_per_epoch}))
     dims, pinned = resolve_space(space, fixed, base, source=space_source)
@@ -236,9 +220,14 @@ def run_tune(
     out.mkdir(parents=True, exist_ok=True)
     with rundir.RunLock(out):
         rundir.clean_leftovers(out)
+        strategy = strategies.for_run(tune, rundir.read_record(out).get("tune"))
+        found = prepare.cached_lr_range(out)
+        dims = prepare.search_space(dims, space, pinned, found)
         record = {
             "settings": shared.to_dict(),
-            "tune": {k: v for k, v in vars(tune).items() if k != "budget"},
+            "tune": {**{k: v for k, v in vars(tune).items() if k != "budget"},
+                     "strategy": strategy.name, "sampler": strategy.sampler,
+                     "pruner": strategy.pruner},
             "metric": metric,
             "direction": direction,
             "space": space_to_dict(dims),
@@ -259,23 +248,57 @@ def run_tune(
         if started_before:
             rundir.check_record(out, record)
         else:  # written once the data and the storage are known to work
+            if tune.lr_range_test and found is None:
+                found = prepare.lr_range(out, shared, task, tune, budget)
+                dims = prepare.search_space(dims, space, pinned, found)
+                record["space"] = space_to_dict(dims)
             rundir.write_record(out, record)
         if default_storage:
             _recover_interrupted(study)
-        study.sampler = make_sampler(
-            tune.sampler, derive_seed(shared.train.seed, len(study.get_trials(deepcopy=False))))
-        study.pruner = make_pruner(tune.pruner)
 
+        plan = planning.make_plan(
+            strategy, budget, dims, {**shared.flat(), **pinned},
+            seconds_per_example=(found or {}).get("seconds_per_example"),
+            train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
+            evals_per_epoch=tune.evals_per_epoch, lr_test=found)
+        rundir.update_plan(out, plan=plan.to_dict())
+        log.info("plan: %s", plan.message())
+        if on_plan is not None:
+            on_plan(plan)
+        study.sampler = make_sampler(
+            strategy.sampler,
+            derive_seed(shared.train.seed, len(study.get_trials(deepcopy=False))))
+        study.pruner = make_pruner(plan.pruner, plan.fidelity)
+        if tune.priors:
+            lr_dim = next((d for d in dims if d.name == "lr"), None)
+            prior_lr = priors.base_lr(prepare.hidden_size(shared)) if lr_dim else shared.train.lr
+            queued = priors.enqueue(study, dims, prior_lr, {**shared.flat(), **pinned})
+            if queued:
+                log.info("queued %d recipes from practice as the first trials", queued)
+
+        if budget.seconds is not None:  # the trials get what preparing left of the time
+            budget = Budget(seconds=max(1.0, budget.seconds - (time.monotonic() - began)),
+                            trials=budget.trials)
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
                          on_trial=on_trial, progress=progress,
                          caches=RunCaches(out / rundir.CACHE_DIR))
+        search.seed_check_size = (tune.seed_check, tune.seed_check_runs)
+        search.reserve = final_pick.reserve(
+            budget, plan.trial_seconds, tune.seed_check, tune.seed_check_runs,
+            trials_done=sum(counted(t) for t in study.get_trials(deepcopy=False)))
+        if search.reserve.active:
+            log.info("keeping %s for the seed check of the final pick", search.reserve)
         search.write_trials()
         try:
             search.run()
         finally:
             search.write_trials()
-        return search.result()
+        result = search.result()
+        result.plan = plan.to_dict()
+        result.lr_range = found
+        result.seed_check = search.picked
+        return result
 
 
 def _open_study(storage: str, name: str, direction: str) -> optuna.Study:
@@ -353,6 +376,9 @@ class _Search:
         self.fails: list[str] = []  # fail reasons of the trials that failed in a row
         self.stop_error: BaseException | None = None
         self.trials_run = 0
+        self.reserve = final_pick.Reserve()  # budget kept for the seed check (none by default)
+        self.seed_check_size = (0, 0)  # (top settings, runs of each)
+        self.picked: dict[str, Any] | None = None  # the seed check's outcome
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -368,10 +394,53 @@ class _Search:
         if n == 0:
             log.info("the study already has its %d trials; nothing to run", self.budget.trials)
             return
-        self.study.optimize(self.objective, n_trials=n, timeout=self.budget.seconds,
-                            catch=(Exception,), callbacks=[self.after_trial])
+        keep = self.reserve
+        self.optimize(None if n is None else n - keep.trials,
+                      None if self.budget.seconds is None else self.budget.seconds - keep.seconds)
+        if keep.active and self.stop_error is None:
+            self.seed_check()
         if self.stop_error is not None:
             raise self.stop_error
+
+    def optimize(self, n_trials: int | None, timeout: float | None) -> None:
+        self.study.optimize(self.objective, n_trials=n_trials, timeout=timeout,
+                            catch=(Exception,), callbacks=[self.after_trial])
+
+    def time_left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def seed_check(self) -> None:
+        """Re-run the best settings with other seeds and keep the best mean (``final_pick``)."""
+        top, runs = self.seed_check_size
+        finished = self._finished()
+        took = [t.user_attrs.get("seconds") for t in finished if t.state == TrialState.COMPLETE]
+        took = [float(x) for x in took if x is not None]
+        measured = float(np.median(took)) if took else None
+        top = final_pick.fitting(top, runs, measured, self.time_left())
+        found = final_pick.candidates(finished, self.direction, top)
+        if len(found) < 2:  # nothing to compare in the time left: search on instead
+            self.optimize(self.remaining(), self.time_left())
+            return
+        for c in found:
+            for _ in range(runs):
+                self.study.enqueue_trial(c.params, user_attrs={final_pick.SEED_OF: c.trial})
+        self.optimize(self.remaining(), self.time_left())
+        found = final_pick.candidates(self._finished(), self.direction, top)
+        chosen = final_pick.choose(found, self.direction)
+        saved = self.saved_best()
+        numbers = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        in_best = numbers[saved[0]].params if saved and saved[0] in numbers else None
+        final_pick.adopt(self.out, chosen, in_best)
+        self.picked = {"chosen": chosen.trial if chosen else None,
+                       "candidates": [c.to_dict() for c in found]}
+        rundir.update_plan(self.out, seed_check=self.picked)
+        log.info("seed check: %s", "; ".join(
+            f"trial {c.trial}: {c.mean:.4f} ± {c.std:.4f} over {len(c.runs)} runs" for c in found))
+
+    def _finished(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials whose value is a whole run's (not cut short by the deadline)."""
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("stop_reason") != DEADLINE]
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -405,7 +474,8 @@ class _Search:
                 return
             reported.add(fidelity)
             trial.report(float(value), fidelity)
-            if not self.past_deadline() and trial.should_prune():
+            if (final_pick.SEED_OF not in trial.user_attrs and not self.past_deadline()
+                    and trial.should_prune()):
                 raise optuna.TrialPruned(
                     f"{self.metric} {value:.4f} at {fidelity / STEPS_PER_EPOCH:g} epochs")
 
@@ -473,6 +543,10 @@ class _Search:
                 if self._beats_earlier(trial):
                     self._save_best(trial, self.pending[1])
                     is_best = True
+                elif final_pick.SEED_OF in trial.user_attrs:  # kept in case its settings win
+                    spare = self.out / rundir.CHECK_DIR / str(trial.user_attrs[final_pick.SEED_OF])
+                    if self._beats_earlier(trial, spare):
+                        self._save_best(trial, self.pending[1], spare)
         finally:
             self.pending = None
             release_memory()
@@ -490,35 +564,37 @@ class _Search:
         if left is not None and left <= 0:
             study.stop()  # other workers on a shared storage may have spent the budget
 
-    def saved_best(self) -> tuple[int, float] | None:
+    def saved_best(self, directory: Path | None = None) -> tuple[int, float] | None:
         """(trial number, value) of the model in best/, from its pretune.yaml; None if none.
 
         best/ is the source of truth: the study may name a better trial whose model was never
         written (a kill between the trial's end and the save, or another worker's trial)."""
         from pretune.models.io import read_meta
 
-        meta = read_meta(self.out / rundir.BEST_DIR)
+        meta = read_meta(directory or self.out / rundir.BEST_DIR)
         value = (meta.get("metrics") or {}).get(self.metric)
         if meta.get("trial") is None or value is None:
             return None
         return int(meta["trial"]), float(value)
 
-    def _beats_earlier(self, trial: optuna.trial.FrozenTrial) -> bool:
-        saved = self.saved_best()
+    def _beats_earlier(self, trial: optuna.trial.FrozenTrial, directory: Path | None = None) -> bool:
+        saved = self.saved_best(directory)
         if saved is None:
             return True
         if self.direction == "maximize":
             return trial.value > saved[1]
         return trial.value < saved[1]
 
-    def _save_best(self, trial: optuna.trial.FrozenTrial, result) -> None:
+    def _save_best(self, trial: optuna.trial.FrozenTrial, result, directory: Path | None = None
+                   ) -> None:
         from pretune.models.io import save_model
         from pretune.training.run import run_metadata
 
         meta = run_metadata(result.config, self.task, result.train_result)
         meta["trial"] = trial.number
         meta["params"] = dict(trial.params)
-        best = save_model(result.model, result.tokenizer, self.out / rundir.BEST_DIR, meta)
+        best = save_model(result.model, result.tokenizer, directory or self.out / rundir.BEST_DIR,
+                          meta)
         self._save_predictions(trial.number, result, best)
 
     def _save_predictions(self, number: int, result, best: Path) -> None:
@@ -554,8 +630,9 @@ class _Search:
         rundir.write_trials(self.out, self.frame())
 
     def frame(self) -> pd.DataFrame:
-        return rundir.trials_frame(self.study.get_trials(deepcopy=False),
-                                   [d.name for d in self.dims])
+        started = [t for t in self.study.get_trials(deepcopy=False)
+                   if t.state != TrialState.WAITING]  # queued recipes not run yet
+        return rundir.trials_frame(started, [d.name for d in self.dims])
 
     def result(self) -> TuneResult:
         """The outcome, with the best trial being the one whose model is in best/."""
@@ -564,7 +641,7 @@ class _Search:
         best = trials.get(saved[0]) if saved else None
         complete = [t.value for t in trials.values()
                     if t.state == TrialState.COMPLETE and t.value is not None]
-        if complete and best is not None:
+        if complete and best is not None and self.picked is None:
             top = (max if self.direction == "maximize" else min)(complete)
             if top != best.value:
                 log.warning("the study's best value %.4f has no saved model; best/ holds trial %d "

@@ -1,0 +1,161 @@
+"""Budget planning: how long a trial takes, what the budget allows, and the fidelity schedule.
+
+Before the first trial, the search estimates the time of one full trial from the measured time
+per training example (the learning-rate range test times its steps), the training rows, the
+epochs a typical trial runs (recipe 1 of ``priors``: 3, within the space's epochs) and its
+evaluations, and says about how many full trials the time budget allows.
+
+The fidelity is percent of an epoch (``STEPS_PER_EPOCH`` per epoch). No pruner judges a trial
+before the end of its first epoch (``min_resource`` 100): by then it has seen every example once
+and the warmup of the default space (at most 20% of 2 to 5 epochs) is over, so the early dip of
+a warmup is never what stops a trial. Hyperband sizes its brackets from that to the longest
+trial the space allows (``max_resource``).
+
+With ``--strategy auto``, when the time budget fits fewer than ``FEW_TRIALS`` full trials, no
+trial is pruned: successive halving needs a handful of trials at a rung to compare, and with
+fewer it would stop trials on the word of one or two others; the budget then goes to the priors
+and what follows them, run to their end. A strategy the user named is run as named.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+from pretune.config import Budget
+from pretune.search.space import Dimension
+from pretune.search.strategies import Fidelity, Strategy
+
+STEPS_PER_EPOCH = 100  # fidelity unit: percent of an epoch
+MIN_RESOURCE = STEPS_PER_EPOCH  # the first judgement at the end of epoch 1
+TYPICAL_EPOCHS = 3  # what a typical trial runs (recipe 1 of the priors)
+EVAL_COST = 1 / 3  # an evaluation example costs about a third of a training example (no backward)
+FEW_TRIALS = 6  # below this many full trials in the budget, auto does not prune
+
+
+@dataclass
+class Plan:
+    """What the search expects and how it judges trials."""
+
+    trial_seconds: float | None  # estimated time of one full trial; None: not measured
+    full_trials: float | None  # time budget / trial_seconds; None: no time budget or no estimate
+    epochs: float  # epochs of the trial that trial_seconds describes
+    max_epochs: float  # the longest trial the space allows
+    pruner: str  # the pruner the search runs with
+    min_resource: int
+    max_resource: int
+    reason: str  # one sentence on why this schedule
+    lr_test: dict[str, Any] | None = None  # the range test's steps, lr_at_min and suggestion
+    lr_searched: tuple[float, float] | None = None  # the lr range the search samples
+
+    @property
+    def fidelity(self) -> Fidelity:
+        return Fidelity(self.min_resource, self.max_resource)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def message(self) -> str:
+        if self.trial_seconds is None:
+            time = "trial time not measured"
+        else:
+            time = f"one {self.epochs:g}-epoch trial takes about {self.trial_seconds:.2g}s"
+            if self.full_trials is not None:
+                time += f", so the budget allows about {self.full_trials:.1f} full trials"
+        text = (f"{time}; pruner {self.pruner}, judging trials from epoch "
+                f"{self.min_resource / STEPS_PER_EPOCH:g} of up to {self.max_epochs:g}: {self.reason}")
+        if self.lr_test:
+            test = self.lr_test
+            text += f". Learning-rate range test ({test.get('steps')} steps): "
+            text += (f"lowest loss at lr {test['lr_at_min']:.3g}" if test.get("lr_at_min")
+                     else f"no suggestion (stopped: {test.get('stop_reason')})")
+        if self.lr_searched:
+            text += f"; searching lr {self.lr_searched[0]:.3g} to {self.lr_searched[1]:.3g}"
+        return text
+
+
+def epochs_range(dims: Iterable[Dimension], context: Mapping[str, Any]) -> tuple[float, float]:
+    """(typical, longest) epochs of a trial: from the epochs dimension, else the fixed value."""
+    for d in dims:
+        if d.name == "epochs" and d.kind != "categorical":
+            typical = min(max(TYPICAL_EPOCHS, d.low), d.high)
+            return float(typical), float(d.high)
+        if d.name == "epochs":
+            values = [float(c) for c in d.choices]
+            return float(min(values, key=lambda v: abs(v - TYPICAL_EPOCHS))), max(values)
+    epochs = float(context.get("epochs") or TYPICAL_EPOCHS)
+    return epochs, epochs
+
+
+def trial_seconds(seconds_per_example: float | None, train_rows: int, valid_rows: int,
+                  epochs: float, evals_per_epoch: int) -> float | None:
+    """Training and evaluation time of one trial of ``epochs`` epochs."""
+    if seconds_per_example is None:
+        return None
+    examples = epochs * (train_rows + EVAL_COST * evals_per_epoch * valid_rows)
+    return seconds_per_example * examples
+
+
+def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
+              context: Mapping[str, Any], *, seconds_per_example: float | None,
+              train_rows: int, valid_rows: int, evals_per_epoch: int,
+              lr_test: Mapping[str, Any] | None = None) -> Plan:
+    dims = tuple(dims)
+    lr = next((d for d in dims if d.name == "lr"), None)
+    typical, longest = epochs_range(dims, context)
+    max_resource = max(1, math.ceil(longest * STEPS_PER_EPOCH))
+    min_resource = min(MIN_RESOURCE, max_resource)
+    seconds = trial_seconds(seconds_per_example, train_rows, valid_rows, typical, evals_per_epoch)
+    full = None if seconds is None or budget.seconds is None else budget.seconds / max(seconds, 1e-9)
+    pruner = strategy.pruner
+    if pruner == "none":
+        reason = f"strategy {strategy.name} runs every trial to its end"
+    elif strategy.name == "auto" and full is not None and full < FEW_TRIALS:
+        pruner = "none"
+        reason = (f"fewer than {FEW_TRIALS} full trials fit, too few for a pruner to compare, "
+                  f"so every trial runs to its end")
+    else:
+        reason = (f"no trial is judged before it has seen every example once and its warmup "
+                  f"is over")
+    return Plan(trial_seconds=seconds, full_trials=full, epochs=typical, max_epochs=longest,
+                pruner=pruner, min_resource=min_resource, max_resource=max_resource,
+                reason=reason,
+                lr_test={k: lr_test.get(k) for k in ("steps", "lr_at_min", "suggested",
+                                                     "stop_reason")} if lr_test else None,
+                lr_searched=(float(lr.low), float(lr.high)) if lr is not None else None)
+
+
+# --- the learning-rate range ---------------------------------------------------------------------
+
+LR_SPAN = 4.0  # the centered range reaches this factor below and above the suggested rate
+
+
+def lr_is_free(dims: Iterable[Dimension], spec: Mapping[str, Any] | None,
+               pinned: Mapping[str, Any]) -> bool:
+    """Whether the search may move the lr range: lr is searched over the default range, and
+    neither the space file nor --fixed says anything about it."""
+    from pretune.search.space import DEFAULT
+
+    lr = next((d for d in dims if d.name == "lr"), None)
+    given = {str(k).strip().replace("-", "_").split(".")[-1] for k in (spec or {})}
+    return lr is not None and lr == DEFAULT["lr"] and "lr" not in given and "lr" not in pinned
+
+
+def center_lr(dims: Iterable[Dimension], suggested: float | None) -> tuple[Dimension, ...]:
+    """``dims`` with the lr range moved to [suggested / LR_SPAN, suggested * LR_SPAN] (log
+    scale), kept inside the full space's lr range; unchanged when there is no suggestion."""
+    from dataclasses import replace
+
+    from pretune.search.space import FULL
+
+    dims = tuple(dims)
+    if suggested is None or not math.isfinite(suggested) or suggested <= 0:
+        return dims
+    full = FULL["lr"]
+    low = max(float(full.low), suggested / LR_SPAN)
+    high = min(float(full.high), suggested * LR_SPAN)
+    if not low < high:
+        return dims
+    return tuple(replace(d, low=float(f"{low:.3g}"), high=float(f"{high:.3g}"), log=True)
+                 if d.name == "lr" else d for d in dims)

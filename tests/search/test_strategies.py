@@ -1,0 +1,135 @@
+"""Strategies by name, the samplers and pruners they build, and a continued search keeping one."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from pretune.config import STRATEGIES, Budget, RunConfig, TuneConfig
+from pretune.errors import ConfigError
+from pretune.search import planning, strategies
+from pretune.search.space import DEFAULT, DEFAULT_SPACE, resolve_space
+from pretune.search.strategies import Fidelity, build, for_run, resolve
+
+from .helpers import NARROW, cli, data_files, space_file
+
+FIDELITY = Fidelity(min_resource=100, max_resource=500)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_named_strategy_builds_its_sampler_and_pruner(name):
+    strategy = resolve(name)
+    sampler, pruner = build(strategy, 0, FIDELITY)
+    kinds = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    assert isinstance(sampler, kinds[strategy.sampler])
+    pruners = {"hyperband": optuna.pruners.HyperbandPruner,
+               "asha": optuna.pruners.SuccessiveHalvingPruner,
+               "median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner}
+    assert isinstance(pruner, pruners[strategy.pruner])
+
+
+def test_auto_is_the_measured_default_and_keeps_its_name():
+    auto = resolve("auto")
+    assert auto.name == "auto"
+    assert (auto.sampler, auto.pruner) == (strategies.STRATEGIES[strategies.AUTO].sampler,
+                                           strategies.STRATEGIES[strategies.AUTO].pruner)
+    assert resolve(None) == auto
+
+
+def test_sampler_and_pruner_replace_a_part_of_the_strategy():
+    assert resolve("tpe", pruner="hyperband").name == "hyperband"
+    assert resolve("random", pruner="hyperband").name == "random-hyperband"
+    odd = resolve("random", pruner="median")
+    assert (odd.sampler, odd.pruner) == ("random", "median")
+
+
+@pytest.mark.parametrize("kw, word", [({"strategy": "bayes"}, "strategy"),
+                                      ({"sampler": "cmaes"}, "sampler"),
+                                      ({"pruner": "patient"}, "pruner")])
+def test_unknown_names_are_config_errors_that_list_the_choices(kw, word):
+    with pytest.raises(ConfigError, match=f"{word} must be one of"):
+        resolve(kw.pop("strategy", "auto"), **kw)
+
+
+def test_no_pruner_judges_a_trial_before_min_resource():
+    """Each trial looks far worse than the earlier ones at half an epoch (step 50, a warmup
+    dip) and somewhat worse from step 100 on: pruners stop some, none before step 100."""
+    for name in ("hyperband", "asha", "median"):
+        study = optuna.create_study(pruner=build(resolve(name), 0, FIDELITY)[1],
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        for number in range(12):
+            trial = study.ask()
+            trial.suggest_float("x", 0, 1)
+            for step in range(50, 501, 50):
+                trial.report(1000.0 + number if step < 100 else float(number), step)
+                if trial.should_prune():
+                    assert step >= FIDELITY.min_resource, (name, number, step)
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    break
+            else:
+                study.tell(trial, float(number))
+        assert any(t.state.name == "PRUNED" for t in study.trials), name
+
+
+def test_a_continued_search_keeps_the_strategy_it_started_with():
+    started = {"strategy": "random", "sampler": "random", "pruner": "none"}
+    assert for_run(TuneConfig(), started) == resolve("random")
+    assert for_run(TuneConfig(strategy="asha"), started) == resolve("asha")  # a mismatch later
+    # "auto" recorded with the pair it meant then stays that pair.
+    old_auto = {"strategy": "auto", "sampler": "tpe", "pruner": "asha"}
+    kept = for_run(TuneConfig(), old_auto)
+    assert (kept.name, kept.sampler, kept.pruner) == ("auto", "tpe", "asha")
+    assert for_run(TuneConfig(), None) == resolve("auto")
+
+
+def test_the_plan_judges_from_the_first_epoch_and_auto_does_not_prune_a_few_trials():
+    context = RunConfig().flat()
+    kw = dict(train_rows=1000, valid_rows=100, evals_per_epoch=2)
+    many = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,
+                              seconds_per_example=0.001, **kw)
+    assert many.pruner == resolve("auto").pruner
+    assert (many.min_resource, many.max_resource) == (100, 500)
+    assert many.trial_seconds == pytest.approx(0.001 * 3 * (1000 + 2 * 100 / 3))
+    assert many.full_trials == pytest.approx(600 / many.trial_seconds)
+    few = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,
+                             seconds_per_example=0.1, **kw)
+    assert few.full_trials < planning.FEW_TRIALS and few.pruner == "none"
+    named = planning.make_plan(resolve("asha"), Budget(seconds=600), DEFAULT_SPACE, context,
+                               seconds_per_example=0.1, **kw)
+    assert named.pruner == "asha"  # a strategy the user named runs as named
+    pinned = planning.make_plan(resolve("auto"), Budget(trials=5), (), {**context, "epochs": 0.5},
+                                seconds_per_example=None, **kw)
+    assert (pinned.min_resource, pinned.max_resource) == (50, 50) and pinned.trial_seconds is None
+    assert "not measured" in pinned.message()
+
+
+def test_the_lr_range_moves_only_when_the_user_left_it_alone():
+    dims, pinned = resolve_space(None, None, RunConfig())
+    assert planning.lr_is_free(dims, None, pinned)
+    centered = {d.name: d for d in planning.center_lr(dims, 2e-4)}
+    assert (centered["lr"].low, centered["lr"].high, centered["lr"].log) == (5e-5, 8e-4, True)
+    assert centered["batch_size"] == DEFAULT["batch_size"]
+    assert planning.center_lr(dims, None) == dims
+    spec = {"lr": {"low": 1e-5, "high": 2e-4, "log": True}}
+    given, _ = resolve_space(spec, None, RunConfig())
+    assert not planning.lr_is_free(given, spec, {})
+    fixed_dims, fixed = resolve_space(None, {"lr": "1e-4"}, RunConfig())
+    assert not planning.lr_is_free(fixed_dims, None, fixed)
+
+
+def test_the_command_line_keeps_a_strategy_and_refuses_another(tiny_model_dir, tmp_path):
+    train, valid = data_files(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["tune", "--model", tiny_model_dir, "--train", train, "--valid", valid, "--out", out,
+            "--space", space_file(tmp_path / "s.yaml", NARROW), "--fixed", "epochs=1",
+            "--fixed", "threads=1", "--precision", "fp32", "--no-lr-range-test"]
+    first = cli(*args, "--budget", "1trials", "--strategy", "random")
+    assert first.exit_code == 0, first.output
+    again = cli(*args, "--budget", "2trials")  # no --strategy: the one it started with
+    assert again.exit_code == 0, again.output
+    record = yaml.safe_load((out / "pretune.yaml").read_text())
+    assert (record["tune"]["strategy"], record["tune"]["sampler"]) == ("random", "random")
+    other = cli(*args, "--budget", "3trials", "--strategy", "tpe")
+    assert other.exit_code == 2
+    assert "started with strategy 'random'" in other.output and "'tpe'" in other.output

@@ -136,14 +136,20 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: Map
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out)
     logger.info("saved the model to %s", out)
     return out
+
+
+def swap_in(source: Path, target: Path) -> None:
+    """Make directory ``source`` the directory ``target`` by renames only: a kill in between
+    leaves ``target.old-PID`` beside it, which a search's start puts back."""
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- loading ---------------------------------------------------------------------------------------

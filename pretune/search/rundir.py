@@ -115,13 +115,9 @@ def clean_leftovers(out: Path) -> list[Path]:
 def replace_best(out: Path, source: Path) -> None:
     """Make the model directory ``source`` the run's best/ (renames only; a kill in between
     leaves best.old-*, which ``clean_leftovers`` puts back)."""
-    best = Path(out) / BEST_DIR
-    old = best.with_name(f"{BEST_DIR}.old-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    if best.exists():
-        os.replace(best, old)
-    os.replace(source, best)
-    shutil.rmtree(old, ignore_errors=True)
+    from pretune.models.io import swap_in
+
+    swap_in(Path(source), Path(out) / BEST_DIR)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -32,7 +32,7 @@ def cached_lr_range(out) -> dict[str, Any] | None:
 LR_TEST_SHARE = 0.05  # the most of a time budget the range test may take
 
 
-def lr_range(out, base: RunConfig, task, tune: TuneConfig, budget: Budget
+def lr_range(out, base: RunConfig, task, tune: TuneConfig, budget: Budget, caches=None
              ) -> dict[str, Any] | None:
     """Run the range test on ``base`` (the settings every trial shares) and record it in
     plan.yaml; it takes at most ``LR_TEST_SHARE`` of a time budget. A test that breaks for a
@@ -42,7 +42,8 @@ def lr_range(out, base: RunConfig, task, tune: TuneConfig, budget: Budget
 
     limit = None if budget.seconds is None else LR_TEST_SHARE * budget.seconds
     try:
-        found = range_test(base, task, steps=tune.lr_range_steps, max_seconds=limit).to_dict()
+        found = range_test(base, task, steps=tune.lr_range_steps, max_seconds=limit,
+                           caches=caches).to_dict()
     except PretuneError:
         raise
     except Exception as err:  # noqa: BLE001 - the search does not need the test to go on

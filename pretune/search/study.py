@@ -241,6 +241,7 @@ def run_tune(
         from pretune.training.run import data_seed
 
         task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
+        caches = RunCaches(out / rundir.CACHE_DIR)  # shared by the range test and every trial
         record["data_fingerprint"] = task.fingerprint
         default_storage = tune.storage is None
         storage = tune.storage or f"sqlite:///{(out / rundir.STUDY_FILE).resolve()}"
@@ -249,7 +250,7 @@ def run_tune(
             rundir.check_record(out, record)
         else:  # written once the data and the storage are known to work
             if tune.lr_range_test and found is None:
-                found = prepare.lr_range(out, shared, task, tune, budget)
+                found = prepare.lr_range(out, shared, task, tune, budget, caches)
                 dims = prepare.search_space(dims, space, pinned, found)
                 record["space"] = space_to_dict(dims)
             rundir.write_record(out, record)
@@ -282,7 +283,7 @@ def run_tune(
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
                          on_trial=on_trial, progress=progress,
-                         caches=RunCaches(out / rundir.CACHE_DIR))
+                         caches=caches)
         search.seed_check_size = (tune.seed_check, tune.seed_check_runs)
         search.reserve = final_pick.reserve(
             budget, plan.trial_seconds, tune.seed_check, tune.seed_check_runs,
@@ -603,7 +604,7 @@ class _Search:
         from pretune.training.run import valid_predictions
 
         try:
-            frame = valid_predictions(result, self.task)
+            frame = valid_predictions(result, self.task, self.caches)
             frame.insert(0, "trial", number)
             rundir.write_atomic(best / PREDICTIONS_FILE, frame.to_csv(index=False))
         except Exception as err:  # noqa: BLE001 - a report detail must not stop a search

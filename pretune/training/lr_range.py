@@ -143,23 +143,22 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
 
 
 def range_test(config: RunConfig, task, *, steps: int = STEPS,
-               max_seconds: float | None = None) -> RangeTest:
+               max_seconds: float | None = None, caches=None) -> RangeTest:
     """Build the model and training batches of ``config`` (as a training run does) on the
-    loaded ``task`` and sweep them."""
+    loaded ``task`` and sweep them. With ``caches`` (a ``RunCaches``), the tokenized data is the
+    one the trials then reuse."""
     from pretune.data.collate import Batches
-    from pretune.data.tokenize import choose_max_length, encode
     from pretune.models import build_model
+    from pretune.training.caches import RunCaches
     from pretune.training.device import set_threads
-    from pretune.training.run import FULL_BATCH_MICRO, _both, position_limit, seed_everything
+    from pretune.training.run import FULL_BATCH_MICRO, resolve_max_length, seed_everything
 
     set_threads(config.train.threads)
     seed_everything(config.train.seed)
+    caches = caches or RunCaches.for_one_run()
     model, tokenizer, _ = build_model(config.model, len(task.label_names), task.label_names)
-    limit = position_limit(model)
-    max_length = config.data.max_length or choose_max_length(_both(task), tokenizer, cap=limit)
-    if limit is not None:
-        max_length = min(max_length, limit)
-    enc = encode(task.train.texts, task.train.pairs, task.train.labels, tokenizer, max_length)
+    max_length = resolve_max_length(config, task, model, tokenizer, caches)
+    enc = caches.tokens.encode(task.train, tokenizer, max_length)
     t = config.train
     micro = FULL_BATCH_MICRO if t.batch_size == "full" else t.batch_size
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

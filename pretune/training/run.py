@@ -106,12 +106,7 @@ def fit(
     model.to(device)
     clock = _lap(timings, "model", clock)
 
-    limit = position_limit(model)
-    max_length = config.data.max_length or caches.tokens.max_length(_both(task), tokenizer, cap=limit)
-    if limit is not None and max_length > limit:
-        log.warning("max_length %d is more than the model's %d positions; using %d",
-                    max_length, limit, limit)
-        max_length = limit
+    max_length = resolve_max_length(config, task, model, tokenizer, caches)
     # Record what was resolved, so a config read back from pretune.yaml repeats this run.
     config = replace(config, data=replace(config.data, max_length=max_length,
                                           data_seed=data_seed(config)))
@@ -252,14 +247,15 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
     return now
 
 
-def valid_predictions(result: FitResult, task: TaskData) -> pd.DataFrame:
+def valid_predictions(result: FitResult, task: TaskData,
+                      caches: RunCaches | None = None) -> pd.DataFrame:
     """The kept model's predictions on the validation split: ``label``, ``prediction`` and
     ``prob_<label>`` per row, in the split's order (what a confusion matrix is drawn from)."""
     if result.model is None or result.tokenizer is None:
         raise ValueError("valid_predictions needs a FitResult that kept its model")
     tokenizer, config = result.tokenizer, result.config
-    enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer,
-                 config.data.max_length)
+    caches = caches or RunCaches.for_one_run()
+    enc = caches.tokens.encode(task.valid, tokenizer, config.data.max_length)  # the run's own
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
     device = next(result.model.parameters()).device
@@ -271,6 +267,19 @@ def valid_predictions(result: FitResult, task: TaskData) -> pd.DataFrame:
     for i, name in enumerate(names):
         frame[f"prob_{name}"] = probs[:, i]
     return frame
+
+
+def resolve_max_length(config: RunConfig, task: TaskData, model, tokenizer,
+                       caches: RunCaches) -> int:
+    """``max_length`` as given, else measured on the data (once per data and tokenizer, through
+    ``caches``); never more than the model's positions."""
+    limit = position_limit(model)
+    max_length = config.data.max_length or caches.tokens.max_length(_both(task), tokenizer, cap=limit)
+    if limit is not None and max_length > limit:
+        log.warning("max_length %d is more than the model's %d positions; using %d",
+                    max_length, limit, limit)
+        max_length = limit
+    return max_length
 
 
 def _both(task: TaskData) -> Split:

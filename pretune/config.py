@@ -343,6 +343,7 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "asha", "median", "none")
 # Named sampler + pruner pairs (pretune.search.strategies); "auto" is the measured best.
 STRATEGIES = ("auto", "tpe", "random", "hyperband", "asha", "median", "random-hyperband")
+EXECUTORS = ("local", "ray")  # how --workers are started: processes on this machine, Ray tasks
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,11 @@ class TuneConfig:
     lr_range_steps: int = 50  # batches the sweep may take
     seed_check: int = 3  # re-run this many best settings with other seeds at the end; 0: never
     seed_check_runs: int = 1  # re-runs of each (when the budget allows them)
+    workers: int | None = None  # trials at once, each in its own process; None: 1 (Ray: per CPU/GPU)
+    executor: str = "local"  # local processes, or Ray tasks (see EXECUTORS)
+    ray_address: str | None = None  # an existing Ray cluster; None: a local Ray instance
+    cpus_per_trial: int | None = None  # Ray: CPUs each worker holds; None: all cores / workers
+    heartbeat: int = 30  # seconds between a running trial's heartbeats on a shared storage
 
 
 def validate_tune(tune: TuneConfig) -> TuneConfig:
@@ -378,6 +384,12 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
     _number("seed_check_runs", tune.seed_check_runs, 1, 100, integer=True)
     _number("evals_per_epoch", tune.evals_per_epoch, 1, 1000, integer=True)
     _check(bool(tune.study_name), "study_name must not be empty, but got ''. Pass --study NAME.")
+    if tune.workers is not None:
+        _number("workers", tune.workers, 1, 4096, integer=True)
+    one_of("executor", tune.executor, EXECUTORS)
+    if tune.cpus_per_trial is not None:
+        _number("cpus_per_trial", tune.cpus_per_trial, 1, 4096, integer=True)
+    _number("heartbeat", tune.heartbeat, 1, 3600, integer=True)
     return tune
 
 

@@ -21,7 +21,13 @@ Example:
   pretune tune --train data/train.csv --budget 30trials --out runs/sst2 \\
       --space space.yaml --fixed epochs=3 --metric f1_macro
 
+  pretune tune --train data/train.csv --budget 30m --workers 4 --out runs/sst2
+  pretune tune --train data/train.csv --budget 1h --executor ray --cpus-per-trial 4 \
+      --storage postgresql://user:pw@db/pretune --study sst2
+
 Running the same command again continues the search in --out (a larger budget extends it).
+Several workers keep the trials in OUT/study.journal (or the --storage database); more
+machines join with: pretune worker --storage URL --study NAME.
 At the end OUT/report.html is written (pretune report OUT writes it again); pretune show OUT
 prints the summary. On a terminal the search draws live bars and a table of finished trials;
 elsewhere it prints one line per trial.
@@ -52,6 +58,11 @@ def command(
     lr_range_test: Optional[bool] = typer.Option(None, "--lr-range-test/--no-lr-range-test", help="Center the default lr range on a short increasing-lr sweep (default on)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Trials at once, each in its own process (default 1; with Ray: one per --cpus-per-trial or GPU)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="How workers start: local processes (default) or ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: a local Ray instance)."),
+    cpus_per_trial: Optional[int] = typer.Option(None, "--cpus-per-trial", help="Cores each worker uses (default: all cores / workers)."),
+    heartbeat: Optional[int] = typer.Option(None, "--heartbeat", help="Seconds between heartbeats of running trials on a shared storage (default 30)."),
     text_column: Optional[str] = typer.Option(None, "--text-column"),
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
@@ -93,7 +104,9 @@ def command(
             result = api_tune(
                 base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,
                 sampler=sampler, pruner=pruner, priors=priors, lr_range_test=lr_range_test,
-                storage=storage, study=study, on_trial=progress.on_trial,
+                storage=storage, study=study, workers=workers, executor=executor,
+                ray_address=ray_address, cpus_per_trial=cpus_per_trial, heartbeat=heartbeat,
+                on_trial=progress.on_trial,
                 on_plan=progress.on_plan, progress=progress, log_to=log_to, **settings,
             )
         print_summary(result)

@@ -5,7 +5,9 @@
     runs/NAME/
       pretune.yaml   what the search was started with (see ``run_record``); a later start must
                      match it, except for the budget
-      study.db       Optuna storage (SQLite) unless --storage names another
+      study.db       Optuna storage (SQLite) unless --storage names another; a search with
+                     several --workers keeps its trials in study.journal instead (see
+                     ``default_storage``)
       trials.csv     one row per trial (see ``trials_frame``), rewritten after every trial
       plan.yaml      the learning-rate range test (run once, reused by a continued search), the
                      budget plan of the latest start, and the seed check of the final pick
@@ -33,18 +35,24 @@ from pretune.yamlfile import plain
 
 META_FILE = "pretune.yaml"
 STUDY_FILE = "study.db"
+JOURNAL_FILE = "study.journal"  # the default storage of a search with several workers
+WORKERS_DIR = "workers"  # the logs of local worker processes
 TRIALS_FILE = "trials.csv"
 PLAN_FILE = "plan.yaml"
 CHECK_DIR = "seed_check"  # models of seed re-runs, while the final pick is being made
 BEST_DIR = "best"
 CACHE_DIR = "cache"  # tokenized data and frozen features (pretune.training.caches)
 LOCK_FILE = ".pretune.lock"
+BEST_LOCK_FILE = ".best.lock"
+LOST = "worker lost: its heartbeat stopped"  # fail reason of a trial another worker failed
 
 # Keys of the record that may change between starts of the same search.
 # The space file's path (its content is `space`); what only a first start uses (priors, the
 # range test, whose outcome is in `space` and plan.yaml).
+# How many workers run it, and where, may change too.
 MAY_CHANGE = {"tune.budget", "tune.space", "tune.priors", "tune.lr_range_test",
-              "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs"}
+              "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs", "tune.workers",
+              "tune.executor", "tune.ray_address", "tune.cpus_per_trial", "tune.heartbeat"}
 
 
 class RunLock:
@@ -81,6 +89,50 @@ class RunLock:
         if self.handle is not None:
             self.handle.close()  # closing the file releases the lock
             self.handle = None
+
+
+class BestLock:
+    """An exclusive lock held while a worker compares its trial with best/ and replaces it, so
+    that two workers finishing at once never interleave their writes (blocking; released by the
+    operating system if the holder dies)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / BEST_LOCK_FILE
+        self.handle = None
+
+    def __enter__(self) -> "BestLock":
+        self.handle = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def default_storage(out: Path, parallel: bool) -> str:
+    """The storage of a run directory when --storage names none: its SQLite file for one
+    process, a journal file (safe for several processes) for several workers. A run directory
+    keeps the storage it was started with."""
+    out = Path(out).resolve()
+    if (out / JOURNAL_FILE).exists():
+        return str(out / JOURNAL_FILE)
+    if parallel:
+        if (out / STUDY_FILE).exists():
+            raise ConfigError(
+                f"Several workers need a storage that several processes may write, but {out} "
+                f"was started with one process and keeps its trials in SQLite ({STUDY_FILE}). "
+                f"Continue it with --workers 1, or start a new --out (or pass --storage "
+                f"postgresql://... for a database server)."
+            )
+        return str(out / JOURNAL_FILE)
+    return f"sqlite:///{out / STUDY_FILE}"
 
 
 def clean_leftovers(out: Path) -> list[Path]:
@@ -254,7 +306,7 @@ def _same(a: Any, b: Any) -> bool:
 
 # Per-trial records (Optuna user attributes) that become columns, in this order.
 ATTR_COLUMNS = ("source", "seed_of", "seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason",
-                "fail_reason", "retry_of")
+                "fail_reason", "retry_of", "worker")
 
 
 def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.DataFrame:
@@ -274,6 +326,10 @@ def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.D
         }
         row.update({f"params_{n}": t.params.get(n) for n in names})
         row.update({a: t.user_attrs.get(a) for a in ATTR_COLUMNS})
+        if row["retry_of"] is None:  # a retry of a trial whose worker died (its heartbeat)
+            row["retry_of"] = t.system_attrs.get("failed_trial")
+        if t.state.name == "FAIL" and row["fail_reason"] is None:
+            row["fail_reason"] = LOST
         row.update({f"valid_{m}": metrics.get(m) for m in METRICS})
         row["best_epoch"] = metrics.get("epoch")
         row["datetime_start"] = t.datetime_start

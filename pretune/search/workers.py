@@ -286,6 +286,29 @@ def _ray_worker(url: str, study_name: str, out: str, threads: int, heartbeat: in
     return result.trials_run
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a Ray address nothing listens at (Ray itself retries for minutes)."""
+    if not address or address == "auto":
+        return
+    import socket
+
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"--ray-address must be HOST:PORT (or ray://HOST:PORT, or auto), but got {address!r}. "
+            f"Give the address that ray start --head printed."
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(
+            f"--ray-address must name a running Ray cluster, but nothing answers at {address} "
+            f"({err.strerror or err}). Start one with ray start --head, or leave --ray-address "
+            f"out for a local instance."
+        ) from None
+
+
 class _RayWorkers:
     """Workers as Ray tasks, on a local Ray instance or the cluster at ``tune.ray_address``."""
 
@@ -299,6 +322,7 @@ class _RayWorkers:
         self.ray = ray
         self.started = not ray.is_initialized()  # a Ray instance this search starts, and ends
         if self.started:
+            _check_reachable(tune.ray_address)
             try:
                 ray.init(address=tune.ray_address, include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)

@@ -226,3 +226,39 @@ def test_the_ray_executor_completes_a_small_study(tiny_model_dir, tmp_path):
     _assert_whole(trials, 4)
     assert all(t.user_attrs["worker"] for t in trials)
     assert (out / "best" / "model.safetensors").is_file()
+
+
+def test_a_ray_address_that_nobody_answers_is_an_error_at_once():
+    from pretune.search.workers import _check_reachable
+
+    with pytest.raises(ConfigError, match="nothing answers at 127.0.0.1:9"):
+        _check_reachable("127.0.0.1:9", timeout=1)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        _check_reachable("no-port-here")
+    _check_reachable(None)
+    _check_reachable("auto")
+
+
+def test_a_worker_after_the_deadline_needs_its_own_budget():
+    from pretune.search.workers import worker_budget
+
+    with pytest.raises(ConfigError, match="ran out"):
+        worker_budget({"trials": None, "deadline": time.time() - 5}, None)
+    assert worker_budget({"trials": 8, "deadline": time.time() - 5}, None).trials == 8
+    left = worker_budget({"trials": None, "deadline": time.time() + 100}, None).seconds
+    assert 90 < left <= 100
+    assert worker_budget({"trials": 8, "deadline": None}, "3trials").trials == 3
+
+
+def test_the_best_lock_excludes_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a+')\n"
+             "try:\n    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except OSError:\n    sys.exit(3)\n")
+    path = tmp_path / rundir.BEST_LOCK_FILE
+    with rundir.BestLock(tmp_path):
+        held = subprocess.run([sys.executable, "-c", probe, str(path)])
+    free = subprocess.run([sys.executable, "-c", probe, str(path)])
+    assert (held.returncode, free.returncode) == (3, 0)

@@ -108,6 +108,10 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
             "Training data is needed, but --train was not given. Pass --train with a CSV, TSV, "
             "JSONL or Parquet file or a Hugging Face dataset."
         )
+    from pretune.data import images
+
+    if images.detect_modality(cfg) == "image":
+        return images.load_image_task(cfg, seed)
     train_is_dataset = is_dataset_source(cfg.train)
     frame = read_table(cfg.train, split=cfg.dataset_split_train if train_is_dataset else None)
     cols = _resolve_columns(

@@ -66,6 +66,7 @@ def command(
     text_column: Optional[str] = typer.Option(None, "--text-column"),
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
@@ -91,6 +92,7 @@ def command(
         flags: dict[str, Any] = dict(
             train=train, valid=valid, model=model, text_column=text_column,
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
+            image_column=image_column,
             max_length=max_length, metric=metric, precision=precision, seed=seed,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,

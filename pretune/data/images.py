@@ -253,7 +253,7 @@ def load_image_task(cfg: Any, seed: int) -> ImageTaskData:
     )
 
 
-def read_image_inputs(source: str, image_column: str | None = None
+def read_image_inputs(source: str, image_column: str | None = None, prefer: str | None = None
                       ) -> tuple[list[str], pd.DataFrame]:
     """Image paths to predict on (a folder of images, a folder of class folders, or a table) and
     the frame they came from (its ``image`` column holds the resolved paths for a folder)."""
@@ -267,7 +267,7 @@ def read_image_inputs(source: str, image_column: str | None = None
             )
         frame = pd.DataFrame({"image": [str(f.resolve()) for f in files]})
         return list(frame["image"]), frame
-    frame, column, _, base = _read(str(source), "--input", image_column, False)
+    frame, column, _, base = _read(str(source), "--input", image_column, False, prefer=prefer)
     return _paths(frame, column, base, "--input"), frame
 
 

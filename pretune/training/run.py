@@ -391,6 +391,7 @@ def predict(
     batch_size: int = 64,
     text_column: str | None = None,
     text_pair_column: str | None = None,
+    image_column: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     precision: str = "fp32",
@@ -400,7 +401,10 @@ def predict(
 
     ``model_dir`` is a model directory or a run directory holding ``best/``. The result has
     the input's columns plus ``prediction`` and ``prob_<label>`` for each label, in input order;
-    with ``output`` it is also written there (CSV, TSV, JSONL or Parquet by extension).
+    with ``output`` it is also written there (CSV, TSV, JSONL or Parquet by extension). For an
+    image model, ``source`` is a folder of images or a table with a column of image paths
+    (``image_column``, else the training run's, else detected). Text models apply the text
+    preprocessing they were trained with (``pretune.data.text_prep``).
     """
     if output is not None:
         table_format(Path(output))  # a wrong extension fails before the work, not after
@@ -409,7 +413,8 @@ def predict(
     columns = meta.get("columns") or {}
     settings = meta.get("settings", {})
     if not hasattr(tokenizer, "pad_token_id"):  # an image processor: an image model
-        paths, frame = read_image_inputs(str(source), image_column=text_column)
+        paths, frame = read_image_inputs(str(source), image_column=image_column,
+                                         prefer=columns.get("text"))
         pixels = image_cache(None).pixels(paths, PixelSpec.of(tokenizer))
         batches = _Counting(ImageBatches(pixels, None, PixelSpec.of(tokenizer), batch_size,
                                          shuffle=False), on_batch)

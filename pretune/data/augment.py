@@ -41,8 +41,13 @@ def rotate(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tenso
     """Rotate each image about its center by an angle drawn from [-degrees, degrees]."""
     if degrees <= 0:
         return x
+    angle = (torch.rand(x.shape[0], generator=gen) * 2 - 1) * math.radians(degrees)
+    return rotate_by(x, angle)
+
+
+def rotate_by(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate image i about its center by ``angle[i]`` radians (counter-clockwise as shown)."""
     n, _, h, w = x.shape
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(degrees)
     cos, sin = torch.cos(angle), torch.sin(angle)
     # affine_grid works in [-1, 1] coordinates on both axes; a non-square image needs the
     # aspect ratio so that the rotation is a rotation in pixels.

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from pretune.errors import DataError
+from pretune.errors import DataError, MissingExtraError
 from pretune.data.readers import is_hub_name, read_table
 from pretune.data.task import (
     LABEL_COLUMNS,
@@ -346,7 +346,10 @@ class PixelSpec:
 
 def decode(path: str, spec: PixelSpec) -> np.ndarray:
     """One image as uint8 (3, height, width): RGB, resized as ``spec`` says."""
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise MissingExtraError("pillow", "images", "Reading images") from None
 
     try:
         with Image.open(path) as img:

@@ -306,7 +306,8 @@ def run_tune(
             budget = Budget(seconds=max(1.0, budget.seconds - (time.monotonic() - began)),
                             trials=budget.trials)
         deadline = None if budget.seconds is None else time.time() + budget.seconds
-        publish(study, record, out=out, plan=plan, budget=budget, deadline=deadline)
+        publish(study, record, out=out, plan=plan, budget=budget, deadline=deadline,
+                heartbeat=tune.heartbeat)
         if parallel:
             from pretune.search import workers as launch
 
@@ -345,10 +346,11 @@ STUDY_ATTR = "pretune"  # the study's user attribute that holds what a worker ne
 
 
 def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: Plan,
-            budget: Budget, deadline: float | None) -> None:
+            budget: Budget, deadline: float | None, heartbeat: int) -> None:
     """Save in the study what ``pretune worker`` needs to join it from any machine: the run's
     settings (data and model paths made absolute where they exist here), space, pins, metric,
-    pruner schedule, trial budget, the wall-clock deadline of this start, and the run directory.
+    pruner schedule, trial budget, the wall-clock deadline of this start, the heartbeat interval
+    and the run directory.
     """
     settings = {group: dict(values) for group, values in record["settings"].items()}
     for group, key in (("data", "train"), ("data", "valid"), ("model", "model")):
@@ -362,6 +364,7 @@ def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: 
                  "max_resource": plan.max_resource},
         "trials": budget.trials,
         "deadline": deadline,
+        "heartbeat": heartbeat,
     }))
 
 

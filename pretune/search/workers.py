@@ -57,13 +57,18 @@ STOP_SECONDS = 60.0  # how long stopped workers get to record their trials befor
 
 
 def join(url: str, study_name: str, *, out: str | Path | None = None, budget: str | None = None,
-         threads: int | None = None, heartbeat: int = TuneConfig.heartbeat,
+         threads: int | None = None, heartbeat: int | None = None,
          on_trial: Callable[[Any], None] | None = None, progress: Any = None) -> TuneResult:
     """Join the study ``study_name`` in storage ``url`` and run its trials until its budget is
-    spent (``budget``: this worker's own time and/or trial limit instead of the study's)."""
+    spent (``budget``: this worker's own time and/or trial limit instead of the study's).
+    ``heartbeat`` replaces the study's interval; every worker of a study should use the same,
+    since a worker judges the others' trials by its own grace period."""
     quiet_optuna()
     study = load(url, study_name, heartbeat=heartbeat)
     info = study.user_attrs[STUDY_ATTR]
+    beat = heartbeat or info.get("heartbeat") or TuneConfig.heartbeat
+    if beat != heartbeat:  # reopen with the study's interval
+        study = load(url, study_name, heartbeat=beat)
     record = info["record"]
     base = RunConfig.from_dict(record["settings"])
     if threads is not None:
@@ -108,7 +113,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     return search.result()
 
 
-def load(url: str, study_name: str, *, heartbeat: int | None) -> optuna.Study:
+def load(url: str, study_name: str, *, heartbeat: int | None = None) -> optuna.Study:
     """The study a worker joins; ConfigError when it is not there or not a pretune search."""
     try:
         from sqlalchemy.exc import SQLAlchemyError

@@ -262,3 +262,13 @@ def test_the_best_lock_excludes_another_process(tmp_path):
         held = subprocess.run([sys.executable, "-c", probe, str(path)])
     free = subprocess.run([sys.executable, "-c", probe, str(path)])
     assert (held.returncode, free.returncode) == (3, 0)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_journal_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
+    store = storage.open_storage(str(tmp_path / "j.journal"), heartbeat=1)
+    study = optuna.create_study(storage=store)
+    trial = study.ask()
+    assert store._get_stale_trial_ids(study._study_id) == []
+    time.sleep(storage.GRACE * 1 + 0.5)
+    assert store._get_stale_trial_ids(study._study_id) == [trial._trial_id]

@@ -258,7 +258,9 @@ def run_tune(
         task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
         caches = RunCaches(out / rundir.CACHE_DIR)  # shared by the range test and every trial
         record["data_fingerprint"] = task.fingerprint
-        parallel = (tune.workers or 1) > 1 or tune.executor != "local"
+        from pretune.search.workers import local_workers
+
+        parallel = tune.executor != "local" or local_workers(tune.workers) > 1
         url = tune.storage or rundir.default_storage(out, parallel)
         own_sqlite = tune.storage is None and storage.kind(url) == "sqlite"
         if parallel and not storage.shared(url):

@@ -174,7 +174,7 @@ def run_workers(study: optuna.Study, url: str, tune: TuneConfig, out: Path, *,
     if tune.executor == "ray":
         launched = _RayWorkers(url, tune, out, workers)
     else:
-        launched = _LocalWorkers(url, tune, out, workers or 1)
+        launched = _LocalWorkers(url, tune, out, local_workers(workers))
     log.info("started %d %s workers", launched.count, tune.executor)
     follower = _Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
                        metric=metric, direction=direction, out=out, budget=budget,
@@ -232,23 +232,45 @@ def cores_each(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // max(1, workers))
 
 
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_workers(given: int | None) -> int:
+    """How many local workers a search runs: ``given``, else one per GPU where there are
+    several, else one."""
+    if given is not None:
+        return given
+    gpus = gpu_count()
+    return gpus if gpus > 1 else 1
+
+
+def worker_env(k: int, gpus: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of local worker ``k``: with several GPUs, each worker sees one of them
+    (worker k gets GPU k mod the count), so trials run one per GPU."""
+    env = dict(os.environ if base is None else base)
+    if gpus > 1:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        ids = [x for x in visible.split(",") if x.strip()] if visible else [str(i) for i in range(gpus)]
+        env["CUDA_VISIBLE_DEVICES"] = ids[k % len(ids)]
+    return env
+
+
 class _LocalWorkers:
     """``pretune worker`` processes on this machine, each logging to ``OUT/workers/K.log``."""
 
     def __init__(self, url: str, tune: TuneConfig, out: Path, count: int):
-        import torch
-
         self.count = count
         logs = Path(out) / rundir.WORKERS_DIR
         logs.mkdir(parents=True, exist_ok=True)
         threads = tune.cpus_per_trial or cores_each(count)
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = gpu_count()
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         for k in range(count):
-            env = dict(os.environ)
-            if gpus > 1:  # one trial per GPU
-                env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
+            env = worker_env(k, gpus)
             path = logs / f"worker-{k}.log"
             command = [sys.executable, "-m", "pretune", "worker", "--storage", url,
                        "--study", tune.study_name, "--out", str(out), "--threads", str(threads),

@@ -62,6 +62,7 @@ class DataConfig:
     dataset_split_train: str = "train"  # split names when `train` is a Hugging Face dataset
     dataset_split_valid: str = "validation"
     data_seed: int | None = None  # seed of sampling and splitting; None: the run's seed
+    unlabeled: str | None = None  # more texts for continued pretraining (tapt_steps), no labels
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class ModelConfig:
     # lp_ft: a linear probe first, then full fine-tuning from the probed head (Kumar et al., 2022)
     probe_epochs: float = 3.0
     probe_lr: float = 1e-3
+    # Task-adaptive pretraining (Gururangan et al., 2020): masked-LM steps on the task's texts
+    # (training texts and `unlabeled`) before fine-tuning; 0: none
+    tapt_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,7 @@ def validate(config: RunConfig) -> RunConfig:
     _number("lora_dropout", m.lora_dropout, 0.0, 0.95)
     _number("probe_epochs", m.probe_epochs, 0.0, 1000.0, lo_open=True)
     _number("probe_lr", m.probe_lr, 0.0, 10.0, lo_open=True)
+    _number("tapt_steps", m.tapt_steps, 0, 10**6, integer=True)
 
     one_of("optimizer", t.optimizer, OPTIMIZERS)
     _number("lr", t.lr, 0.0, 10.0, lo_open=True)

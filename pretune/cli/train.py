@@ -33,6 +33,7 @@ def command(
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
+    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     epochs: Optional[float] = typer.Option(None, "--epochs"),
     lr: Optional[float] = typer.Option(None, "--lr"),
@@ -56,6 +57,7 @@ def command(
         flags = dict(
             train=train, valid=valid, model=model, text_column=text_column,
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
+            unlabeled=unlabeled,
             max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
             optimizer=optimizer, schedule=schedule, transfer=transfer, metric=metric,
             precision=precision, seed=seed,

@@ -319,3 +319,25 @@ def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str]) -
     logger.info("loaded %s (%s) with %d labels", source, type(model).__name__, num_labels)
     return model, tokenizer
 
+
+
+def load_auto(cfg: ModelConfig, kind: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``cfg.model`` as transformers' ``AutoModel`` (``kind="base"``:
+    the encoder with its pooler) or ``AutoModelForMaskedLM`` (``kind="masked_lm"``), with the
+    same safety as ``load_pretrained``: safetensors only unless ``allow_pickle``, no remote code
+    unless ``trust_remote_code``."""
+    import transformers
+
+    cls = {"base": transformers.AutoModel, "masked_lm": transformers.AutoModelForMaskedLM}[kind]
+    source, is_local = resolve_source(cfg.model)
+    if is_local:
+        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = load_tokenizer(source, is_local=is_local, **common)
+    try:
+        with quiet_transformers():
+            model = cls.from_pretrained(source, use_safetensors=None if cfg.allow_pickle else True,
+                                        **common)
+    except (OSError, ValueError) as e:
+        raise load_error(source, is_local, e) from e
+    return model, tokenizer

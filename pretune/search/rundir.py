@@ -299,7 +299,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
         return float(a) == float(b)
-    if {a, b} & {PACKAGED_MODEL_ID} and isinstance(a, str) and isinstance(b, str):
+    if isinstance(a, str) and isinstance(b, str) and PACKAGED_MODEL_ID in (a, b):
         # Runs started before the default model was recorded by its id hold the packaged path.
         from pretune.models.load import packaged_model_dir
 

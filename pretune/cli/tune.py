@@ -82,7 +82,7 @@ def command(
     def body():
         from pretune.api import tune as api_tune
         from pretune.cli.common import output_level, set_verbose
-        from pretune.cli.progress import MODE_PLAIN, MODE_QUIET, SearchProgress, choose_mode
+        from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
 
         if verbose:
             set_verbose()
@@ -98,10 +98,10 @@ def command(
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)
         pins = parse_sets(fixed, "--fixed")
-        progress = SearchProgress(mode, budget_label=budget or "10m", metric=metric)
-        if mode == MODE_PLAIN:
-            console.print(f"searching in {escape(str(out))} (budget {budget or '10m'}); "
-                          f"one line per trial", highlight=False, soft_wrap=True)
+        # The first line once the input is checked: a bad input prints its error alone.
+        progress = SearchProgress(
+            mode, budget_label=budget or "10m", metric=metric,
+            intro=f"searching in {out} (budget {budget or '10m'}); one line per trial")
         with progress:
             result = api_tune(
                 base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,

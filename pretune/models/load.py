@@ -355,3 +355,59 @@ def load_auto(cfg: ModelConfig, kind: str) -> tuple[Any, Any]:
     except (OSError, ValueError) as e:
         raise load_error(source, is_local, e) from e
     return model, tokenizer
+
+
+# --- before a run: is the model there, and how big is it -----------------------------------------
+
+
+def check_source(cfg: ModelConfig) -> None:
+    """Raise ModelError when ``cfg.model`` cannot be loaded as asked (a missing directory, pickle
+    weights without ``allow_pickle``, a config that needs remote code without
+    ``trust_remote_code``), reading only its config.json: a check before any data is read."""
+    source, is_local = resolve_source(cfg.model)
+    if is_local:
+        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
+    load_config(source, is_local=is_local, revision=cfg.revision,
+                trust_remote_code=cfg.trust_remote_code)
+
+
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def weights_bytes(cfg: ModelConfig) -> int | None:
+    """About how many bytes a saved copy of ``cfg.model`` takes: the size of its weight files
+    (twice that when they are stored in 16 bits, since a trained model is saved in 32); None
+    when they cannot be found without a download."""
+    try:
+        source, is_local = resolve_source(cfg.model)
+    except ModelError:
+        return None
+    if is_local:
+        directory = Path(source)
+    else:
+        directory = _cached_snapshot(source, cfg.revision)
+        if directory is None:
+            return None
+    safe, pickles = weight_files(directory)
+    files = safe or pickles[:1]
+    if not files:
+        return None
+    size = sum(f.stat().st_size for f in files)
+    try:
+        import json
+
+        dtype = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
+    except (OSError, ValueError):
+        dtype = None
+    return size * 2 if str(dtype) in HALF_DTYPES else size
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The folder of a hub model in the local Hugging Face cache, if its config is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a size estimate, never a reason to fail
+        return None
+    return Path(found).parent if isinstance(found, str) else None

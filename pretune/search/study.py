@@ -232,7 +232,7 @@ def run_tune(
     metric = shared.train.metric
     direction = metric_direction(metric)
 
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.preflight(out, shared, tune)  # --out writable, the model there, room on disk
     with rundir.RunLock(out):
         rundir.clean_leftovers(out)
         strategy = strategies.for_run(tune, rundir.read_record(out).get("tune"))

@@ -72,12 +72,19 @@ def disk_full(err: BaseException, path: str | os.PathLike) -> PretuneError | Non
     any other error (which stays a bug to report)."""
     if not isinstance(err, OSError) or err.errno not in FULL_ERRNOS:
         return None
-    reason = os.strerror(err.errno) if err.errno else "no space left"
     return PretuneError(
-        f"Writing needs room on the disk, but the disk of {nearest_existing(path)} is full "
-        f"({reason}) while writing {path}. Free some space on it and run the same command "
+        f"Writing {path} needs room on its disk, but the disk mounted at {mount_point(path)} is "
+        f"full ({os.strerror(err.errno)}). Free some space on it and run the same command "
         f"again (a search continues where it stopped)."
     )
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the file system that holds (or would hold) ``path``."""
+    p = nearest_existing(path)
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
 
 
 def size_text(n: float) -> str:

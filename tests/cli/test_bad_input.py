@@ -180,6 +180,9 @@ ROWS: dict[str, Row] = {
     "--seed not a number": Row(
         lambda p: p.tune("--seed", "abc"),
         "--seed", "'abc'", "pretune tune --help"),
+    "unknown tracker": Row(
+        lambda p: p.tune("--log-to", "wandb"),
+        "--log-to must be one of", "'wandb'", "Pass --log-to mlflow"),
     # -- YAML config --
     "--config missing": Row(
         lambda p: p.tune("--config", p.tmp / "nope.yaml"),
@@ -342,3 +345,15 @@ def test_bad_input_in_a_process_of_its_own(name, fresh):
 
 def test_there_are_at_least_25_rows():
     assert len({r.rule for r in ROWS.values()}) >= 25  # rules, not only values, differ
+
+
+def test_a_tracker_creates_nothing_before_the_input_is_checked(fresh):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from typer.testing import CliRunner
+
+    from pretune.cli.main import app
+
+    args = [str(a) for a in fresh.tune("--log-to", "mlflow", "--budget", "10x")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "'10x'" in one_error_line(result.stderr), result.output
+    assert not fresh.new.exists()

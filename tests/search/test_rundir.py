@@ -202,3 +202,23 @@ def test_a_folder_the_user_may_not_write_in_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="must be writable.*permission denied"):
         outdir.check_writable(tmp_path / "new" / "run")
     assert seen == [(tmp_path, os.W_OK | os.X_OK)]  # asked of the folder it would be made in
+
+
+def test_a_full_disk_while_writing_the_trials_table_is_one_line_and_leaves_no_temp_file(
+        tmp_path, monkeypatch):
+    import pandas as pd
+
+    from pretune.errors import PretuneError
+    from pretune.search.rundir import TRIALS_FILE, write_trials
+
+    (tmp_path / TRIALS_FILE).write_text("number\n0\n")
+
+    def no_room(self, path, *args, **kwargs):
+        Path(path).write_text("numb")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", no_room)
+    with pytest.raises(PretuneError, match="is full"):
+        write_trials(tmp_path, pd.DataFrame({"number": [0, 1]}))
+    assert [p.name for p in tmp_path.iterdir()] == [TRIALS_FILE]
+    assert (tmp_path / TRIALS_FILE).read_text() == "number\n0\n"

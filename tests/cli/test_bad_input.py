@@ -255,6 +255,9 @@ ROWS: dict[str, Row] = {
     "predict input missing": Row(
         lambda p: ["predict", p.run, "--input", p.tmp / "absent.csv"],
         "must be an existing file", "absent.csv", "Check the path"),
+    "predict output of an unknown format": Row(
+        lambda p: ["predict", p.run, "--input", p.valid, "--output", p.tmp / "preds.xlsx"],
+        "must end in", ".xlsx", "csv"),
     "report of a folder that is no run": Row(
         lambda p: ["report", p.folder("not-a-run")],
         "must be a run directory", "not-a-run has no pretune.yaml",
@@ -357,3 +360,24 @@ def test_a_tracker_creates_nothing_before_the_input_is_checked(fresh):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "'10x'" in one_error_line(result.stderr), result.output
     assert not fresh.new.exists()
+
+
+def test_postgresql_without_its_driver(fresh):
+    if any(_importable(m) for m in ("psycopg2", "psycopg")):
+        pytest.skip("a PostgreSQL driver is installed; this checks the message without one")
+    from typer.testing import CliRunner
+
+    from pretune.cli.main import app
+
+    url = "postgresql://nobody@127.0.0.1:1/none"
+    result = CliRunner().invoke(app, [str(a) for a in fresh.tune("--storage", url)])
+    line = one_error_line(result.stderr)
+    assert result.exit_code == 2 and not LEAKS.search(result.output), result.output
+    assert "--storage needs the database driver" in line and "pip install" in line
+    assert not fresh.new.exists()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -381,3 +381,32 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_continuing_after_the_data_changed_leaves_the_run_as_it_was(paths, tmp_path):
+    """The one mismatch found only after the data is read (its content fingerprint)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from pretune.cli.main import app
+
+    root = tmp_path / "copy"
+    shutil.copytree(paths.run.parent, root)  # run/, data/ and space.yaml of that search
+    copy = Paths(tmp=tmp_path, model=paths.model, train=root / "data" / "train.csv",
+                 valid=root / "data" / "valid.csv", run=root / "run", new=tmp_path / "never")
+    record_file = copy.run / "pretune.yaml"
+    record = yaml.safe_load(record_file.read_text())
+    record["settings"]["data"].update(train=str(copy.train), valid=str(copy.valid))
+    record_file.write_text(yaml.safe_dump(record, sort_keys=False))
+    rows = pd.read_csv(copy.train)
+    rows.loc[0, "text"] = "an edited first example"  # the data changed since the search began
+    rows.to_csv(copy.train, index=False)
+    before = snapshot(copy.run)
+
+    result = CliRunner().invoke(app, [str(a) for a in copy.resume()])
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.stderr)
+    assert "continues only with the settings it started with" in line
+    assert "the data (its content fingerprint)" in line and "pass a new --out" in line
+    assert snapshot(copy.run) == before

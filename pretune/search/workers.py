@@ -76,6 +76,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     dims, pinned = resolve_space({"extend": False, **record["space"]}, record["fixed"], base,
                                  source=f"the space of study {study_name!r}")
     run_dir = Path(out if out is not None else info["out"]).expanduser()
+    rundir.preflight(run_dir, base, TuneConfig())  # writable, the model there, room on disk
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

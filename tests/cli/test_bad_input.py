@@ -183,6 +183,26 @@ ROWS: dict[str, Row] = {
     "unknown tracker": Row(
         lambda p: p.tune("--log-to", "wandb"),
         "--log-to must be one of", "'wandb'", "Pass --log-to mlflow"),
+    "--workers 0": Row(lambda p: p.tune("--workers", "0"),
+                       "workers must be in [1", "got 0", "Pick a value in that range"),
+    "unknown executor": Row(lambda p: p.tune("--executor", "slurm"),
+                            "executor must be one of", "'slurm'", "Pick one of those names"),
+    "--heartbeat 0": Row(lambda p: p.tune("--heartbeat", "0"),
+                         "heartbeat must be in [1", "got 0", "Pick a value in that range"),
+    "several workers on one SQLite file": Row(
+        lambda p: p.tune("--workers", "2", "--storage", f"sqlite:///{p.tmp}/study.db"),
+        "Several workers need a storage that several processes may write", "study.db",
+        "Pass a journal file"),
+    "worker with an unknown storage": Row(
+        lambda p: ["worker", "--storage", "nosuchdb://host/db", "--study", "s"],
+        "must be an Optuna storage", "'nosuchdb://host/db'", "Give one of those"),
+    "worker joining a study that is not there": Row(
+        lambda p: ["worker", "--storage", f"sqlite:///{p.run / 'study.db'}", "--study", "nope"],
+        "study", "'nope'", "--study"),
+    "worker --out under a regular file": Row(
+        lambda p: ["worker", "--storage", f"sqlite:///{p.run / 'study.db'}", "--study", "pretune",
+                   "--out", p.file("plain.txt", "x") / "run"],
+        "where a directory can be created", "plain.txt", "outside that file"),
     # -- YAML config --
     "--config missing": Row(
         lambda p: p.tune("--config", p.tmp / "nope.yaml"),
@@ -212,7 +232,7 @@ ROWS: dict[str, Row] = {
     # -- storage URL --
     "storage unknown scheme": Row(
         lambda p: p.tune("--storage", "nosuchdb://host/db"),
-        "must be an Optuna storage URL", "nosuchdb://host/db", "Check the URL"),
+        "must be an Optuna storage URL", "'nosuchdb://host/db'", "Give one of those"),
     "storage bad sqlite path": Row(
         lambda p: p.tune("--storage", f"sqlite:///{p.tmp}/no/such/dir/study.db"),
         "must be an Optuna storage URL", "no/such/dir/study.db", "Check the URL"),
@@ -373,7 +393,7 @@ def test_postgresql_without_its_driver(fresh):
     result = CliRunner().invoke(app, [str(a) for a in fresh.tune("--storage", url)])
     line = one_error_line(result.stderr)
     assert result.exit_code == 2 and not LEAKS.search(result.output), result.output
-    assert "--storage needs the database driver" in line and "pip install" in line
+    assert "postgresql:// --storage needs the optional package" in line and "pip install" in line
     assert not fresh.new.exists()
 
 

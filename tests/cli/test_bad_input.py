@@ -137,6 +137,12 @@ ROWS: dict[str, Row] = {
     "--train-rows not a number": Row(
         lambda p: p.tune("--train-rows", "many"),
         "--train-rows", "'many'", "pretune tune --help"),
+    "--unlabeled file missing": Row(
+        lambda p: p.tune("--unlabeled", p.tmp / "more-texts.txt", "--fixed", "tapt_steps=5"),
+        "--unlabeled must be a file of texts", "more-texts.txt", "Give a .txt file"),
+    "--unlabeled file without texts": Row(
+        lambda p: p.tune("--unlabeled", p.file("blank.txt", "\n  \n\n"), "--fixed", "tapt_steps=5"),
+        "--unlabeled must hold at least one text", "blank.txt", "Give a file with one text"),
     # -- model --
     "model directory missing": Row(
         lambda p: ["tune", "--model", p.tmp / "no-model", "--train", p.train, "--out", p.new],

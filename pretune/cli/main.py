@@ -6,10 +6,11 @@ import typer
 
 from pretune._version import __version__
 from pretune.cli import export, predict, report, show, train, tune, worker
-from pretune.cli.common import quiet_libraries, set_output_level
+from pretune.cli.common import OneLineErrors, quiet_libraries, set_output_level
 
 app = typer.Typer(
     name="pretune",
+    cls=OneLineErrors,
     help="Fine-tune pretrained models and search their hyperparameters.",
     no_args_is_help=True,
     add_completion=False,

@@ -68,6 +68,7 @@ def command(
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
+    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
@@ -82,7 +83,7 @@ def command(
     def body():
         from pretune.api import tune as api_tune
         from pretune.cli.common import output_level, set_verbose
-        from pretune.cli.progress import MODE_PLAIN, MODE_QUIET, SearchProgress, choose_mode
+        from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
 
         if verbose:
             set_verbose()
@@ -92,16 +93,16 @@ def command(
         flags: dict[str, Any] = dict(
             train=train, valid=valid, model=model, text_column=text_column,
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
-            image_column=image_column,
+            image_column=image_column, unlabeled=unlabeled,
             max_length=max_length, metric=metric, precision=precision, seed=seed,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)
         pins = parse_sets(fixed, "--fixed")
-        progress = SearchProgress(mode, budget_label=budget or "10m", metric=metric)
-        if mode == MODE_PLAIN:
-            console.print(f"searching in {escape(str(out))} (budget {budget or '10m'}); "
-                          f"one line per trial", highlight=False, soft_wrap=True)
+        # The first line once the input is checked: a bad input prints its error alone.
+        progress = SearchProgress(
+            mode, budget_label=budget or "10m", metric=metric,
+            intro=f"searching in {out} (budget {budget or '10m'}); one line per trial")
         with progress:
             result = api_tune(
                 base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,

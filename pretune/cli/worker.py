@@ -31,7 +31,7 @@ def command(
     out: Optional[Path] = typer.Option(None, "--out", help="Where best/ goes; default: the study's run directory."),
     budget: Optional[str] = typer.Option(None, "--budget", help="This worker's own budget (10m, 30trials); default: the study's."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads of this worker; default: all cores."),
-    heartbeat: int = typer.Option(30, "--heartbeat", help="Seconds between heartbeats of a running trial."),
+    heartbeat: Optional[int] = typer.Option(None, "--heartbeat", help="Seconds between heartbeats of a running trial; default: the study's."),
 ) -> None:
     """Run trials of an existing study until its budget is spent."""
 

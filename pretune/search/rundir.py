@@ -16,21 +16,29 @@
 
 Files are replaced atomically (written beside, then ``os.replace``), so a killed process leaves
 either the old or the new file, never half of one.
+
+Before a search reads its data, ``preflight`` checks what would otherwise fail late: that
+``--out`` can be written, that the model can be loaded as asked, and that the disk has room for
+the best model and its copies. A start that fails on bad input before its record is written
+leaves the run directory as it was (``RunLock`` takes back what it created); a disk that fills
+up later ends the search with one line naming the disk, and best/ keeps the previous model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 import yaml
 
-from pretune.config import METRICS, GROUPS
-from pretune.errors import ConfigError
+from pretune.config import GROUPS, METRICS, PACKAGED_MODEL_ID, RunConfig, TuneConfig
+from pretune.errors import ConfigError, PretuneError
+from pretune.outdir import check_writable, disk_full
 from pretune.yamlfile import plain
 
 META_FILE = "pretune.yaml"
@@ -59,16 +67,34 @@ class RunLock:
     """An exclusive lock on a run directory, held while a search runs in it.
 
     The operating system releases it when the process ends, however it ends, so a killed run
-    never leaves a stale lock behind.
+    never leaves a stale lock behind. The lock creates the directory when it is missing. When a
+    ``PretuneError`` (bad input) ends a start before it wrote its record (pretune.yaml), what
+    this start created is removed again: a new directory as a whole, else the entries that were
+    not there before, so the directory is left as it was.
     """
 
     def __init__(self, out: Path):
         self.path = Path(out) / LOCK_FILE
         self.handle = None
+        self.created: Path | None = None  # the topmost folder this lock created
+        self.before: set[str] = set()  # the entries of an existing run directory
+        self.had_record = False
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
+        out = self.path.parent
+        self.created = _topmost_missing(out)
+        self.before = set() if self.created is not None else set(os.listdir(out))
+        self.had_record = (out / META_FILE).is_file()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+")
+        except OSError as err:
+            self._undo()
+            raise disk_full(err, self.path) or ConfigError(
+                f"--out must be a directory this process can write in, but {out} could not be "
+                f"made or written ({err.strerror or err}). Pass another --out, or fix its "
+                f"permissions."
+            ) from None
         try:
             import fcntl
 
@@ -85,10 +111,56 @@ class RunLock:
             ) from None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.handle is not None:
             self.handle.close()  # closing the file releases the lock
             self.handle = None
+        if isinstance(exc, PretuneError):
+            self._undo()
+
+    def _undo(self) -> None:
+        """Remove what this start created, unless it wrote its record (the search began)."""
+        out = self.path.parent
+        if self.had_record or (out / META_FILE).is_file():
+            return
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        if not out.is_dir():
+            return
+        for name in set(os.listdir(out)) - self.before:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The highest folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    path = Path(path).absolute()
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing = path
+        path = path.parent
+    return missing
+
+
+def preflight(out: Path, config: RunConfig, tune: TuneConfig) -> None:
+    """What a search checks before it reads its data or writes anything: ``out`` can be
+    written; the model can be loaded as asked (``models.load.check_source``); the disk of
+    ``out`` has room for the best model, the new copy written beside it while it is replaced,
+    and the seed check's kept re-runs, plus a margin (``models.io.check_save_room``)."""
+    from pretune.models.io import check_save_room
+    from pretune.models.load import check_source
+
+    check_writable(out)
+    check_source(config.model)
+    has_best = (Path(out) / BEST_DIR / "config.json").is_file()
+    copies = (1 if has_best else 2) + max(0, tune.seed_check)
+    check_save_room(out, config.model, copies,
+                    f"the best model and {copies - 1} more copies of it while it is replaced "
+                    f"and checked")
 
 
 class BestLock:
@@ -174,8 +246,23 @@ def replace_best(out: Path, source: Path) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    with _full_disk_is_an_error(tmp, path):
+        tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _full_disk_is_an_error(tmp: Path, path: Path) -> Iterator[None]:
+    """Around a write to ``tmp`` (then renamed to ``path``): on a full disk, remove ``tmp`` and
+    raise the one-line error of ``outdir.disk_full``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        full = disk_full(err, path)
+        if full is None:
+            raise
+        tmp.unlink(missing_ok=True)
+        raise full from None
 
 
 # --- pretune.yaml: what the search was started with ------------------------------------------
@@ -299,6 +386,12 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
         return float(a) == float(b)
+    if isinstance(a, str) and isinstance(b, str) and PACKAGED_MODEL_ID in (a, b):
+        # Runs started before the default model was recorded by its id hold the packaged path.
+        from pretune.models.load import packaged_model_dir
+
+        packaged = packaged_model_dir()
+        return packaged is not None and {a, b} <= {PACKAGED_MODEL_ID, packaged}
     return a == b
 
 
@@ -343,5 +436,6 @@ def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.D
 def write_trials(out: Path, frame: pd.DataFrame) -> None:
     path = Path(out) / TRIALS_FILE
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index=False)
+    with _full_disk_is_an_error(tmp, path):
+        frame.to_csv(tmp, index=False)
     os.replace(tmp, path)

@@ -146,8 +146,8 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with the heartbeats its RDB storage has.
 
     A heartbeat is the trial's system attribute ``HEARTBEAT_ATTR`` (wall-clock seconds, one
-    journal line per beat); a running trial whose last beat is older than ``grace_period`` is
-    stale. Clocks are those of the machines sharing the file, as with NFS itself.
+    journal line per beat); a running trial whose last beat (or start, if it never beat) is
+    older than ``grace_period`` is stale. Clocks are those of the machines sharing the file, as with NFS itself.
     """
 
     def __init__(self, backend, *, heartbeat_interval: int, grace_period: int,
@@ -166,11 +166,17 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
             pass  # the trial just finished, or another worker declared it dead
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Running trials silent for longer than the grace period; a trial that never beat
+        (its process died at once) is judged from its start."""
         now = time.time()
-        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False,
-                                                         states=(TrialState.RUNNING,))
-                if HEARTBEAT_ATTR in t.system_attrs
-                and now - float(t.system_attrs[HEARTBEAT_ATTR]) > self.grace_period]
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            last = t.system_attrs.get(HEARTBEAT_ATTR)
+            if last is None and t.datetime_start is not None:
+                last = t.datetime_start.timestamp()  # naive local time, as the journal keeps it
+            if last is not None and now - float(last) > self.grace_period:
+                stale.append(t._trial_id)
+        return stale
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval

@@ -234,7 +234,7 @@ def run_tune(
     metric = shared.train.metric
     direction = metric_direction(metric)
 
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.preflight(out, shared, tune)  # --out writable, the model there, room on disk
     with rundir.RunLock(out):
         rundir.clean_leftovers(out)
         strategy = strategies.for_run(tune, rundir.read_record(out).get("tune"))
@@ -260,7 +260,9 @@ def run_tune(
         task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
         caches = RunCaches(out / rundir.CACHE_DIR)  # shared by the range test and every trial
         record["data_fingerprint"] = task.fingerprint
-        parallel = (tune.workers or 1) > 1 or tune.executor != "local"
+        from pretune.search.workers import local_workers
+
+        parallel = tune.executor != "local" or local_workers(tune.workers) > 1
         url = tune.storage or rundir.default_storage(out, parallel)
         own_sqlite = tune.storage is None and storage.kind(url) == "sqlite"
         if parallel and not storage.shared(url):
@@ -308,7 +310,8 @@ def run_tune(
             budget = Budget(seconds=max(1.0, budget.seconds - (time.monotonic() - began)),
                             trials=budget.trials)
         deadline = None if budget.seconds is None else time.time() + budget.seconds
-        publish(study, record, out=out, plan=plan, budget=budget, deadline=deadline)
+        publish(study, record, out=out, plan=plan, budget=budget, deadline=deadline,
+                heartbeat=tune.heartbeat)
         if parallel:
             from pretune.search import workers as launch
 
@@ -347,10 +350,11 @@ STUDY_ATTR = "pretune"  # the study's user attribute that holds what a worker ne
 
 
 def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: Plan,
-            budget: Budget, deadline: float | None) -> None:
+            budget: Budget, deadline: float | None, heartbeat: int) -> None:
     """Save in the study what ``pretune worker`` needs to join it from any machine: the run's
     settings (data and model paths made absolute where they exist here), space, pins, metric,
-    pruner schedule, trial budget, the wall-clock deadline of this start, and the run directory.
+    pruner schedule, trial budget, the wall-clock deadline of this start, the heartbeat interval
+    and the run directory.
     """
     settings = {group: dict(values) for group, values in record["settings"].items()}
     for group, key in (("data", "train"), ("data", "valid"), ("model", "model")):
@@ -364,6 +368,7 @@ def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: 
                  "max_resource": plan.max_resource},
         "trials": budget.trials,
         "deadline": deadline,
+        "heartbeat": heartbeat,
     }))
 
 

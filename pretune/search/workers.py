@@ -57,13 +57,18 @@ STOP_SECONDS = 60.0  # how long stopped workers get to record their trials befor
 
 
 def join(url: str, study_name: str, *, out: str | Path | None = None, budget: str | None = None,
-         threads: int | None = None, heartbeat: int = TuneConfig.heartbeat,
+         threads: int | None = None, heartbeat: int | None = None,
          on_trial: Callable[[Any], None] | None = None, progress: Any = None) -> TuneResult:
     """Join the study ``study_name`` in storage ``url`` and run its trials until its budget is
-    spent (``budget``: this worker's own time and/or trial limit instead of the study's)."""
+    spent (``budget``: this worker's own time and/or trial limit instead of the study's).
+    ``heartbeat`` replaces the study's interval; every worker of a study should use the same,
+    since a worker judges the others' trials by its own grace period."""
     quiet_optuna()
     study = load(url, study_name, heartbeat=heartbeat)
     info = study.user_attrs[STUDY_ATTR]
+    beat = heartbeat or info.get("heartbeat") or TuneConfig.heartbeat
+    if beat != heartbeat:  # reopen with the study's interval
+        study = load(url, study_name, heartbeat=beat)
     record = info["record"]
     base = RunConfig.from_dict(record["settings"])
     if threads is not None:
@@ -71,6 +76,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     dims, pinned = resolve_space({"extend": False, **record["space"]}, record["fixed"], base,
                                  source=f"the space of study {study_name!r}")
     run_dir = Path(out if out is not None else info["out"]).expanduser()
+    rundir.preflight(run_dir, base, TuneConfig())  # writable, the model there, room on disk
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -108,7 +114,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     return search.result()
 
 
-def load(url: str, study_name: str, *, heartbeat: int | None) -> optuna.Study:
+def load(url: str, study_name: str, *, heartbeat: int | None = None) -> optuna.Study:
     """The study a worker joins; ConfigError when it is not there or not a pretune search."""
     try:
         from sqlalchemy.exc import SQLAlchemyError
@@ -169,7 +175,7 @@ def run_workers(study: optuna.Study, url: str, tune: TuneConfig, out: Path, *,
     if tune.executor == "ray":
         launched = _RayWorkers(url, tune, out, workers)
     else:
-        launched = _LocalWorkers(url, tune, out, workers or 1)
+        launched = _LocalWorkers(url, tune, out, local_workers(workers))
     log.info("started %d %s workers", launched.count, tune.executor)
     follower = _Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
                        metric=metric, direction=direction, out=out, budget=budget,
@@ -227,23 +233,45 @@ def cores_each(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // max(1, workers))
 
 
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_workers(given: int | None) -> int:
+    """How many local workers a search runs: ``given``, else one per GPU where there are
+    several, else one."""
+    if given is not None:
+        return given
+    gpus = gpu_count()
+    return gpus if gpus > 1 else 1
+
+
+def worker_env(k: int, gpus: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of local worker ``k``: with several GPUs, each worker sees one of them
+    (worker k gets GPU k mod the count), so trials run one per GPU."""
+    env = dict(os.environ if base is None else base)
+    if gpus > 1:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        ids = [x for x in visible.split(",") if x.strip()] if visible else [str(i) for i in range(gpus)]
+        env["CUDA_VISIBLE_DEVICES"] = ids[k % len(ids)]
+    return env
+
+
 class _LocalWorkers:
     """``pretune worker`` processes on this machine, each logging to ``OUT/workers/K.log``."""
 
     def __init__(self, url: str, tune: TuneConfig, out: Path, count: int):
-        import torch
-
         self.count = count
         logs = Path(out) / rundir.WORKERS_DIR
         logs.mkdir(parents=True, exist_ok=True)
         threads = tune.cpus_per_trial or cores_each(count)
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = gpu_count()
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         for k in range(count):
-            env = dict(os.environ)
-            if gpus > 1:  # one trial per GPU
-                env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
+            env = worker_env(k, gpus)
             path = logs / f"worker-{k}.log"
             command = [sys.executable, "-m", "pretune", "worker", "--storage", url,
                        "--study", tune.study_name, "--out", str(out), "--threads", str(threads),

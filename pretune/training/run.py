@@ -24,6 +24,7 @@ import torch
 
 from pretune._version import __version__
 from pretune.config import RunConfig, validate
+from pretune.errors import ConfigError
 from pretune.yamlfile import plain
 from pretune.data import text_prep
 from pretune.data.collate import Batches
@@ -36,6 +37,7 @@ from pretune.models.features import FeatureBatches, agrees, frozen_depth, model_
 from pretune.models.io import load_model_dir, resolve_model_dir, save_model
 from pretune.training.caches import RunCaches
 from pretune.training.device import pick_device, resolve_precision, set_threads
+from pretune.training.tapt import adapted_source, with_source
 from pretune.training.loop import TrainResult, predict_proba, train
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,17 @@ def fit(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    model, tokenizer, transfer = build_model(config.model, len(task.label_names), task.label_names,
-                                             image=image)
+    if image and config.model.tapt_steps:
+        raise ConfigError(
+            f"tapt_steps is masked-language-model pretraining on texts, but the data are images "
+            f"and tapt_steps is {config.model.tapt_steps}. Leave tapt_steps at 0 for images."
+        )
+    with adapted_source(config, task, data_seed(config), caches.directory) as (source, tapt):
+        if source is not None:
+            clock = _lap(timings, "tapt", clock)
+        built = with_source(config, source)
+        model, tokenizer, transfer = build_model(built.model, len(task.label_names),
+                                                 task.label_names, image=image)
     log.info("transfer: %s", transfer)
     device = pick_device()
     model.to(device)
@@ -128,7 +139,7 @@ def fit(
             keys={name: caches.tokens.data_key(split, tokenizer, max_length)
                   for name, split in (("train", task.train), ("valid", task.valid))},
             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            model_id=model_fingerprint(config.model.model, config.model.revision),
+            model_id=model_fingerprint(built.model.model, built.model.revision),
             augment=_text_augment(config, task, tokenizer, max_length),
         )
     clock = _lap(timings, "data", clock)

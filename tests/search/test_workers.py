@@ -262,3 +262,29 @@ def test_the_best_lock_excludes_another_process(tmp_path):
         held = subprocess.run([sys.executable, "-c", probe, str(path)])
     free = subprocess.run([sys.executable, "-c", probe, str(path)])
     assert (held.returncode, free.returncode) == (3, 0)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_journal_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
+    store = storage.open_storage(str(tmp_path / "j.journal"), heartbeat=1)
+    study = optuna.create_study(storage=store)
+    trial = study.ask()
+    assert store._get_stale_trial_ids(study._study_id) == []
+    time.sleep(storage.GRACE * 1 + 0.5)
+    assert store._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_local_workers_default_to_one_per_gpu_and_each_sees_its_own(monkeypatch):
+    from pretune.search import workers
+
+    monkeypatch.setattr(workers, "gpu_count", lambda: 0)
+    assert workers.local_workers(None) == 1 and workers.local_workers(3) == 3
+    monkeypatch.setattr(workers, "gpu_count", lambda: 4)
+    assert workers.local_workers(None) == 4
+    seen = [workers.worker_env(k, 4, {})["CUDA_VISIBLE_DEVICES"] for k in range(5)]
+    assert seen == ["0", "1", "2", "3", "0"]
+    # Within the devices the user made visible, not the machine's numbering.
+    limited = {"CUDA_VISIBLE_DEVICES": "2,5"}
+    assert [workers.worker_env(k, 2, limited)["CUDA_VISIBLE_DEVICES"] for k in range(3)] == [
+        "2", "5", "2"]
+    assert "CUDA_VISIBLE_DEVICES" not in workers.worker_env(0, 1, {})

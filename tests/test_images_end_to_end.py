@@ -32,12 +32,14 @@ def test_search_save_load_and_predict(image_data, tmp_path):
     vit, train, valid = image_data
     out = tmp_path / "run"
     result = pretune.tune(model=str(vit), train=str(train), valid=str(valid), out=out,
-                          budget="3trials", lr_range_test=False, seed_check=0, pruner="none",
-                          fixed={"epochs": 2, "batch_size": 8}, precision="fp32", threads=1)
+                          budget="3trials", lr_range_test=False, priors=False, seed_check=0,
+                          pruner="none", fixed={"epochs": 2, "batch_size": 8, "lr": 2e-3},
+                          precision="fp32", threads=1)
     trials = result.trials
     assert len(trials) == 3
     for name in AUGMENTATIONS:  # the default space of an image search has the augmentations
         assert f"params_{name}" in trials.columns
+    assert trials[[f"params_{n}" for n in AUGMENTATIONS]].nunique().max() > 1  # and samples them
     assert result.best_metrics["accuracy"] >= 0.75  # red against blue squares
     meta = yaml.safe_load((out / "best" / "pretune.yaml").read_text())
     assert meta["settings"]["data"]["modality"] == "image"

@@ -396,15 +396,16 @@ def _check_task(task: str, t: TrainConfig, default_ok: bool = False) -> None:
 def with_task(config: RunConfig, task: str) -> RunConfig:
     """``config`` with its task set to ``task`` (a detected one, not "auto") and the settings
     that follow from it: a metric left at its default ("accuracy") becomes the task's default
-    metric (``TASK_DEFAULT_METRIC``), and ``loss="auto"`` the task's first loss. A metric or
-    loss the task does not have raises ConfigError."""
+    metric (``TASK_DEFAULT_METRIC``), and for regression and multi-label ``loss="auto"``
+    becomes the task's first loss (classification keeps "auto": cross-entropy, as always). A
+    metric or loss the task does not have raises ConfigError."""
     if task not in TASK_METRICS:
         raise ValueError(f"task must be one of {tuple(TASK_METRICS)}, got {task!r}")
     t = config.train
     metric = t.metric
     if task != "classification" and metric == TrainConfig.metric:
         metric = TASK_DEFAULT_METRIC[task]
-    loss = TASK_LOSSES[task][0] if t.loss == "auto" else t.loss
+    loss = TASK_LOSSES[task][0] if t.loss == "auto" and task != "classification" else t.loss
     out = replace(config, data=replace(config.data, task=task),
                   train=replace(t, metric=metric, loss=loss))
     _check_task(task, out.train)

@@ -21,6 +21,8 @@ Example:
   pretune tune --train data/train.csv --budget 30trials --out runs/sst2 \\
       --space space.yaml --fixed epochs=3 --metric f1_macro
 
+  pretune tune --train prices.csv --task regression --metric mae --budget 20m --out runs/prices
+
 Running the same command again continues the search in --out (a larger budget extends it).
 At the end OUT/report.html is written (pretune report OUT writes it again); pretune show OUT
 prints the summary. On a terminal the search draws live bars and a table of finished trials;
@@ -55,6 +57,7 @@ def command(
     text_column: Optional[str] = typer.Option(None, "--text-column"),
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
+    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column), classification, regression or multilabel."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
@@ -80,7 +83,7 @@ def command(
         flags: dict[str, Any] = dict(
             train=train, valid=valid, model=model, text_column=text_column,
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
-            max_length=max_length, metric=metric, precision=precision, seed=seed,
+            max_length=max_length, metric=metric, precision=precision, seed=seed, task=task,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)

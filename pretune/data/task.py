@@ -225,6 +225,21 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
     )
 
 
+def task_of(cfg: DataConfig) -> str:
+    """The task of ``cfg``'s training data: ``cfg.task``, or when that is "auto", the task
+    its label column holds (``detect_task``; this reads the training data)."""
+    if cfg.task != "auto":
+        return cfg.task
+    if not cfg.train:
+        return "classification"  # load_task says what is missing
+    is_dataset = is_dataset_source(cfg.train)
+    frame = read_table(cfg.train, split=cfg.dataset_split_train if is_dataset else None)
+    cols = _resolve_columns(frame, "--train", text=cfg.text_column, pair=cfg.text_pair_column,
+                            label=cfg.label_column, need_label=True)
+    assert cols.label is not None
+    return detect_task(frame, cols.label, delimiter=cfg.label_delimiter)
+
+
 def read_inputs(
     source: str,
     *,

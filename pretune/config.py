@@ -385,6 +385,12 @@ def _check_task(task: str, t: TrainConfig, default_ok: bool = False) -> None:
             f"metric must be one of the {task} metrics ({', '.join(metrics)}), but got "
             f"{t.metric!r}. Pass --metric {TASK_DEFAULT_METRIC[task]} or another of those."
         )
+    if task == "regression" and (t.label_smoothing or t.class_weights != "none"):
+        raise ConfigError(
+            f"label_smoothing and class_weights are for classes, but this regression run has "
+            f"label_smoothing={t.label_smoothing} and class_weights={t.class_weights!r}. Leave "
+            f"them at 0 and none (or use --task classification)."
+        )
     losses = TASK_LOSSES[task]
     if t.loss != "auto" and t.loss not in losses:
         raise ConfigError(

@@ -491,15 +491,24 @@ def table_format(path: Path) -> str:
     return kind
 
 
+def lists_as_json(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with list cells (multi-label predictions) as JSON texts, as a CSV holds them
+    and ``load_task`` reads them back; the frame itself when it has none."""
+    listed = [c for c in frame.columns[frame.dtypes == object]
+              if frame[c].map(lambda v: isinstance(v, list)).any()]
+    if not listed:
+        return frame
+    frame = frame.copy()
+    for column in listed:
+        frame[column] = frame[column].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
+    return frame
+
+
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` to ``path`` in the format its extension names, atomically."""
     kind = table_format(path)
-    if kind in ("csv", "tsv"):  # lists (multi-label predictions) as JSON, readable back
-        frame = frame.copy()
-        for column in frame.columns[frame.dtypes == object]:
-            if frame[column].map(lambda v: isinstance(v, list)).any():
-                frame[column] = frame[column].map(
-                    lambda v: json.dumps(v) if isinstance(v, list) else v)
+    if kind in ("csv", "tsv"):
+        frame = lists_as_json(frame)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if kind == "csv":

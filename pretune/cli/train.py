@@ -68,16 +68,16 @@ def command(
         with training_progress() as (on_step, on_eval):
             result = api_train(cfg, out=out, on_step=on_step, on_eval=on_eval)
         m = result.metrics
-        metric = result.config.train.metric  # the task's default when --metric was not given
-        also = "" if metric == "accuracy" or "accuracy" not in m else \
+        judged = result.config.train.metric  # the task's default when --metric was not given
+        also = "" if judged == "accuracy" or "accuracy" not in m else \
             f", accuracy {m['accuracy']:.4f}"
         console.print(
-            f"[bold green]done[/]: {metric} {m.get(metric, float('nan')):.4f}{also} on validation "
+            f"[bold green]done[/]: {judged} {m.get(judged, float('nan')):.4f}{also} on validation "
             f"({result.train_result.stop_reason}, {result.train_result.steps} steps, "
             f"{result.train_result.seconds:.0f}s); model saved to {result.path}",
             highlight=False,
         )
-        shown = "accuracy" if "accuracy" in m else metric
+        shown = "accuracy" if "accuracy" in m else judged
         print(f"validation_{shown}={m.get(shown, float('nan')):.4f}")
 
     run_command(body)

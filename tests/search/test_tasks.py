@@ -179,3 +179,16 @@ def test_multilabel_run_reads_back_in_show_and_report(multilabel_run):
     assert done.exit_code == 0, done.output
     page = (out / "report.html").read_text()
     assert "subset accuracy" in page and "<td>music</td>" in page
+
+
+def test_train_command_reports_the_task_metric(tiny_learner_dir, tmp_path):
+    train = tmp_path / "train.csv"
+    regression_rows(48, 2).to_csv(train, index=False)
+    done = cli("train", "--model", tiny_learner_dir, "--train", train, "--label-column", "price",
+               "--out", tmp_path / "model", "--epochs", "1", "--batch-size", "8",
+               "--precision", "fp32", "--set", "threads=1")
+    assert done.exit_code == 0, done.output
+    assert "done: r2 " in done.output and "validation_r2=" in done.output
+    refused = cli("train", "--model", tiny_learner_dir, "--train", train, "--label-column", "price",
+                  "--out", tmp_path / "m2", "--metric", "accuracy", "--set", "label_smoothing=0.1")
+    assert refused.exit_code == 2 and "label_smoothing and class_weights are for classes" in refused.output

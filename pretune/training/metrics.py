@@ -101,15 +101,19 @@ F1_METRICS = ("f1_micro", "f1_macro", "f1_samples")
 def f1_at_thresholds(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray,
                      average: str) -> np.ndarray:
     """The F1 (``average`` micro, macro or samples, as scikit-learn's with zero_division=0) of
-    deciding ``probs >= t``, for each threshold t: one vectorized pass instead of a loop."""
-    y = np.asarray(targets, dtype=bool)[None]
-    pred = np.asarray(probs)[None] >= np.asarray(thresholds, dtype=np.float64)[:, None, None]
-    tp = (pred & y).sum(axis={"micro": (1, 2), "macro": 1, "samples": 2}[average])
-    fp = (pred & ~y).sum(axis={"micro": (1, 2), "macro": 1, "samples": 2}[average])
-    fn = (~pred & y).sum(axis={"micro": (1, 2), "macro": 1, "samples": 2}[average])
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros(denom.shape, dtype=np.float64), where=denom > 0)
-    return f1 if average == "micro" else f1.mean(axis=1)
+    deciding ``probs >= t``, for each threshold t; counts in NumPy, one pass per threshold."""
+    y = np.asarray(targets, dtype=bool)
+    probs = np.asarray(probs)
+    axis = {"micro": None, "macro": 0, "samples": 1}[average]
+    positives = y.sum(axis=axis)
+    scores = []
+    for t in np.asarray(thresholds, dtype=np.float64):
+        pred = probs >= t
+        tp = (pred & y).sum(axis=axis)
+        denom = pred.sum(axis=axis) + positives  # 2 tp + fp + fn
+        f1 = np.divide(2 * tp, denom, out=np.zeros(np.shape(denom)), where=denom > 0)
+        scores.append(float(np.mean(f1)))
+    return np.array(scores)
 
 
 def tune_threshold(probs: np.ndarray, targets: np.ndarray, metric: str = "f1_micro",

@@ -192,3 +192,22 @@ def test_train_command_reports_the_task_metric(tiny_learner_dir, tmp_path):
     refused = cli("train", "--model", tiny_learner_dir, "--train", train, "--label-column", "price",
                   "--out", tmp_path / "m2", "--metric", "accuracy", "--set", "label_smoothing=0.1")
     assert refused.exit_code == 2 and "label_smoothing and class_weights are for classes" in refused.output
+
+
+def test_a_search_recorded_before_tasks_existed_continues(tmp_path):
+    """Its record lacks the task settings: their defaults (and classification) match it."""
+    from pretune.config import RunConfig, with_task
+    from pretune.errors import ConfigError
+    from pretune.search import rundir
+
+    new = with_task(RunConfig(), "classification").to_dict()
+    old = {g: dict(v) for g, v in new.items()}
+    for group, name in (("data", "task"), ("data", "label_delimiter"),
+                        ("data", "standardize_target"), ("train", "loss"),
+                        ("train", "huber_delta"), ("train", "threshold")):
+        del old[group][name]
+    rundir.write_record(tmp_path, {"settings": old, "metric": "accuracy"})
+    assert rundir.check_record(tmp_path, {"settings": new, "metric": "accuracy"})
+    regression = with_task(RunConfig(), "regression").to_dict()
+    with pytest.raises(ConfigError, match="task"):
+        rundir.check_record(tmp_path, {"settings": regression, "metric": "accuracy"})

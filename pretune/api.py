@@ -42,7 +42,12 @@ def train(
     from pretune.errors import PretuneError
     from pretune.training.run import fit
 
-    result = fit(build_config(config, settings), out, on_step=on_step, on_eval=on_eval)
+    config = build_config(config, settings)
+    if out is not None:  # an --out that cannot take the model fails now, not after training
+        from pretune.models.io import check_save_room
+
+        check_save_room(out, config.model, 1, "the trained model")
+    result = fit(config, out, on_step=on_step, on_eval=on_eval)
     if result.train_result.failed:
         raise PretuneError(
             f"Training must reach one evaluation to give a model, but it stopped at step "
@@ -81,6 +86,11 @@ def tune(
     priors: bool | None = None,
     lr_range_test: bool | None = None,
     seed_check: int | None = None,
+    workers: int | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
+    cpus_per_trial: int | None = None,
+    heartbeat: int | None = None,
     on_trial: Callable[[Any], None] | None = None,
     on_plan: Callable[[Any], None] | None = None,
     progress: Any = None,
@@ -110,6 +120,13 @@ def tune(
     (``priors=False`` skips them); ``on_plan`` gets the budget plan before the first trial.
     When the budget allows, the ``seed_check`` (3) best settings are re-run with another seed at
     the end and the best mean wins (``0`` skips it; see ``pretune.search.final_pick``).
+
+    ``workers`` runs that many trials at once, each in its own process, on a storage that
+    several processes may write (``OUT/study.journal`` by default, or ``storage``: PostgreSQL,
+    ...); ``executor="ray"`` starts them as Ray tasks (on ``ray_address``, else a local Ray
+    instance; ``cpus_per_trial`` cores each). Other machines join with ``pretune worker``
+    (``pretune.search.workers.join``). Running trials send a heartbeat every ``heartbeat``
+    seconds; a trial whose worker died is failed and retried once.
     """
     from pretune.config import TuneConfig
     from pretune.search.space import FULL
@@ -130,7 +147,8 @@ def tune(
     options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
                    storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
                    space=space_file, priors=priors, lr_range_test=lr_range_test,
-                   seed_check=seed_check)
+                   seed_check=seed_check, workers=workers, executor=executor,
+                   ray_address=ray_address, cpus_per_trial=cpus_per_trial, heartbeat=heartbeat)
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})

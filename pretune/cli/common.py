@@ -12,6 +12,12 @@ from typing import Any, Callable
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # recent Typer carries its own copy of Click; its exceptions are the ones raised
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - Typer on the Click package
+    from click.exceptions import UsageError
 
 from pretune.errors import ConfigError, PretuneError
 
@@ -79,6 +85,41 @@ def run_command(fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to continue", highlight=False)
         raise typer.Exit(code=130) from None
+
+
+class OneLineErrors(TyperGroup):
+    """The command group: a flag Click rejects (not a number, out of its range, unknown) is one
+    line and exit code 2, like every other input error, instead of a usage box."""
+
+    argv: list[str] = []
+
+    def main(self, args=None, *rest, **kwargs):
+        self.argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().main(args, *rest, **kwargs)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as err:
+            command = err.ctx.command_path if err.ctx is not None else ctx.command_path
+            message = " ".join(err.format_message().split()).rstrip(".")
+            given = _given(self.argv, getattr(getattr(err, "param", None), "opts", None) or [])
+            if given is not None and repr(given) not in message and given not in message:
+                message += f"; got {given!r}"
+            console.print(f"[bold red]error:[/] {escape(message)}. See {escape(command)} --help "
+                          f"for what it takes.", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+
+def _given(argv: list[str], opts: list[str]) -> str | None:
+    """The value given on the command line to an option named by one of ``opts``."""
+    for i, token in enumerate(argv):
+        for opt in opts:
+            if token == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if token.startswith(opt + "="):
+                return token[len(opt) + 1:]
+    return None
 
 
 def parse_sets(pairs: list[str] | None, flag: str = "--set") -> dict[str, str]:

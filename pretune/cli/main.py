@@ -5,11 +5,12 @@ from __future__ import annotations
 import typer
 
 from pretune._version import __version__
-from pretune.cli import export, predict, report, show, train, tune
-from pretune.cli.common import quiet_libraries, set_output_level
+from pretune.cli import export, predict, report, show, train, tune, worker
+from pretune.cli.common import OneLineErrors, quiet_libraries, set_output_level
 
 app = typer.Typer(
     name="pretune",
+    cls=OneLineErrors,
     help="Fine-tune pretrained models and search their hyperparameters.",
     no_args_is_help=True,
     add_completion=False,
@@ -36,6 +37,7 @@ app.command("tune")(tune.command)
 app.command("report")(report.command)
 app.command("show")(show.command)
 app.command("export")(export.command)
+app.command("worker")(worker.command)
 
 
 def main() -> None:

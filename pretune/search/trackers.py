@@ -89,14 +89,20 @@ class MlflowTracker(_Guarded):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise MissingExtraError("mlflow", "mlflow", "--log-to mlflow") from None
-        out.mkdir(parents=True, exist_ok=True)
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._client_class = MlflowClient
+        self._client = None  # made at the first trial: a client creates its database at once
         self.experiment_name = study_name
         self.artifacts = (out / "mlflow-artifacts").resolve().as_uri()
         self.experiment_id: str | None = None
         self.run_id: str | None = None
         self.step = 0
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._client_class(tracking_uri=self.uri)
+        return self._client
 
     def _experiment(self) -> str:
         if self.experiment_id is None:

@@ -33,6 +33,7 @@ from pretune.models.features import FeatureBatches, agrees, frozen_depth, model_
 from pretune.models.io import load_model_dir, resolve_model_dir, save_model
 from pretune.training.caches import RunCaches
 from pretune.training.device import pick_device, resolve_precision, set_threads
+from pretune.training.tapt import adapted_source, with_source
 from pretune.training import objectives
 from pretune.training.loop import TrainResult, predict_proba, train
 
@@ -103,8 +104,12 @@ def fit(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    model, tokenizer, transfer = build_model(config.model, len(task.label_names), task.label_names,
-                                             problem_type=task.problem_type)
+    with adapted_source(config, task, data_seed(config), caches.directory) as (source, tapt):
+        if source is not None:
+            clock = _lap(timings, "tapt", clock)
+        built = with_source(config, source)
+        model, tokenizer, transfer = build_model(built.model, len(task.label_names),
+                                                 task.label_names, problem_type=task.problem_type)
     log.info("transfer: %s", transfer)
     device = pick_device()
     model.to(device)
@@ -120,7 +125,7 @@ def fit(
         keys={name: caches.tokens.data_key(split, tokenizer, max_length)
               for name, split in (("train", task.train), ("valid", task.valid))},
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        model_id=model_fingerprint(config.model.model, config.model.revision),
+        model_id=model_fingerprint(built.model.model, built.model.revision),
     )
     clock = _lap(timings, "data", clock)
 

@@ -133,3 +133,15 @@ def test_a_tokenizer_without_padding_token_gets_one(tiny_model_dir):
     assert tokenizer.pad_token == tokenizer.unk_token  # no EOS in a BERT vocabulary
     assert model.config.pad_token_id == tokenizer.unk_token_id
     assert tokenizer(["a", "a b c"], padding=True)["input_ids"][0][-1] == tokenizer.unk_token_id
+
+
+def test_the_default_model_is_recorded_by_its_id_and_loads_the_packaged_copy():
+    from pretune.config import PACKAGED_MODEL_ID, RunConfig
+    from pretune.models.load import resolve_source
+    from pretune.search.rundir import _same
+
+    assert RunConfig().model.model == PACKAGED_MODEL_ID
+    source, is_local = resolve_source(PACKAGED_MODEL_ID)
+    assert (source, is_local) == (minilm_dir(), True)
+    # A run directory that recorded the packaged path continues with the id.
+    assert _same(minilm_dir(), PACKAGED_MODEL_ID) and not _same("/elsewhere", PACKAGED_MODEL_ID)

@@ -59,7 +59,9 @@ def train(
 
 def predict(model: str | Path, input: str | Path, *, output: str | Path | None = None,
             **options: Any) -> pd.DataFrame:
-    """Predicted label and per-class probabilities for each row of ``input``.
+    """Predicted label and per-class probabilities for each row of ``input``; for a regression
+    model the value in the training data's units, for a multi-label model the list of labels
+    (at the saved threshold) and per-label probabilities.
 
     ``model`` is a model directory written by pretune or a run directory holding ``best/``.
     """

@@ -188,6 +188,9 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Float("probe_lr", 1e-4, 1e-2, log=True, when={"transfer": ("lp_ft",)}),
     Float("probe_epochs", 1.0, 5.0, when={"transfer": ("lp_ft",)}),
     Choice("max_length", (64, 128, 256, 512)),
+    # Only with a teacher's logits (pretune distill searches them); no effect without one.
+    Float("distill_alpha", 0.0, 1.0),
+    Float("distill_temperature", 1.0, 8.0),
 )
 
 FULL: dict[str, Dimension] = {d.name: d for d in FULL_SPACE}

@@ -74,9 +74,9 @@ def print_comparison(report: dict[str, Any] | None) -> None:
     from pretune.report.distill import comparison_rows
 
     columns, rows = comparison_rows(report)
-    table = Table(title=f"distillation (validation, {report.get('valid_rows')} rows; speed at "
-                        f"batch {report.get('batch_size')}, {report.get('threads')} threads)",
-                  title_justify="left")
+    table = Table(title=f"distillation: the validation set ({report.get('valid_rows')} rows); "
+                        f"speed at batch {report.get('batch_size')}, {report.get('threads')} "
+                        f"threads; MB on disk", title_justify="left")
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:

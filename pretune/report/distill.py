@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-COLUMNS = ("model", "layers", "parameters", "size (MB)", "metric", "examples/s")
+COLUMNS = ("model", "layers", "parameters", "MB", "metric", "examples/s")
 
 
 def comparison_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Column names and rows (teacher, student, student / teacher) of a distill report."""
     metric = str(report.get("metric", "metric"))
-    columns = [c if c != "metric" else f"valid {metric}" for c in COLUMNS]
+    columns = [c if c != "metric" else metric for c in COLUMNS]
     rows = []
     for name in ("teacher", "student"):
         row = report.get(name) or {}

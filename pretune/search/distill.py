@@ -51,6 +51,11 @@ class DistillResult:
     logits_computed: bool = False  # whether this call computed the teacher's logits
     report: dict[str, Any] = field(default_factory=dict)  # distill.yaml's content
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every validation metric of the student's best checkpoint (from its search)."""
+        return dict(self.tune.best_metrics) if self.tune is not None else {}
+
 
 def teacher_run(run: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The run directory, its record (pretune.yaml) and the best model's pretune.yaml."""

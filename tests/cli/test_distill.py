@@ -72,6 +72,8 @@ def test_distill_again_uses_the_cached_teacher_logits(distilled, tmp_path, monke
                              fixed={"epochs": 1, "distill_alpha": 0.0}, priors=False,
                              lr_range_test=False, seed_check=0)
     assert not result.logits_computed
+    assert result.student_path == tmp_path / "again" / "best"
+    assert result.metrics["loss"] == pytest.approx(result.student["loss"], rel=1e-3)
     assert result.student["parameters"] < result.teacher["parameters"]
     assert "distill_alpha" not in result.tune.best_params  # pinned: not searched
 

@@ -151,6 +151,12 @@ class TrainConfig:
     loss: str = "auto"  # auto: the task's first; regression: mse | mae | huber
     huber_delta: float = 1.0  # huber loss: where it turns linear (in standardized units)
     threshold: float | None = None  # multilabel: fixed decision threshold; None: tuned on valid
+    # Distillation (pretune distill): a teacher's logits on the training split (a cached file);
+    # the loss is distill_alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) *
+    # the task's loss. None: no teacher, the task's loss alone.
+    distill_logits: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     eval_steps: int = 0  # evaluate every n optimizer steps; 0: evals_per_epoch times an epoch
     evals_per_epoch: int = 1
     metric: str = "accuracy"
@@ -366,6 +372,8 @@ def validate(config: RunConfig) -> RunConfig:
     _number("huber_delta", t.huber_delta, 0.0, 1e6, lo_open=True)
     if t.threshold is not None:
         _number("threshold", t.threshold, 0.0, 1.0, lo_open=True)
+    _number("distill_alpha", t.distill_alpha, 0.0, 1.0)
+    _number("distill_temperature", t.distill_temperature, 0.0, 100.0, lo_open=True)
     if d.task != "auto":
         _check_task(d.task, t, default_ok=True)
     if t.patience is not None:

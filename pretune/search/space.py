@@ -189,6 +189,9 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Float("probe_epochs", 1.0, 5.0, when={"transfer": ("lp_ft",)}),
     Choice("max_length", (64, 128, 256, 512)),
     Choice("tapt_steps", (0, 100, 300, 1000)),
+    # Only with a teacher's logits (pretune distill searches them); no effect without one.
+    Float("distill_alpha", 0.0, 1.0),
+    Float("distill_temperature", 1.0, 8.0),
 )
 
 FULL: dict[str, Dimension] = {d.name: d for d in FULL_SPACE}

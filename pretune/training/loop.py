@@ -140,11 +140,13 @@ def train(
             n_group = sum(len(b["labels"]) for b in group)
             group_loss = 0.0
             for i, batch in enumerate(group):
+                index = batch.get("index")  # rows of the split: a teacher's logits (distill)
                 batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
                 labels = batch.pop("labels")
                 with autocast(precision, device):
                     logits = model(**batch).logits
-                loss = loss_fn(logits.float(), labels) * (len(labels) / n_group)
+                loss = (loss_fn(logits.float(), labels, index) if objective.uses_index
+                        else loss_fn(logits.float(), labels)) * (len(labels) / n_group)
                 if i == len(group) - 1:
                     extra = penalty(weights, settings)
                     if extra is not None:

@@ -31,6 +31,9 @@ class Objective:
     """The task-specific part of training and evaluation (see the module docstring)."""
 
     kind = "classification"
+    # True: the training loss also takes each example's row in the training split (the batch's
+    # "index"), as (logits, labels, index); distillation looks up the teacher's logits by it.
+    uses_index = False
 
     def loss_fn(self, settings: TrainConfig, device) -> LossFn:
         """The training loss of (float32 logits, labels): a mean over the batch."""

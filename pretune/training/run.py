@@ -100,6 +100,10 @@ def fit(
         task = load_task(config.data, data_seed(config))
     config = with_task(config, task.kind)  # the metric and loss follow the task
     objective = objectives.for_task(task, config.train, standardize=config.data.standardize_target)
+    if config.train.distill_logits:  # a teacher's soft labels join the task's loss
+        from pretune.training.distill import distillation
+
+        objective = distillation(objective, task, config.train)
     caches = caches or RunCaches.for_one_run()
     timings: dict[str, float] = {}
     clock = time.perf_counter()

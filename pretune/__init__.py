@@ -2,7 +2,7 @@
 
 from pretune._version import __version__
 
-from pretune.api import predict, train, tune  # noqa: E402
+from pretune.api import distill, predict, train, tune  # noqa: E402
 from pretune.errors import PretuneError  # noqa: E402
 
-__all__ = ["train", "tune", "predict", "PretuneError", "__version__"]
+__all__ = ["train", "tune", "predict", "distill", "PretuneError", "__version__"]

@@ -59,7 +59,9 @@ def train(
 
 def predict(model: str | Path, input: str | Path, *, output: str | Path | None = None,
             **options: Any) -> pd.DataFrame:
-    """Predicted label and per-class probabilities for each row of ``input``.
+    """Predicted label and per-class probabilities for each row of ``input``; for a regression
+    model the value in the training data's units, for a multi-label model the list of labels
+    (at the saved threshold) and per-label probabilities.
 
     ``model`` is a model directory written by pretune or a run directory holding ``best/``.
     """
@@ -156,3 +158,19 @@ def tune(
     return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
                     on_trial=on_trial, on_plan=on_plan, progress=progress,
                     space_source=source)
+
+
+def distill(run: str | Path, *, student: str = "layers:3", budget: str | None = "5m",
+            out: str | Path | None = None, **options: Any):
+    """Train a smaller ``student`` from the best model of the search in ``run``; returns a
+    ``DistillResult`` (the student's path, its metrics and the comparison with the teacher).
+
+    >>> result = pretune.distill("runs/sst2", student="layers:3", budget="5m")
+    >>> result.student_path, result.student["accuracy"], result.ratios["speedup"]
+
+    ``student`` is ``layers:N`` (the teacher's encoder with N of its layers) or a model id or
+    directory; ``out`` defaults to ``run/distill``. See ``pretune.search.distill.distill``.
+    """
+    from pretune.search.distill import distill as run_distill
+
+    return run_distill(run, student=student, budget=budget, out=out, **options)

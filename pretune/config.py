@@ -30,9 +30,31 @@ HEAD_INITS = ("pretrained", "xavier", "he", "normal", "zeros")
 PENALTIES = ("none", "l1", "l2", "elasticnet")
 CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Tasks: single-label classification, regression (one number per text), multi-label
+# classification (a set of labels per text). "auto" detects it from the label column.
+TASKS = ("auto", "classification", "regression", "multilabel")
+# Classification metrics (single-label). METRICS keeps its meaning: these, for classification.
 METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc", "log_loss", "loss")
+REGRESSION_METRICS = ("r2", "mse", "rmse", "mae", "pearson", "spearman", "loss")
+MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_samples", "precision", "recall",
+                      "subset_accuracy", "hamming_loss", "roc_auc", "loss")
+TASK_METRICS = {"classification": METRICS, "regression": REGRESSION_METRICS,
+                "multilabel": MULTILABEL_METRICS}
+ALL_METRICS = tuple(dict.fromkeys(METRICS + REGRESSION_METRICS + MULTILABEL_METRICS))
+# The metric a task is judged on when ``metric`` is left at its default ("accuracy"):
+#   regression: R2 = 1 - MSE / variance of the validation targets. On one validation set it
+#   ranks models exactly as MSE does, but it reads the same on any scale (0: no better than
+#   predicting the mean, 1: perfect), so a search's log and report need no units.
+#   multilabel: micro-averaged F1 over every (text, label) decision, the usual headline of
+#   multi-label benchmarks; it stays stable on small validation sets where a rare label has a
+#   handful of positives (macro F1 is there to pick when rare labels matter as much).
+TASK_DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2", "multilabel": "f1_micro"}
 # Metrics where a lower value is better; every other metric is maximized.
-LOWER_IS_BETTER = ("log_loss", "loss")
+LOWER_IS_BETTER = ("log_loss", "loss", "mse", "rmse", "mae", "hamming_loss")
+# Losses each task can train with ("auto": the first of its list).
+TASK_LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "mae", "huber"),
+               "multilabel": ("bce",)}
+LOSSES = ("auto",) + tuple(dict.fromkeys(x for v in TASK_LOSSES.values() for x in v))
 MODALITIES = ("auto", "text", "image")  # what the inputs are; auto: detected from the data
 STEMMERS = ("none", "porter", "snowball")  # nltk's stemmers (they need no downloaded data)
 
@@ -63,6 +85,12 @@ class DataConfig:
     dataset_split_valid: str = "validation"
     data_seed: int | None = None  # seed of sampling and splitting; None: the run's seed
     unlabeled: str | None = None  # more texts for continued pretraining (tapt_steps), no labels
+    # auto: detected from the label column (see pretune.data.task.detect_task)
+    task: str = "auto"  # auto | classification | regression | multilabel
+    # multilabel: split each label text on this (e.g. "|"); None: JSON lists like '["a", "b"]'
+    label_delimiter: str | None = None
+    # regression: train on (y - mean) / std of the training targets; predictions are undone
+    standardize_target: bool = True
     # Images (pretune.data.images): "auto" reads a folder per class, or a table whose column
     # holds image paths, as images; image_column names that column when detection cannot.
     modality: str = "auto"  # auto | text | image
@@ -141,8 +169,17 @@ class TrainConfig:
     decay_gamma: float = 0.1  # exponential: factor reached at the end; step: factor per drop
     decay_drops: int = 2  # step schedule: number of drops, evenly spaced
     max_grad_norm: float | None = 1.0  # None or 0: no clipping
-    label_smoothing: float = 0.0
-    class_weights: str = "none"  # none | balanced
+    label_smoothing: float = 0.0  # classification and multilabel
+    class_weights: str = "none"  # none | balanced (multilabel: positives weighted per label)
+    loss: str = "auto"  # auto: the task's first; regression: mse | mae | huber
+    huber_delta: float = 1.0  # huber loss: where it turns linear (in standardized units)
+    threshold: float | None = None  # multilabel: fixed decision threshold; None: tuned on valid
+    # Distillation (pretune distill): a teacher's logits on the training split (a cached file);
+    # the loss is distill_alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) *
+    # the task's loss. None: no teacher, the task's loss alone.
+    distill_logits: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     eval_steps: int = 0  # evaluate every n optimizer steps; 0: evals_per_epoch times an epoch
     evals_per_epoch: int = 1
     metric: str = "accuracy"
@@ -298,6 +335,11 @@ def validate(config: RunConfig) -> RunConfig:
         _number("max_length", d.max_length, 2, 10**6, integer=True)
     if d.data_seed is not None:
         _number("data_seed", d.data_seed, 0, 2**32 - 1, integer=True)
+    one_of("task", d.task, TASKS)
+    if d.label_delimiter is not None:
+        _check(isinstance(d.label_delimiter, str) and d.label_delimiter != "",
+               f"label_delimiter must be a non-empty string such as '|', but got "
+               f"{d.label_delimiter!r}. Pass --set label_delimiter='|' or leave it out.")
     one_of("modality", d.modality, MODALITIES)
     one_of("stem", d.stem, STEMMERS)
     for name, hi in (("text_aug_prob", 1.0), ("word_delete", 0.9), ("word_swap", 1.0),
@@ -356,7 +398,15 @@ def validate(config: RunConfig) -> RunConfig:
     one_of("class_weights", t.class_weights, CLASS_WEIGHTS)
     _number("eval_steps", t.eval_steps, 0, 10**9, integer=True)
     _number("evals_per_epoch", t.evals_per_epoch, 1, 1000, integer=True)
-    one_of("metric", t.metric, METRICS)
+    one_of("metric", t.metric, ALL_METRICS)
+    one_of("loss", t.loss, LOSSES)
+    _number("huber_delta", t.huber_delta, 0.0, 1e6, lo_open=True)
+    if t.threshold is not None:
+        _number("threshold", t.threshold, 0.0, 1.0, lo_open=True)
+    _number("distill_alpha", t.distill_alpha, 0.0, 1.0)
+    _number("distill_temperature", t.distill_temperature, 0.0, 100.0, lo_open=True)
+    if d.task != "auto":
+        _check_task(d.task, t, default_ok=True)
     if t.patience is not None:
         _number("patience", t.patience, 1, 10**6, integer=True)
     _number("min_delta", t.min_delta, 0.0, 1e9)
@@ -366,6 +416,48 @@ def validate(config: RunConfig) -> RunConfig:
         _number("threads", t.threads, 1, 4096, integer=True)
     _number("seed", t.seed, 0, 2**32 - 1, integer=True)
     return config
+
+
+def _check_task(task: str, t: TrainConfig, default_ok: bool = False) -> None:
+    """The metric and loss must be ones the task has (``default_ok``: or the default metric,
+    which ``with_task`` replaces)."""
+    metrics = TASK_METRICS[task]
+    if t.metric not in metrics and not (default_ok and t.metric == TrainConfig.metric):
+        raise ConfigError(
+            f"metric must be one of the {task} metrics ({', '.join(metrics)}), but got "
+            f"{t.metric!r}. Pass --metric {TASK_DEFAULT_METRIC[task]} or another of those."
+        )
+    if task == "regression" and (t.label_smoothing or t.class_weights != "none"):
+        raise ConfigError(
+            f"label_smoothing and class_weights are for classes, but this regression run has "
+            f"label_smoothing={t.label_smoothing} and class_weights={t.class_weights!r}. Leave "
+            f"them at 0 and none (or use --task classification)."
+        )
+    losses = TASK_LOSSES[task]
+    if t.loss != "auto" and t.loss not in losses:
+        raise ConfigError(
+            f"loss must be auto or one of the {task} losses ({', '.join(losses)}), but got "
+            f"{t.loss!r}. Pass --set loss={losses[0]} or leave it out."
+        )
+
+
+def with_task(config: RunConfig, task: str) -> RunConfig:
+    """``config`` with its task set to ``task`` (a detected one, not "auto") and the settings
+    that follow from it: a metric left at its default ("accuracy") becomes the task's default
+    metric (``TASK_DEFAULT_METRIC``), and for regression and multi-label ``loss="auto"``
+    becomes the task's first loss (classification keeps "auto": cross-entropy, as always). A
+    metric or loss the task does not have raises ConfigError."""
+    if task not in TASK_METRICS:
+        raise ValueError(f"task must be one of {tuple(TASK_METRICS)}, got {task!r}")
+    t = config.train
+    metric = t.metric
+    if task != "classification" and metric == TrainConfig.metric:
+        metric = TASK_DEFAULT_METRIC[task]
+    loss = TASK_LOSSES[task][0] if t.loss == "auto" and task != "classification" else t.loss
+    out = replace(config, data=replace(config.data, task=task),
+                  train=replace(t, metric=metric, loss=loss))
+    _check_task(task, out.train)
+    return out
 
 
 def metric_direction(metric: str) -> str:

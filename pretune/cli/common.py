@@ -187,7 +187,7 @@ class training_progress:
         self.bar.update(self.task, completed=step, loss=loss)
 
     def on_eval(self, step: int, metrics: dict) -> None:
-        shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "loss") if k in metrics)
+        shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "r2", "mae", "loss") if k in metrics)
         self.bar.console.print(f"step {step} (epoch {metrics.get('epoch', 0):.2f}): {shown}",
                                highlight=False)
 

@@ -49,7 +49,9 @@ def command(
         where = f" to {output}" if output else ""
         console.print(f"predicted {len(frame)} rows{where}", highlight=False)
         if output is None:
-            print(frame.to_csv(index=False), end="")
+            from pretune.training.run import lists_as_json
+
+            print(lists_as_json(frame).to_csv(index=False), end="")
 
     run_command(body)
 

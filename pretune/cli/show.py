@@ -34,6 +34,10 @@ def command(
         for label, text in summary(history):
             out.print(f"[bold]{escape(label)}[/]: {escape(text)}", highlight=False, soft_wrap=True)
         frame = top_trials(history, top)
+        from pretune.cli.distill import print_comparison
+        from pretune.search.distill import read_report
+
+        print_comparison(read_report(run))  # a student's run: the comparison with its teacher
         if not len(frame):
             return
         table = Table(title=f"top {len(frame)} of {len(history.trials)} trials", title_justify="left")

@@ -33,6 +33,7 @@ def command(
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
+    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column), classification, regression or multilabel."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
@@ -61,7 +62,7 @@ def command(
             image_column=image_column, unlabeled=unlabeled,
             max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
             optimizer=optimizer, schedule=schedule, transfer=transfer, metric=metric,
-            precision=precision, seed=seed,
+            precision=precision, seed=seed, task=task,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)
@@ -70,14 +71,17 @@ def command(
         with training_progress() as (on_step, on_eval):
             result = api_train(cfg, out=out, on_step=on_step, on_eval=on_eval)
         m = result.metrics
+        judged = result.config.train.metric  # the task's default when --metric was not given
+        also = "" if judged == "accuracy" or "accuracy" not in m else \
+            f", accuracy {m['accuracy']:.4f}"
         console.print(
-            f"[bold green]done[/]: {cfg.train.metric} {m.get(cfg.train.metric, float('nan')):.4f}, "
-            f"accuracy {m.get('accuracy', float('nan')):.4f} on validation "
+            f"[bold green]done[/]: {judged} {m.get(judged, float('nan')):.4f}{also} on validation "
             f"({result.train_result.stop_reason}, {result.train_result.steps} steps, "
             f"{result.train_result.seconds:.0f}s); model saved to {result.path}",
             highlight=False,
         )
-        print(f"validation_accuracy={m.get('accuracy', float('nan')):.4f}")
+        shown = "accuracy" if "accuracy" in m else judged
+        print(f"validation_{shown}={m.get(shown, float('nan')):.4f}")
 
     run_command(body)
 

@@ -25,6 +25,8 @@ Example:
   pretune tune --train data/train.csv --budget 1h --executor ray --cpus-per-trial 4 \
       --storage postgresql://user:pw@db/pretune --study sst2
 
+  pretune tune --train prices.csv --task regression --metric mae --budget 20m --out runs/prices
+
 Running the same command again continues the search in --out (a larger budget extends it).
 Several workers keep the trials in OUT/study.journal (or the --storage database); more
 machines join with: pretune worker --storage URL --study NAME.
@@ -67,6 +69,7 @@ def command(
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
+    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column), classification, regression or multilabel."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
@@ -94,7 +97,7 @@ def command(
             train=train, valid=valid, model=model, text_column=text_column,
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
             image_column=image_column, unlabeled=unlabeled,
-            max_length=max_length, metric=metric, precision=precision, seed=seed,
+            max_length=max_length, metric=metric, precision=precision, seed=seed, task=task,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pretune.data.task import Split
-from pretune.data.tokenize import Encoded, choose_max_length, encode
+from pretune.data.tokenize import Encoded, choose_max_length, encode, label_array
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,7 @@ class TokenCache:
         while len(self._memory) > _MEMORY_ITEMS:
             self._memory.popitem(last=False)
         return Encoded(input_ids=found.input_ids, token_type_ids=found.token_type_ids,
-                       labels=None if split.labels is None
-                       else np.asarray(split.labels, dtype=np.int64))
+                       labels=None if split.labels is None else label_array(split.labels))
 
     def _path(self, name: str) -> Path | None:
         return None if self.directory is None else self.directory / name

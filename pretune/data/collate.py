@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pretune.data.tokenize import Encoded
+from pretune.data.tokenize import Encoded, label_array
 
 _BUCKET_BATCHES = 50  # batches per sorted chunk when shuffling with buckets
 
@@ -118,7 +118,7 @@ class Batches:
         if types is not None:
             batch["token_type_ids"] = torch.from_numpy(types)
         if enc.labels is not None:
-            labels = np.ascontiguousarray(enc.labels[idx], dtype=np.int64)
+            labels = np.ascontiguousarray(label_array(enc.labels[idx]))
             batch["labels"] = torch.from_numpy(labels)
         batch["index"] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return batch

@@ -1,4 +1,8 @@
-"""From data sources to a checked classification task: columns, labels, train and valid splits.
+"""From data sources to a checked task: columns, labels, train and valid splits.
+
+A task is single-label classification, regression (a number per text) or multi-label
+classification (a set of labels per text); ``detect_task`` tells them apart from the label
+column unless ``DataConfig.task`` names one.
 
 ``load_task`` reads the training (and validation) data named by a ``DataConfig``, finds the
 text, text-pair and label columns, checks every text and label once, maps labels to ids, samples
@@ -34,7 +38,7 @@ TEXT_COLUMNS = (
     "document", "text_a", "sentence_a",
 )
 PAIR_COLUMNS = ("sentence2", "text_pair", "hypothesis", "question2", "text_b", "sentence_b")
-LABEL_COLUMNS = ("label", "labels", "target", "class", "y", "category")
+LABEL_COLUMNS = ("label", "labels", "target", "class", "y", "category", "score")
 # Text and pair columns that come together (GLUE, SuperGLUE, NLI ...), tried before TEXT_COLUMNS
 # so that, for example, QNLI's (question, sentence) is read as a pair, not as one text.
 PAIR_SCHEMAS = (
@@ -45,14 +49,23 @@ PAIR_SCHEMAS = (
 
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
 
+TASK_KINDS = ("classification", "regression", "multilabel")
+PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression",
+                 "multilabel": "multi_label_classification"}
+# Whole-number labels are class codes when they are few (at most this many distinct values) or
+# exactly 0..k-1 or 1..k; other whole numbers (counts, years, prices) are regression targets.
+MAX_CODED_CLASSES = 50
+
 
 @dataclass
 class Split:
-    """The examples of one split: texts, optional second texts of a pair, and label ids."""
+    """The examples of one split: texts, optional second texts of a pair, and labels."""
 
     texts: list[str]
     pairs: list[str] | None  # second text of a pair task, else None
-    labels: np.ndarray  # int64 label ids, shape (n,)
+    # classification: int64 label ids (n,); regression: float64 targets in the data's own
+    # units (n,); multilabel: float32 0/1 indicators (n, number of labels)
+    labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -69,21 +82,35 @@ class Split:
 
 @dataclass
 class TaskData:
-    """A checked classification task, ready to tokenize."""
+    """A checked task, ready to tokenize."""
 
     train: Split
     valid: Split
-    label_names: list[str]  # index = label id; used as id2label
+    # index = label id; used as id2label. Regression: the label column's name (one output).
+    label_names: list[str]
     text_column: str
     text_pair_column: str | None
     label_column: str
     fingerprint: str  # sha256 hex of the train+valid content (texts, pairs, labels) and columns
     valid_source: str  # "file": separate validation data (a file or a dataset split);
     # "split": held out of the training data
+    kind: str = "classification"  # classification | regression | multilabel
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def problem_type(self) -> str:
+        """The task in transformers' words (``PretrainedConfig.problem_type``)."""
+        return PROBLEM_TYPES[self.kind]
+
+    def target_scale(self) -> tuple[float, float]:
+        """Regression: (mean, std) of the training targets, the standardization saved with a
+        model; (0, 1) when every target is the same (nothing to scale by)."""
+        y = np.asarray(self.train.labels, dtype=np.float64)
+        mean, std = float(y.mean()), float(y.std())
+        return (mean, std) if std > 0 and math.isfinite(std) else (mean, 1.0)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -126,20 +153,46 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
 
     texts = _texts(frame, cols.text, "--train")
     pairs = _texts(frame, cols.pair, "--train") if cols.pair else None
-    names, order = _label_names(frame, cols.label, "--train")
-    found = set(names)
-    if len(found) < 2:
-        raise DataError(
-            f"--train needs at least two classes in column '{cols.label}', but every row has "
-            f"label {found.pop()!r}. Pass data with examples of two or more classes."
-        )
-    label_names = order(found)
-    label2id = {name: i for i, name in enumerate(label_names)}
-    train = Split(texts, pairs, np.array([label2id[n] for n in names], dtype=np.int64))
+    kind = detect_task(frame, cols.label, task=cfg.task, delimiter=cfg.label_delimiter)
+    if cfg.task == "auto":
+        logger.info("Task: %s (detected from column '%s')", kind, cols.label)
+    if kind == "regression":
+        targets = _targets(frame, cols.label, "--train")
+        if len(np.unique(targets)) < 2:
+            raise DataError(
+                f"Regression needs at least two different targets in column '{cols.label}', but "
+                f"every row has {targets[0]:g}. Pass data with varied targets, or --set "
+                f"task=classification."
+            )
+        label_names = [str(cols.label)]
+        label2id: dict[str, int] = {}
+        train = Split(texts, pairs, targets)
+    elif kind == "multilabel":
+        sets = _label_sets(frame, cols.label, "--train", cfg.label_delimiter)
+        found = set().union(*sets)
+        if not found:
+            raise DataError(
+                f"Multi-label data needs at least one label in column '{cols.label}', but every "
+                f"row has an empty label list. Pass data whose rows name their labels."
+            )
+        label_names = _order_names(found)
+        label2id = {name: i for i, name in enumerate(label_names)}
+        train = Split(texts, pairs, _indicators(sets, label2id))
+    else:
+        names, order = _label_names(frame, cols.label, "--train")
+        found = set(names)
+        if len(found) < 2:
+            raise DataError(
+                f"--train needs at least two classes in column '{cols.label}', but every row has "
+                f"label {found.pop()!r}. Pass data with examples of two or more classes."
+            )
+        label_names = order(found)
+        label2id = {name: i for i, name in enumerate(label_names)}
+        train = Split(texts, pairs, np.array([label2id[n] for n in names], dtype=np.int64))
 
     if cfg.train_rows is not None and cfg.train_rows < len(train):
         train = train.subset(_sample(train.labels, cfg.train_rows, seed))
-        logger.info("Sampled %d training rows (stratified, seed %d)", len(train), seed)
+        logger.info("Sampled %d training rows (seed %d)", len(train), seed)
 
     valid_frame, valid_flag = None, "--valid"
     if cfg.valid:
@@ -152,14 +205,14 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
         valid_flag = f"The '{cfg.dataset_split_valid}' split of --train"
 
     if valid_frame is not None:
-        valid = _valid_split(valid_frame, valid_flag, cols, label2id)
+        valid = _valid_split(valid_frame, valid_flag, cols, label2id, kind, cfg.label_delimiter)
         valid_source = "file"
     else:
         train_idx, valid_idx = _split(train.labels, cfg.valid_fraction, seed)
         train, valid = train.subset(train_idx), train.subset(valid_idx)
         valid_source = "split"
         logger.info(
-            "No validation data given: held out %d of %d training rows (%g, stratified, seed %d)",
+            "No validation data given: held out %d of %d training rows (%g, seed %d)",
             len(valid), len(train) + len(valid), cfg.valid_fraction, seed,
         )
     if cfg.unlabeled:  # checked with the rest of the data, not first inside a trial
@@ -174,9 +227,29 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
         text_column=cols.text,
         text_pair_column=cols.pair,
         label_column=cols.label,
-        fingerprint=_fingerprint(cols, label_names, train, valid),
+        fingerprint=_fingerprint(cols, label_names, train, valid, kind),
         valid_source=valid_source,
+        kind=kind,
     )
+
+
+def task_of(cfg: DataConfig) -> str:
+    """The task of ``cfg``'s training data: ``cfg.task``, or when that is "auto", the task
+    its label column holds (``detect_task``; this reads the training data)."""
+    if cfg.task != "auto":
+        return cfg.task
+    if not cfg.train:
+        return "classification"  # load_task says what is missing
+    from pretune.data import images
+
+    if images.detect_modality(cfg) == "image":
+        return "classification"  # images: a folder per class or a label column
+    is_dataset = is_dataset_source(cfg.train)
+    frame = read_table(cfg.train, split=cfg.dataset_split_train if is_dataset else None)
+    cols = _resolve_columns(frame, "--train", text=cfg.text_column, pair=cfg.text_pair_column,
+                            label=cfg.label_column, need_label=True)
+    assert cols.label is not None
+    return detect_task(frame, cols.label, delimiter=cfg.label_delimiter)
 
 
 def read_inputs(
@@ -395,7 +468,8 @@ def _is_whole(value: Any) -> bool:
 
 
 def _valid_split(
-    frame: pd.DataFrame, flag: str, cols: _Columns, label2id: dict[str, int]
+    frame: pd.DataFrame, flag: str, cols: _Columns, label2id: dict[str, int],
+    kind: str = "classification", delimiter: str | None = None,
 ) -> Split:
     """The validation data, checked against the training data's columns and labels."""
     needed = [c for c in (cols.text, cols.pair, cols.label) if c is not None]
@@ -410,7 +484,13 @@ def _valid_split(
         )
     texts = _texts(frame, found[cols.text], flag)  # type: ignore[arg-type]
     pairs = _texts(frame, found[cols.pair], flag) if cols.pair else None  # type: ignore[arg-type]
-    names, _ = _label_names(frame, found[cols.label], flag)  # type: ignore[arg-type]
+    if kind == "regression":
+        return Split(texts, pairs, _targets(frame, found[cols.label], flag))  # type: ignore[arg-type]
+    if kind == "multilabel":
+        sets = _label_sets(frame, found[cols.label], flag, delimiter)  # type: ignore[arg-type]
+        names = sorted(set().union(*sets))
+    else:
+        names, _ = _label_names(frame, found[cols.label], flag)  # type: ignore[arg-type]
     unknown = sorted(set(names) - set(label2id))
     if unknown:
         more = f" ... ({len(unknown)} in all)" if len(unknown) > 10 else ""
@@ -419,17 +499,153 @@ def _valid_split(
             f"{flag} must only have labels that --train has ({_listing(list(label2id), 10)}), "
             f"but it also has {shown}. Remove those rows or add examples of them to --train."
         )
+    if kind == "multilabel":
+        return Split(texts, pairs, _indicators(sets, label2id))
     return Split(texts, pairs, np.array([label2id[n] for n in names], dtype=np.int64))
+
+
+# --- the task and its labels --------------------------------------------------------------------
+
+
+def detect_task(frame: pd.DataFrame, column: str, *, task: str = "auto",
+                delimiter: str | None = None) -> str:
+    """The task the label ``column`` holds, unless ``task`` names one.
+
+    - multilabel: lists (JSON lines, Parquet, datasets), texts that are JSON lists
+      (``'["a", "b"]'`` in a CSV), or any labels when ``delimiter`` is given;
+    - regression: numbers that are not all whole, or whole numbers that do not look like class
+      codes (more than ``MAX_CODED_CLASSES`` distinct values that are not 0..k-1 or 1..k);
+    - classification: everything else, so integer-coded classes (0/1, 0..4) stay classes.
+    """
+    if task != "auto":
+        return task
+    if delimiter is not None:
+        return "multilabel"
+    if frame.attrs.get("class_names", {}).get(column) is not None:
+        return "classification"
+    values = [v for v in frame[column].tolist() if not _is_missing(v)]
+    if not values:
+        return "classification"  # _label_names reports the missing labels
+    if all(_is_list(v) or (isinstance(v, str) and _json_list(v) is not None) for v in values):
+        return "multilabel"
+    numbers = [_number(v) for v in values]
+    if any(x is None for x in numbers):
+        return "classification"
+    if not all(float(x).is_integer() for x in numbers):  # type: ignore[union-attr]
+        return "regression"
+    distinct = sorted({int(x) for x in numbers})  # type: ignore[arg-type]
+    coded = distinct in (list(range(len(distinct))), list(range(1, len(distinct) + 1)))
+    return "classification" if coded or len(distinct) <= MAX_CODED_CLASSES else "regression"
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _json_list(text: str) -> list | None:
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float (numbers and numeric texts), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        x = float(value)
+    elif isinstance(value, str):
+        try:
+            x = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _targets(frame: pd.DataFrame, column: str, flag: str) -> np.ndarray:
+    """The regression targets of ``column`` as float64; DataError names the first bad row."""
+    out = np.empty(len(frame), dtype=np.float64)
+    for i, value in enumerate(frame[column].tolist()):
+        x = None if _is_missing(value) else _number(value)
+        if x is None:
+            what = "no target" if _is_missing(value) else f"{value!r}, not a finite number"
+            raise DataError(
+                f"Regression needs a number in every row of column '{column}', but {flag} row "
+                f"{_row(frame, i)} has {what}. Fix or remove that row, or --set "
+                f"task=classification if the labels are classes."
+            )
+        out[i] = x
+    return out
+
+
+def _label_sets(frame: pd.DataFrame, column: str, flag: str,
+                delimiter: str | None) -> list[set[str]]:
+    """Each row's set of label names: lists, JSON-list texts, or texts split on ``delimiter``."""
+    out: list[set[str]] = []
+    for i, value in enumerate(frame[column].tolist()):
+        if _is_list(value):
+            items = list(value)
+        elif delimiter is not None and (_is_missing(value) or isinstance(value, str)):
+            items = [] if _is_missing(value) else value.split(delimiter)
+        elif isinstance(value, str) and (found := _json_list(value)) is not None:
+            items = found
+        else:
+            how = (f"texts split on {delimiter!r}" if delimiter is not None else
+                   'lists such as ["sports", "politics"] ([] for none)')
+            raise DataError(
+                f"Multi-label data needs a list of labels in every row of column '{column}', "
+                f"but {flag} row {_row(frame, i)} has {value!r}. Write the labels as {how}, "
+                f"or pass --set label_delimiter='|' for texts like 'sports|politics'."
+            )
+        names = set()
+        for item in items:
+            if _is_missing(item) or isinstance(item, (list, dict, tuple)):
+                raise DataError(
+                    f"Multi-label lists must hold label names, but {flag} row {_row(frame, i)} of "
+                    f"column '{column}' holds {item!r}. Write each label as a name or a number."
+                )
+            name = str(int(item)) if _is_whole(item) and not isinstance(item, str) else str(item).strip()
+            if name:
+                names.add(name)
+        out.append(names)
+    return out
+
+
+def _order_names(found: set[str]) -> list[str]:
+    """Label names in id order: numerically when all are whole numbers, else sorted."""
+    if all(_INT_TEXT.match(n) for n in found):
+        return sorted(found, key=lambda n: int(float(n)))
+    return sorted(found)
+
+
+def _indicators(sets: list[set[str]], label2id: dict[str, int]) -> np.ndarray:
+    """0/1 indicators (n, number of labels), float32: the targets of a multi-label model."""
+    out = np.zeros((len(sets), len(label2id)), dtype=np.float32)
+    for row, names in enumerate(sets):
+        for name in names:
+            out[row, label2id[name]] = 1.0
+    return out
 
 
 # --- sampling and splitting -------------------------------------------------------------------
 
 
 def _sample(labels: np.ndarray, rows: int, seed: int) -> np.ndarray:
-    """Indices of ``rows`` examples, stratified by label when every class allows it, sorted."""
+    """Indices of ``rows`` examples, stratified by label when every class allows it, sorted.
+    Regression targets and label sets are sampled plainly."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
+    if not _classes(labels):
+        keep, _ = train_test_split(idx, train_size=rows, random_state=seed)
+        return np.sort(keep)
     try:
         keep, _ = train_test_split(idx, train_size=rows, random_state=seed, stratify=labels)
     except ValueError:  # a class too small to stratify
@@ -439,10 +655,14 @@ def _sample(labels: np.ndarray, rows: int, seed: int) -> np.ndarray:
 
 
 def _split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, valid) indices, stratified by label when every class allows it, each sorted."""
+    """(train, valid) indices, stratified by label when every class allows it, each sorted.
+    Regression targets and label sets are split plainly."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
+    if not _classes(labels):
+        train, valid = train_test_split(idx, test_size=fraction, random_state=seed)
+        return np.sort(train), np.sort(valid)
     try:
         train, valid = train_test_split(
             idx, test_size=fraction, random_state=seed, stratify=labels
@@ -453,12 +673,23 @@ def _split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(train), np.sort(valid)
 
 
-def _fingerprint(cols: _Columns, label_names: list[str], train: Split, valid: Split) -> str:
-    """sha256 of the columns, the label names and every text, pair and label of both splits."""
+def _classes(labels: np.ndarray) -> bool:
+    """Whether ``labels`` are class ids (one int per row), which can be stratified."""
+    return labels.ndim == 1 and labels.dtype.kind in "iu"
+
+
+def _fingerprint(cols: _Columns, label_names: list[str], train: Split, valid: Split,
+                 kind: str = "classification") -> str:
+    """sha256 of the columns, the label names, the task (unless classification) and every
+    text, pair and label of both splits."""
     h = hashlib.sha256()
-    h.update(json.dumps([cols.text, cols.pair, cols.label, label_names]).encode())
+    head: list[Any] = [cols.text, cols.pair, cols.label, label_names]
+    if kind != "classification":
+        head.append(kind)
+    h.update(json.dumps(head).encode())
+    dtype = "<i8" if kind == "classification" else "<f8"
     for split in (train, valid):
         h.update(json.dumps(split.texts).encode())
         h.update(json.dumps(split.pairs).encode())
-        h.update(np.ascontiguousarray(split.labels, dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(split.labels, dtype=dtype).tobytes())
     return h.hexdigest()

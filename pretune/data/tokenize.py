@@ -24,7 +24,8 @@ _SANE_MODEL_MAX = 100_000  # tokenizers without a limit report a huge model_max_
 
 @dataclass
 class Encoded:
-    """Token ids of every example (unpadded), optional token type ids, optional label ids."""
+    """Token ids of every example (unpadded), optional token type ids, optional labels (see
+    ``label_array``)."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
@@ -113,5 +114,14 @@ def encode(
     return Encoded(
         input_ids=input_ids,
         token_type_ids=type_ids,
-        labels=None if labels is None else np.asarray(labels, dtype=np.int64),
+        labels=None if labels is None else label_array(labels),
     )
+
+
+def label_array(labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Labels as a model's targets: int64 class ids, or float32 regression targets and
+    multi-label indicators."""
+    array = np.asarray(labels)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64, copy=False)
+    return array.astype(np.float32, copy=False)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from pretune.data.collate import Batches
-from pretune.data.tokenize import Encoded
+from pretune.data.tokenize import Encoded, label_array
 from pretune.models.heads import base_prefix
 from pretune.models.transfer import find_layers
 
@@ -228,7 +228,7 @@ class FeatureBatches(Batches):
         batch = {"inputs_embeds": embeds, "attention_mask": mask}
         if self.encoded.labels is not None:
             batch["labels"] = torch.from_numpy(
-                np.ascontiguousarray(self.encoded.labels[idx], dtype=np.int64))
+                np.ascontiguousarray(label_array(self.encoded.labels[idx])))
         batch["index"] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return batch
 

@@ -281,14 +281,17 @@ def ensure_pad_token(model: Any, tokenizer: Any) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str]) -> tuple[Any, Any]:
+def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str], *,
+                    problem_type: str | None = None) -> tuple[Any, Any]:
     """Load ``cfg.model`` for sequence classification with ``num_labels`` labels; return
     ``(model, tokenizer)``.
 
     The labels are named ``label_names`` (index i is label i) in the model's ``id2label`` and
     ``label2id``. A checkpoint whose head has another size loads with a new head. ``cfg.dropout``
     (when set) replaces the model's dropout probabilities. The model comes back in eval mode,
-    as from ``from_pretrained``.
+    as from ``from_pretrained``. ``problem_type`` ("regression", "multi_label_classification")
+    goes into the model's config, so ``from_pretrained`` users get the task's loss; None (single-
+    label classification) leaves transformers to infer it, as a fresh checkpoint does.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -307,6 +310,7 @@ def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str]) -
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: i for i, name in enumerate(label_names)}
     config.num_labels = num_labels
+    config.problem_type = None if problem_type == "single_label_classification" else problem_type
     _forget_pretune_head(config, source)
     if cfg.dropout is not None:
         changed = override_dropout(config, float(cfg.dropout))

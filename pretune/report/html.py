@@ -226,6 +226,10 @@ class Charts:
         if predictions is None or not len(predictions):
             return _note("The best model's validation predictions are not in best/ "
                          "(valid-predictions.csv is written when a search saves a new best model).")
+        if self.h.task == "regression":
+            return self._regression(predictions)
+        if self.h.task == "multilabel":
+            return self._multilabel(predictions)
         names, matrix, table = classification_table(predictions, self.h.labels)
         totals = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, np.maximum(totals, 1))
@@ -250,6 +254,60 @@ class Charts:
                      f"<tbody>{rows}</tbody></table>")
         fig.update_layout(width=side + 120)
         return text + per_class + self._div(fig, height=side)
+
+    def _regression(self, predictions: pd.DataFrame) -> str:
+        """Predicted against true values (a confusion matrix has no meaning for numbers)."""
+        go = self.go
+        true = pd.to_numeric(predictions["label"], errors="coerce").to_numpy(dtype=float)
+        pred = pd.to_numeric(predictions["prediction"], errors="coerce").to_numpy(dtype=float)
+        fig = go.Figure(go.Scattergl(x=true, y=pred, mode="markers", marker=dict(size=5, opacity=0.6),
+                                     hovertemplate="true %{x:.4g}, predicted %{y:.4g}<extra></extra>"))
+        finite = np.isfinite(true) & np.isfinite(pred)
+        if finite.any():
+            lo = float(min(true[finite].min(), pred[finite].min()))
+            hi = float(max(true[finite].max(), pred[finite].max()))
+            fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="prediction = truth",
+                                     line=dict(color="#888", dash="dash")))
+        fig.update_layout(showlegend=False)
+        fig.update_xaxes(title="true value")
+        fig.update_yaxes(title="predicted value")
+        mae = float(np.mean(np.abs(pred[finite] - true[finite]))) if finite.any() else float("nan")
+        text = _note(f"Trial {self.h.best_trial} on {int(finite.sum())} validation rows: mean "
+                     f"absolute error {mae:.4g}, in the data's units.")
+        return text + self._div(fig, height=420)
+
+    def _multilabel(self, predictions: pd.DataFrame) -> str:
+        """Per-label precision, recall and F1 of the label sets at the saved threshold."""
+        import json
+
+        from sklearn.metrics import precision_recall_fscore_support
+
+        names = list(self.h.labels) or sorted(
+            c[len("prob_"):] for c in predictions.columns if c.startswith("prob_"))
+        index = {n: i for i, n in enumerate(names)}
+
+        def indicators(column: str) -> np.ndarray:
+            out = np.zeros((len(predictions), len(names)), dtype=int)
+            for row, text in enumerate(predictions[column].astype(str)):
+                for name in json.loads(text):
+                    if str(name) in index:
+                        out[row, index[str(name)]] = 1
+            return out
+
+        try:
+            y_true, y_pred = indicators("label"), indicators("prediction")
+        except ValueError:
+            return _note("The best model's validation predictions could not be read as label lists.")
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+        rows = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{p[i]:.3f}</td><td>{r[i]:.3f}</td><td>{f[i]:.3f}</td>"
+            f"<td>{int(s[i])}</td></tr>" for i, n in enumerate(names))
+        exact = float((y_true == y_pred).all(axis=1).mean()) if len(y_true) else float("nan")
+        text = _note(f"Trial {self.h.best_trial} on {len(y_true)} validation rows: every label right "
+                     f"in {exact:.1%} of them (subset accuracy). Per label:")
+        return text + ("<table class='classes'><thead><tr><th>label</th><th>precision</th>"
+                       "<th>recall</th><th>F1</th><th>support</th></tr></thead>"
+                       f"<tbody>{rows}</tbody></table>")
 
     # -- cost --------------------------------------------------------------------------------
 

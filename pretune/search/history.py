@@ -58,6 +58,7 @@ class History:
     best_metrics: dict[str, float] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     predictions: pd.DataFrame | None = None  # best/valid-predictions.csv of the best model
+    task: str = "classification"  # classification | regression | multilabel (best/pretune.yaml)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -161,6 +162,7 @@ def read_history(run: str | Path, *, importance: bool = True) -> History:
         best_value=best_metrics.get(metric), best_params=dict(meta.get("params") or {}),
         best_metrics=best_metrics, labels=[str(x) for x in meta.get("labels") or []],
         predictions=_read_predictions(path / rundir.BEST_DIR, best_trial),
+        task=str((meta.get("task") or {}).get("kind") or "classification"),
     )
     return history
 

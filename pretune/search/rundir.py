@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import pandas as pd
 import yaml
 
-from pretune.config import GROUPS, METRICS, PACKAGED_MODEL_ID, RunConfig, TuneConfig
+from pretune.config import ALL_METRICS, GROUPS, METRICS, PACKAGED_MODEL_ID, RunConfig, TuneConfig
 from pretune.errors import ConfigError, PretuneError
 from pretune.outdir import check_writable, disk_full
 from pretune.yamlfile import plain
@@ -291,6 +291,8 @@ def check_record(out: Path, record: Mapping[str, Any], *, only_given: bool = Fal
     for key in list(new_flat) + extra:
         if key in MAY_CHANGE or _same(old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)):
             continue
+        if key not in old_flat and _as_before(key, new_flat[key]):
+            continue
         name = _label(key)
         old_v, new_v = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
         raise ConfigError(
@@ -355,6 +357,18 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _as_before(key: str, value: Any) -> bool:
+    """Whether a setting that a run directory's record lacks (it was written before the setting
+    existed) has the value that version ran with: its default, or classification as the task."""
+    parts = key.split(".")
+    if parts[0] != "settings" or len(parts) != 3 or parts[1] not in GROUPS:
+        return False
+    if parts[2] == "task":
+        return value == "classification"
+    defaults = RunConfig().to_dict().get(parts[1], {})
+    return parts[2] in defaults and _same(plain(defaults[parts[2]]), value)
+
+
 def _label(key: str) -> str:
     parts = key.split(".")
     if parts[0] == "settings" and len(parts) == 3 and parts[1] in GROUPS:
@@ -409,6 +423,7 @@ def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.D
     trials = list(trials)
     order = {name: i for i, name in enumerate(space_order)}
     names = sorted({p for t in trials for p in t.params}, key=lambda n: (order.get(n, len(order)), n))
+    metric_names = _metric_columns(trials)
     rows = []
     for t in trials:
         metrics = t.user_attrs.get("metrics") or {}
@@ -423,14 +438,24 @@ def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.D
             row["retry_of"] = t.system_attrs.get("failed_trial")
         if t.state.name == "FAIL" and row["fail_reason"] is None:
             row["fail_reason"] = LOST
-        row.update({f"valid_{m}": metrics.get(m) for m in METRICS})
+        row.update({f"valid_{m}": metrics.get(m) for m in metric_names})
         row["best_epoch"] = metrics.get("epoch")
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         rows.append(row)
     columns = (["number", "state", "value"] + [f"params_{n}" for n in names] + list(ATTR_COLUMNS)
-               + [f"valid_{m}" for m in METRICS] + ["best_epoch", "datetime_start", "datetime_complete"])
+               + [f"valid_{m}" for m in metric_names]
+               + ["best_epoch", "datetime_start", "datetime_complete"])
     return pd.DataFrame(rows, columns=columns)
+
+
+def _metric_columns(trials: list[Any]) -> list[str]:
+    """The classification metrics, or, when the trials have a regression or multi-label
+    metric, the metrics they have (and a multi-label search's tuned threshold)."""
+    present = {m for t in trials for m in (t.user_attrs.get("metrics") or {})}
+    if not present & (set(ALL_METRICS) - set(METRICS)):
+        return list(METRICS)
+    return [m for m in (*ALL_METRICS, "threshold") if m in present]
 
 
 def write_trials(out: Path, frame: pd.DataFrame) -> None:

@@ -52,6 +52,7 @@ from pretune.config import (
     PENALTIES,
     SCHEDULES,
     STEMMERS,
+    TASK_LOSSES,
     TRANSFERS,
     DataConfig,
     ModelConfig,
@@ -60,6 +61,7 @@ from pretune.config import (
     locate,
     setting_names,
     validate,
+    with_task,
 )
 from pretune.errors import ConfigError, PretuneError
 from pretune.yamlfile import read_mapping
@@ -137,6 +139,16 @@ MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
 ADAM_OPTIMIZERS = ("adam", "adamw")
 WEIGHTED_PENALTIES = ("l1", "l2", "elasticnet")
 HEAD_LAYERS = (1, 2, 3)  # head_layers values that build a hidden head layer
+# Settings that only some tasks have: ``resolve_space`` leaves them out of the others' spaces.
+# The task is never sampled, so this is decided once, when the space is built; "auto" (the task
+# is not known yet) counts as classification, so a space built before the data is read is the
+# one it always was. A search resolves the task first (``pretune.data.task.task_of``).
+TASK_SETTINGS: dict[str, tuple[str, ...]] = {
+    "label_smoothing": ("classification", "multilabel"),
+    "class_weights": ("classification", "multilabel"),
+    "loss": ("regression",),  # classification and multi-label have one loss each
+    "huber_delta": ("regression",),
+}
 
 TEXT = {"modality": ("text",)}  # resolved from the data before a search builds its space
 IMAGE = {"modality": ("image",)}
@@ -171,6 +183,8 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Float("max_grad_norm", 0.1, 10.0, log=True),
     Float("label_smoothing", 0.0, 0.2),
     Choice("class_weights", CLASS_WEIGHTS),
+    Choice("loss", TASK_LOSSES["regression"]),
+    Float("huber_delta", 0.1, 3.0, log=True, when={"loss": ("huber",)}),
     Float("dropout", 0.0, 0.3),
     Choice("transfer", TRANSFERS),
     Int("freeze_layers", 1, 12, when={"transfer": ("freeze_bottom",)}),
@@ -188,6 +202,9 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Float("probe_epochs", 1.0, 5.0, when={"transfer": ("lp_ft",)}),
     Choice("max_length", (64, 128, 256, 512)),
     Choice("tapt_steps", (0, 100, 300, 1000)),
+    # Only with a teacher's logits (pretune distill searches them); no effect without one.
+    Float("distill_alpha", 0.0, 1.0),
+    Float("distill_temperature", 1.0, 8.0),
     # Text preprocessing and augmentation (pretune.data.text_prep); off by default.
     Choice("lowercase", (False, True), when=TEXT),
     Choice("stopwords", (False, True), when=TEXT),
@@ -219,6 +236,8 @@ ORDER: dict[str, int] = {d.name: i for i, d in enumerate(FULL_SPACE)}
 #             Fine-Tuning": freezing the bottom layers keeps most of the quality.
 #   [LS]      Szegedy et al. 2016 (label smoothing 0.1); Müller et al. 2019, "When does label
 #             smoothing help?".
+#   [Huber]   Huber 1964, "Robust Estimation of a Location Parameter": quadratic near zero,
+#             linear beyond delta, so a few outlying targets do not dominate the gradient.
 #   [LoRA]    Hu et al. 2021, LoRA: rank 4 to 16 (8 is common), alpha about 2 x rank,
 #             dropout 0.05 to 0.1.
 #   [LP-FT]   Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features": probing the
@@ -235,6 +254,9 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     Choice("schedule", ("linear", "cosine")),  # [BERT], [RoBERTa] linear decay; cosine common
     Float("warmup_ratio", 0.0, 0.2),  # [RoBERTa] 6%; [Mosbach] warmup stabilizes
     Float("label_smoothing", 0.0, 0.1),  # [LS] 0.1
+    # [Huber] regression: MSE, MAE or Huber (robust to outlying targets); delta 1 is in the
+    # standardized targets' units, i.e. one standard deviation.
+    Choice("loss", TASK_LOSSES["regression"]),  # regression only (TASK_SETTINGS)
     Float("dropout", 0.0, 0.2),  # [BERT] 0.1
     # To search LoRA as well, add "lora" to these choices: lora_* below then take part.
     # lp_ft ([LP-FT]) is in the full space, not here: on the default MiniLM a probe of the
@@ -320,7 +342,33 @@ def resolve_space(
     for name in pinned:
         dims.pop(name, None)
     ordered = sorted(dims.values(), key=lambda d: ORDER.get(d.name, len(ORDER)))
-    return _drop_impossible(ordered, {**base.flat(), **pinned}), pinned
+    context = {**base.flat(), **pinned}
+    task = context.get("task", "auto")
+    task = "classification" if task == "auto" else task
+    ordered = [d for d in ordered if task in TASK_SETTINGS.get(d.name, (task,))]
+    return _drop_impossible(ordered, context), pinned
+
+
+def resolve_task(base: RunConfig, spec: Mapping[str, Any] | None = None,
+                 fixed: Mapping[str, Any] | None = None) -> RunConfig:
+    """``base`` with the task of its data (``config.with_task``): the one named by ``task``
+    (in ``base``, a space file's plain value or ``fixed``), else the one detected from the
+    training data's label column. Pinned data settings (label column, delimiter) are used to
+    detect it; the metric left at its default becomes the task's."""
+    from pretune.data.task import task_of
+
+    pins = {k: v for k, v in {**(spec or {}), **(fixed or {})}.items()
+            if not isinstance(v, (Mapping, list, tuple)) and v is not None and v is not False}
+    data_pins = {}
+    for raw, value in pins.items():
+        try:
+            group, name = locate(str(raw))
+        except ConfigError:
+            continue  # resolve_space reports it
+        if group == "data":
+            data_pins[name] = value
+    data = base.with_settings(data_pins).data if data_pins else base.data
+    return with_task(base, task_of(data))
 
 
 def parse_dimension(name: str, spec: Mapping[str, Any], current: Dimension | None = None,

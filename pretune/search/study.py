@@ -62,7 +62,7 @@ from pretune.search import final_pick, planning, prepare, priors, rundir, storag
 from pretune.search.planning import STEPS_PER_EPOCH, Plan
 from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
-from pretune.search.space import Dimension, resolve_space, space_to_dict, suggest
+from pretune.search.space import Dimension, resolve_space, resolve_task, space_to_dict, suggest
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ def run_tune(
     out = Path(out).expanduser()
     base = validate(base.with_settings({"evals_per_epoch": tune.evals_per_epoch}))
     base = base.with_settings({"modality": detect_modality(base.data)})  # the space follows it
+    base = resolve_task(base, space, fixed)  # the metric and the space follow the data's task
     dims, pinned = resolve_space(space, fixed, base, source=space_source)
     shared = validate(base.with_settings(pinned))  # what every trial shares
     metric = shared.train.metric

@@ -21,7 +21,8 @@ from torch import nn
 from pretune.config import TrainConfig, metric_direction
 from pretune.models.transfer import frozen_blocks
 from pretune.training.device import autocast, pick_device, resolve_precision
-from pretune.training.metrics import classification_metrics, is_better
+from pretune.training.metrics import is_better
+from pretune.training.objectives import Classification, Objective, class_weights
 from pretune.training.optimizers import build_optimizer
 from pretune.training.regularizers import penalized_weights, penalty
 from pretune.training.schedules import build_schedule
@@ -63,12 +64,16 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     class_counts: np.ndarray | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_batches``, evaluating on ``valid_batches``.
 
     ``train_batches`` is a ``pretune.data.collate.Batches`` (``set_epoch``, ``len``, iteration
     yielding dicts of tensors with ``labels``); ``valid_batches`` likewise, unshuffled.
+    ``objective`` is the task's loss, outputs and metrics (``pretune.training.objectives``);
+    the default is single-label classification weighted by ``class_counts``.
     """
+    objective = objective or Classification(class_counts)
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     device = pick_device()
@@ -86,8 +91,7 @@ def train(
     scheduler = build_schedule(optimizer, settings, total_steps)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     weights = penalized_weights(model)
-    weight = _class_weights(settings, class_counts, device)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
+    loss_fn = objective.loss_fn(settings, device)
     max_norm = settings.max_grad_norm or math.inf
     # fp16 (GPUs without bf16) needs loss scaling; with any other precision this is a no-op.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -109,7 +113,8 @@ def train(
         """Evaluate, keep the best weights, call on_eval; True when early stopping says stop."""
         nonlocal best_score, best_metrics, best_state, best_step, evals_since_best
         nonlocal running_loss, running_n
-        metrics = evaluate_model(model, valid_batches, precision=precision, device=device)
+        metrics = evaluate_model(model, valid_batches, precision=precision, device=device,
+                                 objective=objective, settings=settings)
         metrics.update(step=step, epoch=round(step / steps_per_epoch, 4),
                        train_loss=running_loss / max(running_n, 1),
                        lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
@@ -135,11 +140,13 @@ def train(
             n_group = sum(len(b["labels"]) for b in group)
             group_loss = 0.0
             for i, batch in enumerate(group):
+                index = batch.get("index")  # rows of the split: a teacher's logits (distill)
                 batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
                 labels = batch.pop("labels")
                 with autocast(precision, device):
                     logits = model(**batch).logits
-                loss = loss_fn(logits.float(), labels) * (len(labels) / n_group)
+                loss = (loss_fn(logits.float(), labels, index) if objective.uses_index
+                        else loss_fn(logits.float(), labels)) * (len(labels) / n_group)
                 if i == len(group) - 1:
                     extra = penalty(weights, settings)
                     if extra is not None:
@@ -204,8 +211,12 @@ def train(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, batches, *, precision: str = "fp32", device=None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-    """Probabilities (n, k) in the data's original order, its labels if any, and mean loss."""
+def predict_proba(model: nn.Module, batches, *, precision: str = "fp32", device=None,
+                  objective: Objective | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Outputs in the data's original order, its labels if any, and mean loss. The outputs
+    are the ``objective``'s: class probabilities (n, k) by default, per-label probabilities
+    (n, k) for multi-label, values (n,) in the data's units for regression."""
+    objective = objective or Classification()
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -217,9 +228,9 @@ def predict_proba(model: nn.Module, batches, *, precision: str = "fp32", device=
         with autocast(precision, device):
             logits = model(**batch).logits.float()
         if y is not None:
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            loss_sum += objective.eval_loss(logits, y)
             labels.append(y.cpu())
-        chunks.append(torch.softmax(logits, dim=-1).cpu())
+        chunks.append(objective.outputs(logits).cpu())
         indices.append(index)
     if was_training:
         _train_mode(model)
@@ -231,9 +242,15 @@ def predict_proba(model: nn.Module, batches, *, precision: str = "fp32", device=
     return probs, y_all, loss_sum / max(len(y_all), 1)
 
 
-def evaluate_model(model: nn.Module, batches, *, precision: str = "fp32", device=None) -> dict[str, float]:
-    probs, labels, loss = predict_proba(model, batches, precision=precision, device=device)
-    return classification_metrics(probs, labels, loss)
+def evaluate_model(model: nn.Module, batches, *, precision: str = "fp32", device=None,
+                   objective: Objective | None = None,
+                   settings: TrainConfig | None = None) -> dict[str, float]:
+    """The ``objective``'s metrics (classification by default) of ``model`` on ``batches``;
+    ``settings`` gives multi-label evaluation its metric and threshold."""
+    objective = objective or Classification()
+    outputs, labels, loss = predict_proba(model, batches, precision=precision, device=device,
+                                          objective=objective)
+    return objective.metrics(outputs, labels, loss, settings)
 
 
 def _groups(batches: Iterable[dict], size: int):
@@ -263,12 +280,7 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _class_weights(settings: TrainConfig, counts: np.ndarray | None, device) -> torch.Tensor | None:
-    if settings.class_weights == "none" or counts is None:
-        return None
-    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
-    weights = counts.sum() / (len(counts) * counts)  # "balanced", as in scikit-learn
-    return torch.tensor(weights, dtype=torch.float32, device=device)
+_class_weights = class_weights  # the name this module had for it
 
 
 __all__ = ["train", "TrainResult", "evaluate_model", "predict_proba", "metric_direction"]

@@ -64,13 +64,13 @@ class RangeTest:
 
 def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: float = MIN_LR,
                   max_lr: float = MAX_LR, steps: int = STEPS,
-                  max_seconds: float | None = None) -> RangeTest:
+                  max_seconds: float | None = None, objective=None) -> RangeTest:
     """Sweep ``model`` on ``batches`` with the optimizer of ``settings``, the rate growing
     from ``min_lr`` to ``max_lr`` in ``steps`` steps; restore the model's weights afterwards.
 
     With ``max_seconds`` the sweep stops when it has taken that long (``stop_reason="time"``);
     a sweep that neither finished nor diverged saw only low rates, so it suggests nothing and
-    serves only to time a step."""
+    serves only to time a step. ``objective`` gives the task's loss (default: cross-entropy)."""
     if not 0 < min_lr < max_lr or steps < 2:
         raise ValueError(f"need 0 < min_lr < max_lr and steps >= 2, got {min_lr}, {max_lr}, {steps}")
     device = pick_device()
@@ -81,7 +81,11 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
     model.train()
     optimizer = build_optimizer(model, replace(settings, lr=min_lr))
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    loss_fn = nn.CrossEntropyLoss()
+    if objective is None:
+        loss_fn: Any = nn.CrossEntropyLoss()
+    else:  # the task's loss, without class weights or label smoothing
+        loss_fn = objective.loss_fn(replace(settings, class_weights="none", label_smoothing=0.0),
+                                    device)
     growth = (max_lr / min_lr) ** (1.0 / (steps - 1))
     result = RangeTest(batch_size=int(settings.batch_size) if settings.batch_size != "full" else 0)
     avg, best, lr, examples = 0.0, math.inf, min_lr, 0
@@ -151,6 +155,8 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS,
     from pretune.models import build_model
     from pretune.training.caches import RunCaches
     from pretune.training.device import set_threads
+    from pretune.config import with_task
+    from pretune.training import objectives
     from pretune.training.run import FULL_BATCH_MICRO, resolve_max_length, seed_everything
 
     set_threads(config.train.threads)
@@ -162,8 +168,11 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS,
     caches = caches or RunCaches.for_one_run()
     image = is_image_task(task)
     task = text_prep.apply_to_task(task, config.data)
+    config = with_task(config, task.kind)
+    objective = objectives.for_task(task, config.train,
+                                    standardize=config.data.standardize_target)
     model, tokenizer, _ = build_model(config.model, len(task.label_names), task.label_names,
-                                      image=image)
+                                      problem_type=task.problem_type, image=image)
     t = config.train
     micro = FULL_BATCH_MICRO if t.batch_size == "full" else t.batch_size
     if image:
@@ -176,6 +185,6 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS,
         batches = Batches(enc, micro, pad_id=pad_id, shuffle=True, seed=t.seed)
     try:
         return lr_range_test(model, batches, replace(t, batch_size=micro), steps=steps,
-                             max_seconds=max_seconds)
+                             max_seconds=max_seconds, objective=objective)
     finally:
         del model

@@ -1,8 +1,10 @@
-"""Classification metrics computed from predicted probabilities and true label ids.
+"""Metrics of each task, computed from model outputs and true labels.
 
-Every metric takes the same inputs, so the objective metric is just a name
-(``TrainConfig.metric``). Precision and recall are macro-averaged; ROC AUC is binary on the
-positive class, one-vs-rest macro-averaged for more classes.
+Every metric of a task takes the same inputs, so the objective metric is just a name
+(``TrainConfig.metric``). Classification: precision and recall are macro-averaged; ROC AUC is
+binary on the positive class, one-vs-rest macro-averaged for more classes. Regression: in the
+data's own units. Multi-label: decisions at a threshold tuned on the evaluated data
+(``tune_threshold``) unless one is given.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-from pretune.config import LOWER_IS_BETTER, METRICS
+from pretune.config import LOWER_IS_BETTER, METRICS, MULTILABEL_METRICS, REGRESSION_METRICS
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, loss: float | None = None) -> dict[str, float]:
@@ -61,3 +63,98 @@ def is_better(new: float, old: float | None, metric: str, min_delta: float = 0.0
     if metric in LOWER_IS_BETTER:
         return new < old - min_delta
     return new > old + min_delta
+
+
+# --- regression ----------------------------------------------------------------------------------
+
+
+def regression_metrics(predictions: np.ndarray, targets: np.ndarray,
+                       loss: float | None = None) -> dict[str, float]:
+    """Every metric of ``REGRESSION_METRICS`` for predicted and true values (n,), both in the
+    data's own units. Pearson and Spearman are NaN when either side is constant."""
+    from scipy import stats
+
+    pred = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    true = np.asarray(targets, dtype=np.float64).reshape(-1)
+    mse = float(np.mean((pred - true) ** 2)) if len(true) else math.nan
+    varied = len(true) > 1 and np.ptp(pred) > 0 and np.ptp(true) > 0
+    out = {
+        "r2": float(skm.r2_score(true, pred)) if len(true) > 1 else math.nan,
+        "mse": mse,
+        "rmse": math.sqrt(mse) if math.isfinite(mse) else math.nan,
+        "mae": float(np.mean(np.abs(pred - true))) if len(true) else math.nan,
+        "pearson": float(stats.pearsonr(pred, true)[0]) if varied else math.nan,
+        "spearman": float(stats.spearmanr(pred, true)[0]) if varied else math.nan,
+    }
+    out["loss"] = float(loss) if loss is not None else mse
+    assert set(out) == set(REGRESSION_METRICS)
+    return out
+
+
+# --- multi-label -----------------------------------------------------------------------------------
+
+# Decision thresholds tried on the validation data: 0.05, 0.10, ..., 0.95.
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+F1_METRICS = ("f1_micro", "f1_macro", "f1_samples")
+
+
+def f1_at_thresholds(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray,
+                     average: str) -> np.ndarray:
+    """The F1 (``average`` micro, macro or samples, as scikit-learn's with zero_division=0) of
+    deciding ``probs >= t``, for each threshold t; counts in NumPy, one pass per threshold."""
+    y = np.asarray(targets, dtype=bool)
+    probs = np.asarray(probs)
+    axis = {"micro": None, "macro": 0, "samples": 1}[average]
+    positives = y.sum(axis=axis)
+    scores = []
+    for t in np.asarray(thresholds, dtype=np.float64):
+        pred = probs >= t
+        tp = (pred & y).sum(axis=axis)
+        denom = pred.sum(axis=axis) + positives  # 2 tp + fp + fn
+        f1 = np.divide(2 * tp, denom, out=np.zeros(np.shape(denom)), where=denom > 0)
+        scores.append(float(np.mean(f1)))
+    return np.array(scores)
+
+
+def tune_threshold(probs: np.ndarray, targets: np.ndarray, metric: str = "f1_micro",
+                   thresholds: np.ndarray = THRESHOLDS) -> float:
+    """The threshold of ``thresholds`` whose decisions have the best ``metric`` (an F1; any
+    other metric tunes f1_micro) on ``probs`` against 0/1 ``targets``; ties go to the one
+    nearest 0.5."""
+    average = (metric if metric in F1_METRICS else "f1_micro").split("_", 1)[1]
+    scores = f1_at_thresholds(probs, targets, thresholds, average)
+    order = np.argsort(np.abs(np.asarray(thresholds) - 0.5), kind="stable")
+    best = order[np.argmax(scores[order])]
+    return float(thresholds[best])
+
+
+def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, loss: float | None = None, *,
+                       metric: str = "f1_micro", threshold: float | None = None) -> dict[str, float]:
+    """Every metric of ``MULTILABEL_METRICS`` for per-label probabilities and 0/1 targets
+    (n, k), deciding at ``threshold``, or at the threshold tuned for ``metric`` when None (kept
+    as ``threshold`` in the result). Precision and recall are macro-averaged over labels; ROC
+    AUC is the macro average over labels that have both outcomes in ``targets``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.int64)
+    if threshold is None:
+        threshold = tune_threshold(probs, y, metric)
+    pred = (probs >= threshold).astype(np.int64)
+    kw = {"zero_division": 0}
+    both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    out = {
+        "f1_micro": float(skm.f1_score(y, pred, average="micro", **kw)),
+        "f1_macro": float(skm.f1_score(y, pred, average="macro", **kw)),
+        "f1_samples": float(skm.f1_score(y, pred, average="samples", **kw)),
+        "precision": float(skm.precision_score(y, pred, average="macro", **kw)),
+        "recall": float(skm.recall_score(y, pred, average="macro", **kw)),
+        "subset_accuracy": float(skm.accuracy_score(y, pred)),
+        "hamming_loss": float(skm.hamming_loss(y, pred)),
+        "roc_auc": float(np.mean([skm.roc_auc_score(y[:, j], probs[:, j]) for j in both]))
+        if both else math.nan,
+    }
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    bce = -np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
+    out["loss"] = float(loss) if loss is not None else float(bce)
+    assert set(out) == set(MULTILABEL_METRICS)
+    out["threshold"] = float(threshold)
+    return out

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from pretune._version import __version__
-from pretune.config import RunConfig, validate
+from pretune.config import RunConfig, validate, with_task
 from pretune.errors import ConfigError
 from pretune.yamlfile import plain
 from pretune.data import text_prep
@@ -38,6 +38,7 @@ from pretune.models.io import load_model_dir, resolve_model_dir, save_model
 from pretune.training.caches import RunCaches
 from pretune.training.device import pick_device, resolve_precision, set_threads
 from pretune.training.tapt import adapted_source, with_source
+from pretune.training import objectives
 from pretune.training.loop import TrainResult, predict_proba, train
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,12 @@ def fit(
         task = load_task(config.data, data_seed(config))
     image = is_image_task(task)
     task = text_prep.apply_to_task(task, config.data)  # lowercasing, stop words, stems
+    config = with_task(config, task.kind)  # the metric and loss follow the task
+    objective = objectives.for_task(task, config.train, standardize=config.data.standardize_target)
+    if config.train.distill_logits:  # a teacher's soft labels join the task's loss
+        from pretune.training.distill import distillation
+
+        objective = distillation(objective, task, config.train)
     caches = caches or RunCaches.for_one_run()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -117,7 +124,8 @@ def fit(
             clock = _lap(timings, "tapt", clock)
         built = with_source(config, source)
         model, tokenizer, transfer = build_model(built.model, len(task.label_names),
-                                                 task.label_names, image=image)
+                                                 task.label_names, problem_type=task.problem_type,
+                                                 image=image)
     log.info("transfer: %s", transfer)
     device = pick_device()
     model.to(device)
@@ -146,7 +154,6 @@ def fit(
 
     t = config.train
     micro = FULL_BATCH_MICRO if t.batch_size == "full" else t.batch_size
-    counts = np.bincount(task.train.labels, minlength=len(task.label_names))
 
     # Frozen bottom layers: train from their cached output instead of running them every step.
     depth = frozen_depth(model, transfer) if t.feature_cache else None
@@ -164,7 +171,7 @@ def fit(
 
     probe_metrics = None
     if lp_ft:
-        probe_metrics = _probe(model, config, caches, data, depth, should_stop)
+        probe_metrics = _probe(model, config, caches, data, depth, should_stop, objective)
         apply_transfer(model, replace(config.model, transfer="full", reinit_layers=0))
         depth = None  # the whole network trains from here on
         seed_everything(t.seed)
@@ -174,7 +181,7 @@ def fit(
                                             t.seed, augment=True)
     with starting_at(model, depth) if depth is not None else contextlib.nullcontext():
         result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
-                       should_stop=should_stop, class_counts=counts, on_step=on_step)
+                       should_stop=should_stop, on_step=on_step, objective=objective)
     clock = _lap(timings, "train", clock)
 
     model = merge_lora(model)  # a plain transformers model from here on
@@ -256,7 +263,8 @@ PROBE_BATCH = 32  # the probe's recipe is fixed, so that every trial of a search
 
 
 def _probe(model, config: RunConfig, caches: RunCaches, data: _Prepared, depth: int | None,
-           should_stop: Callable[[], bool] | None) -> dict[str, float]:
+           should_stop: Callable[[], bool] | None,
+           objective: objectives.Objective | None = None) -> dict[str, float]:
     """Train the head of ``model`` on its frozen body (from cached features when ``depth`` is
     given), or take the head a run with the same data, model, head and probe settings trained
     before. Returns the probe's validation metrics."""
@@ -277,7 +285,8 @@ def _probe(model, config: RunConfig, caches: RunCaches, data: _Prepared, depth: 
     train_batches, valid_batches = _batches(model, caches, data, depth, PROBE_BATCH,
                                             t.eval_batch_size, seed)
     with starting_at(model, depth) if depth is not None else contextlib.nullcontext():
-        result = train(model, train_batches, valid_batches, settings, should_stop=should_stop)
+        result = train(model, train_batches, valid_batches, settings, should_stop=should_stop,
+                       objective=objective)
     if result.stop_reason == "completed" and not result.failed:  # a cut-short probe is not kept
         names = set(head_parameter_names(model))
         head = {n: p.detach().to("cpu", copy=True)  # a copy: fine-tuning goes on in place
@@ -295,6 +304,9 @@ def probe_key(config: RunConfig, model_id: str, data_keys: dict[str, str], preci
              m.head_norm, m.head_init, m.dropout, m.reinit_layers, m.probe_lr, m.probe_epochs,
              data_seed(config), config.train.metric, config.train.eval_batch_size, precision,
              PROBE_BATCH]
+    if config.data.task not in ("auto", "classification"):  # the task's loss trains the probe
+        parts += [config.data.task, config.train.loss, config.train.huber_delta,
+                  config.data.standardize_target]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
 
 
@@ -306,8 +318,9 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
 
 def valid_predictions(result: FitResult, task: TaskData,
                       caches: RunCaches | None = None) -> pd.DataFrame:
-    """The kept model's predictions on the validation split: ``label``, ``prediction`` and
-    ``prob_<label>`` per row, in the split's order (what a confusion matrix is drawn from)."""
+    """The kept model's predictions on the validation split, in the split's order: ``label``,
+    ``prediction`` and ``prob_<label>`` per row (what a confusion matrix is drawn from);
+    regression: ``label`` and ``prediction`` values; multi-label: label sets as JSON lists."""
     if result.model is None or result.tokenizer is None:
         raise ValueError("valid_predictions needs a FitResult that kept its model")
     tokenizer, config = result.tokenizer, result.config
@@ -321,14 +334,39 @@ def valid_predictions(result: FitResult, task: TaskData,
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
     device = next(result.model.parameters()).device
+    objective = objectives.for_task(task, config.train,
+                                    standardize=config.data.standardize_target)
     probs, labels, _ = predict_proba(result.model, batches, device=device,
-                                     precision=resolve_precision(config.train.precision, device))
+                                     precision=resolve_precision(config.train.precision, device),
+                                     objective=objective)
     names = [str(n) for n in result.label_names]
-    frame = pd.DataFrame({"label": [names[i] for i in labels],
-                          "prediction": [names[i] for i in probs.argmax(axis=1)]})
+    if task.kind == "regression":
+        return pd.DataFrame({"label": labels, "prediction": probs})
+    if task.kind == "multilabel":
+        threshold = decision_threshold(config, result.metrics)
+        frame = pd.DataFrame({"label": label_sets(labels, names, 0.5),
+                              "prediction": label_sets(probs, names, threshold)})
+        for column in ("label", "prediction"):
+            frame[column] = frame[column].map(json.dumps)
+    else:
+        frame = pd.DataFrame({"label": [names[i] for i in labels],
+                              "prediction": [names[i] for i in probs.argmax(axis=1)]})
     for i, name in enumerate(names):
         frame[f"prob_{name}"] = probs[:, i]
     return frame
+
+
+def decision_threshold(config: RunConfig, metrics: dict[str, float]) -> float:
+    """Multi-label: the fixed ``threshold`` setting, else the one tuned on validation for the
+    kept checkpoint (in its metrics), else 0.5."""
+    if config.train.threshold is not None:
+        return float(config.train.threshold)
+    return float(metrics.get("threshold", 0.5))
+
+
+def label_sets(probs: np.ndarray, names: list[str], threshold: float) -> list[list[str]]:
+    """Each row's labels whose probability (or 0/1 indicator) is at least ``threshold``."""
+    return [[names[j] for j in np.flatnonzero(row >= threshold)] for row in np.asarray(probs)]
 
 
 def resolve_max_length(config: RunConfig, task: TaskData, model, tokenizer,
@@ -350,6 +388,19 @@ def _both(task: TaskData) -> Split:
     pairs = task.train.pairs + task.valid.pairs if task.train.pairs is not None else None
     return Split(task.train.texts + task.valid.texts, pairs,
                  np.concatenate([task.train.labels, task.valid.labels]))
+
+
+def task_metadata(config: RunConfig, task: TaskData, metrics: dict[str, float]) -> dict:
+    """What predicting needs to know of the task: its kind and transformers' problem_type;
+    regression: the target scaling to undo; multi-label: the decision threshold."""
+    out: dict[str, Any] = {"kind": task.kind, "problem_type": task.problem_type}
+    if task.kind == "regression":
+        mean, std = task.target_scale() if config.data.standardize_target else (0.0, 1.0)
+        out.update(target_mean=mean, target_std=std, standardized=config.data.standardize_target)
+    elif task.kind == "multilabel":
+        out.update(threshold=decision_threshold(config, metrics),
+                   threshold_tuned=config.train.threshold is None)
+    return out
 
 
 def position_limit(model) -> int | None:
@@ -376,6 +427,7 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
         },
         "metric": config.train.metric,
         "metrics": dict(result.best_metrics),
+        "task": task_metadata(config, task, result.best_metrics),
         "training": {
             "stop_reason": result.stop_reason,
             "steps": result.steps,
@@ -412,7 +464,10 @@ def predict(
 
     ``model_dir`` is a model directory or a run directory holding ``best/``. The result has
     the input's columns plus ``prediction`` and ``prob_<label>`` for each label, in input order;
-    with ``output`` it is also written there (CSV, TSV, JSONL or Parquet by extension). For an
+    with ``output`` it is also written there (CSV, TSV, JSONL or Parquet by extension).
+    Regression: ``prediction`` is the value in the training data's units (no ``prob_``
+    columns). Multi-label: ``prediction`` is the list of labels whose probability reaches the
+    saved threshold (a JSON list in CSV and TSV files). For an
     image model, ``source`` is a folder of images or a table with a column of image paths
     (``image_column``, else the training run's, else detected). Text models apply the text
     preprocessing they were trained with (``pretune.data.text_prep``).
@@ -445,17 +500,43 @@ def predict(
         batches = _Counting(Batches(enc, batch_size, pad_id=pad_id, shuffle=False), on_batch)
     device = pick_device()
     model.to(device)
+    task = meta.get("task") or {}
+    kind = task.get("kind") or _kind_of(model.config)
+    objective = _objective_of(kind, task)
     probs, _, _ = predict_proba(model, batches, precision=resolve_precision(precision, device),
-                                device=device)
-    id2label = model.config.id2label
-    names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(probs.shape[1])]
+                                device=device, objective=objective)
     result = frame.reset_index(drop=True).copy()
-    result["prediction"] = [names[i] for i in probs.argmax(axis=1)]
-    for i, name in enumerate(names):
-        result[f"prob_{name}"] = probs[:, i]
+    if kind == "regression":
+        result["prediction"] = probs
+    else:
+        id2label = model.config.id2label
+        names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(probs.shape[1])]
+        if kind == "multilabel":
+            result["prediction"] = label_sets(probs, names, float(task.get("threshold", 0.5)))
+        else:
+            result["prediction"] = [names[i] for i in probs.argmax(axis=1)]
+        for i, name in enumerate(names):
+            result[f"prob_{name}"] = probs[:, i]
     if output is not None:
         write_table(result, Path(output))
     return result
+
+
+def _kind_of(model_config) -> str:
+    """The task of a model directory without pretune.yaml, from its config's problem_type."""
+    return {"regression": "regression", "multi_label_classification": "multilabel"}.get(
+        getattr(model_config, "problem_type", None) or "", "classification")
+
+
+def _objective_of(kind: str, task: dict) -> objectives.Objective:
+    """The objective that turns a saved model's logits into predictions: a regression model's
+    standardization (from pretune.yaml) is undone here."""
+    if kind == "regression":
+        return objectives.Regression(float(task.get("target_mean", 0.0)),
+                                     float(task.get("target_std", 1.0)))
+    if kind == "multilabel":
+        return objectives.MultiLabel()
+    return objectives.Classification()
 
 
 class _Counting:
@@ -490,9 +571,24 @@ def table_format(path: Path) -> str:
     return kind
 
 
+def lists_as_json(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with list cells (multi-label predictions) as JSON texts, as a CSV holds them
+    and ``load_task`` reads them back; the frame itself when it has none."""
+    listed = [c for c in frame.columns[frame.dtypes == object]
+              if frame[c].map(lambda v: isinstance(v, list)).any()]
+    if not listed:
+        return frame
+    frame = frame.copy()
+    for column in listed:
+        frame[column] = frame[column].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
+    return frame
+
+
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` to ``path`` in the format its extension names, atomically."""
     kind = table_format(path)
+    if kind in ("csv", "tsv"):
+        frame = lists_as_json(frame)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if kind == "csv":

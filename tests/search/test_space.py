@@ -76,7 +76,8 @@ def test_the_full_space_covers_every_searchable_setting():
         "label_smoothing", "class_weights", "dropout", "transfer", "freeze_layers",
         "reinit_layers", "head_layers", "head_width", "head_activation", "head_dropout",
         "head_norm", "head_init", "lora_r", "lora_alpha", "lora_dropout", "probe_lr",
-        "probe_epochs", "max_length", "tapt_steps",
+        "probe_epochs", "max_length", "tapt_steps", "loss", "huber_delta", "distill_alpha",
+        "distill_temperature",
     }
     order = [d.name for d in FULL_SPACE]
     for child, (parent, _) in CONDITIONS.items():

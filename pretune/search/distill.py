@@ -1,0 +1,258 @@
+"""``pretune distill``: a smaller student trained from a finished search's best model.
+
+The teacher is the run's ``best/`` model; the data and the settings are the run's own (its
+``pretune.yaml``; the data split and ``max_length`` of the best model). The teacher's logits on
+the training split are computed once and cached in the run's ``cache/``. The student gets its
+own short search (``run_tune``) in its own run directory, over the default space plus
+``distill_alpha`` and ``distill_temperature``, with the distillation loss
+(``pretune.training.distill``). At the end teacher and student are compared side by side on
+the validation split: parameters, size on disk, the run's metric, and prediction speed; the
+comparison is written to ``distill.yaml`` in the student's run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from pretune.config import RunConfig, TuneConfig, validate
+from pretune.errors import ConfigError
+from pretune.search import rundir
+
+log = logging.getLogger(__name__)
+
+DISTILL_DIR = "distill"  # the student's run directory inside the teacher's, by default
+REPORT_FILE = "distill.yaml"
+STUDENT_INIT_DIR = "student-init"  # a layers:N student before training, in the student's run
+# The student's search adds these to the default space (Hinton et al. 2015 use T from 1 to 20;
+# 1 to 8 covers what small-model distillation papers report as best).
+DISTILL_SPACE: dict[str, Any] = {
+    "distill_alpha": {"low": 0.0, "high": 1.0},
+    "distill_temperature": {"low": 1.0, "high": 8.0},
+}
+
+
+@dataclass
+class DistillResult:
+    """The student's search and the comparison with its teacher."""
+
+    path: Path  # the student's run directory
+    student_path: Path  # its best model
+    teacher_path: Path
+    metric: str
+    teacher: dict[str, Any]  # parameters, size_mb, metric value, examples_per_s
+    student: dict[str, Any]
+    ratios: dict[str, Any]  # student / teacher
+    tune: Any = None  # the student's TuneResult
+    logits_computed: bool = False  # whether this call computed the teacher's logits
+    report: dict[str, Any] = field(default_factory=dict)  # distill.yaml's content
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every validation metric of the student's best checkpoint (from its search)."""
+        return dict(self.tune.best_metrics) if self.tune is not None else {}
+
+
+def teacher_run(run: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The run directory, its record (pretune.yaml) and the best model's pretune.yaml."""
+    from pretune.models.io import read_meta
+
+    path = Path(run).expanduser()
+    record = rundir.read_record(path) if path.is_dir() else {}
+    if not isinstance(record.get("settings"), Mapping):
+        raise ConfigError(
+            f"pretune distill needs the run directory of a search (with pretune.yaml), but "
+            f"{run} {'is not one' if path.is_dir() else 'does not exist'}. Pass the --out "
+            f"directory of pretune tune."
+        )
+    best = path / rundir.BEST_DIR
+    if not (best / "config.json").is_file():
+        raise ConfigError(
+            f"pretune distill teaches from a run's best model, but {run} has no best/ model yet. "
+            f"Let the search complete a trial (pretune tune with a larger --budget) first."
+        )
+    return path, record, read_meta(best)
+
+
+def student_base(record: Mapping[str, Any], best_meta: Mapping[str, Any]) -> RunConfig:
+    """The settings the student's trials share: the run's, with the data split and
+    max_length of the teacher's best model, so that its logits line up with the rows."""
+    base = RunConfig.from_dict(record["settings"])
+    best_settings = best_meta.get("settings") or {}
+    best_data = best_settings.get("data") if isinstance(best_settings, Mapping) else None
+    if isinstance(best_data, Mapping):
+        base = base.with_settings({f"data.{k}": v for k, v in best_data.items()
+                                   if k in ("max_length", "data_seed")})
+    return base
+
+
+def distill(
+    run: str | Path,
+    *,
+    student: str = "layers:3",
+    budget: str | None = "5m",
+    out: str | Path | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    priors: bool | None = None,
+    lr_range_test: bool | None = None,
+    seed_check: int | None = None,
+    speed_batch_size: int | None = None,
+    on_trial: Callable[[Any], None] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
+    progress: Any = None,
+) -> DistillResult:
+    """Distill the best model of the search in ``run`` into ``student`` within ``budget``.
+
+    ``student`` is ``layers:N`` (the teacher's encoder with N of its layers, evenly spaced, for
+    BERT-like models) or a model id or directory. ``out`` is the student's run directory
+    (default ``run/distill``); running again with the same ``out`` continues its search.
+    ``fixed`` pins settings of the student's search (``{"distill_alpha": 0}`` trains it on
+    the labels alone). Returns a ``DistillResult``; ``out/distill.yaml`` holds the comparison.
+    """
+    from pretune.data.task import load_task
+    from pretune.search.study import run_tune
+    from pretune.training import distill as kd
+    from pretune.training.run import data_seed
+
+    kind, value = kd.parse_student(student)
+    path, record, best_meta = teacher_run(run)
+    teacher_dir = path / rundir.BEST_DIR
+    out = Path(out).expanduser() if out is not None else path / DISTILL_DIR
+    if out.resolve() == path.resolve():
+        raise ConfigError(
+            f"--out must be a directory of its own for the student's search, but got the "
+            f"teacher's run {path}. Leave --out out (it defaults to {path / DISTILL_DIR})."
+        )
+    task_kind = (best_meta.get("task") or {}).get("kind", "classification")
+    base = student_base(record, best_meta)
+    validate(base)
+    task = load_task(base.data, data_seed(base))
+    if task.kind != task_kind:
+        raise ConfigError(
+            f"The teacher in {teacher_dir} was trained for {task_kind}, but the run's data reads "
+            f"as {task.kind}. Distill from a run whose data has not changed."
+        )
+    max_length = base.data.max_length or int(
+        ((best_meta.get("settings") or {}).get("data") or {}).get("max_length") or 128)
+    base = base.with_settings({"max_length": max_length})
+
+    # The student's model: built from the teacher, or named.
+    if kind == "layers":
+        from pretune.models.io import load_model_dir
+
+        model, tokenizer, _ = load_model_dir(teacher_dir)
+        init = out / STUDENT_INIT_DIR
+        if not (init / "config.json").is_file():
+            kd.layer_student(model, value)  # a bad N or model fails before the logits
+        logits_path, computed = kd.teacher_logits(
+            teacher_dir, task, max_length, path / rundir.CACHE_DIR,
+            batch_size=base.train.eval_batch_size, model=model, tokenizer=tokenizer)
+        if not (init / "config.json").is_file():
+            kd.build_layer_student(teacher_dir, value, init)
+        student_model = str(init.resolve())
+        del model
+    else:
+        student_model = value
+        logits_path, computed = kd.teacher_logits(
+            teacher_dir, task, max_length, path / rundir.CACHE_DIR,
+            batch_size=base.train.eval_batch_size)
+    base = base.with_settings({"model": student_model,
+                               "distill_logits": str(Path(logits_path).resolve())})
+
+    options = dict(budget=budget, priors=priors, lr_range_test=lr_range_test,
+                   seed_check=seed_check)
+    tune = TuneConfig(**{k: v for k, v in options.items() if v is not None})
+    space = dict(DISTILL_SPACE)
+    if kind == "layers":  # freeze_bottom freezes some of the student's layers, never all
+        space["freeze_layers"] = {"low": 1, "high": min(4, value - 1)} if value >= 3 else None
+    result = run_tune(base, tune, out, space=space, fixed=dict(fixed or {}),
+                      on_trial=on_trial, on_plan=on_plan, progress=progress,
+                      space_source="the distillation space")
+    if result.best_trial is None:
+        return DistillResult(path=out, student_path=out / rundir.BEST_DIR,
+                             teacher_path=teacher_dir, metric=result.metric, teacher={},
+                             student={}, ratios={}, tune=result, logits_computed=computed)
+    report = compare(teacher_dir, out / rundir.BEST_DIR, task, result.metric,
+                     batch_size=speed_batch_size or base.train.eval_batch_size,
+                     threads=base.train.threads)
+    report.update(student_spec=str(student), teacher_run=str(path.resolve()),
+                  teacher_logits=str(Path(logits_path).resolve()),
+                  student_settings={k: v for k, v in result.best_params.items()},
+                  student_trial=result.best_trial)
+    rundir.write_atomic(out / REPORT_FILE, yaml.safe_dump(report, sort_keys=False))
+    return DistillResult(path=out, student_path=out / rundir.BEST_DIR, teacher_path=teacher_dir,
+                         metric=result.metric, teacher=report["teacher"],
+                         student=report["student"], ratios=report["ratios"], tune=result,
+                         logits_computed=computed, report=report)
+
+
+def compare(teacher_dir: Path, student_dir: Path, task, metric: str, *, batch_size: int = 128,
+            threads: int | None = None) -> dict[str, Any]:
+    """Teacher and student side by side on the validation split of ``task``, in this process:
+    parameters, size on disk, ``metric``, and examples per second of prediction (same batches,
+    batch size and threads)."""
+    from pretune.models.io import load_model_dir
+    from pretune.training import distill as kd
+    from pretune.training.device import set_threads
+    from pretune.training.loop import evaluate_model
+    from pretune.training.run import _objective_of
+    from pretune.data.collate import Batches
+    from pretune.data.tokenize import encode
+
+    set_threads(threads)
+    rows: dict[str, dict[str, Any]] = {}
+    models: dict[str, tuple[Any, Any]] = {}
+    lengths: dict[str, int] = {}
+    for name, directory in (("teacher", teacher_dir), ("student", student_dir)):
+        model, tokenizer, meta = load_model_dir(directory)
+        settings = RunConfig.from_dict(meta.get("settings") or {})
+        objective = _objective_of(task.kind, meta.get("task") or {})
+        max_length = settings.data.max_length or 128
+        enc = encode(task.valid.texts, task.valid.pairs, task.valid.labels, tokenizer, max_length)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batches = Batches(enc, batch_size, pad_id=pad_id, shuffle=False)
+        scores = evaluate_model(model, batches, objective=objective,
+                                settings=replace(settings.train, metric=metric))
+        rows[name] = {"path": str(Path(directory).resolve()), **kd.size_of(model, directory),
+                      "layers": _layers(model), metric: round(float(scores[metric]), 6)}
+        models[name] = (model, tokenizer)
+        lengths[name] = max_length
+    speeds = kd.throughput(models, task.valid.texts, task.valid.pairs, max(lengths.values()),
+                           batch_size=batch_size)
+    for name in rows:
+        rows[name]["examples_per_s"] = speeds[name]
+    t, s = rows["teacher"], rows["student"]
+    ratios = {
+        "parameters": kd.ratio(s["parameters"], t["parameters"]),
+        "size_mb": kd.ratio(s["size_mb"], t["size_mb"]),
+        "speedup": kd.ratio(s["examples_per_s"], t["examples_per_s"]),
+        f"{metric}_difference": round(s[metric] - t[metric], 6),
+    }
+    return {"metric": metric, "valid_rows": len(task.valid.labels), "batch_size": batch_size,
+            "threads": _threads(), "teacher": t, "student": s, "ratios": ratios}
+
+
+def _layers(model) -> int | None:
+    return getattr(getattr(model, "config", None), "num_hidden_layers", None)
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def read_report(out: str | Path) -> dict[str, Any] | None:
+    """``distill.yaml`` of a student's run directory, or None when it has none."""
+    path = Path(out) / REPORT_FILE
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else None
+
+
+__all__ = ["distill", "DistillResult", "compare", "read_report", "teacher_run", "DISTILL_SPACE"]

@@ -55,6 +55,8 @@ LOWER_IS_BETTER = ("log_loss", "loss", "mse", "rmse", "mae", "hamming_loss")
 TASK_LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "mae", "huber"),
                "multilabel": ("bce",)}
 LOSSES = ("auto",) + tuple(dict.fromkeys(x for v in TASK_LOSSES.values() for x in v))
+MODALITIES = ("auto", "text", "image")  # what the inputs are; auto: detected from the data
+STEMMERS = ("none", "porter", "snowball")  # nltk's stemmers (they need no downloaded data)
 
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -89,6 +91,27 @@ class DataConfig:
     label_delimiter: str | None = None
     # regression: train on (y - mean) / std of the training targets; predictions are undone
     standardize_target: bool = True
+    # Images (pretune.data.images): "auto" reads a folder per class, or a table whose column
+    # holds image paths, as images; image_column names that column when detection cannot.
+    modality: str = "auto"  # auto | text | image
+    image_column: str | None = None
+    # Text preprocessing (pretune.data.text_prep): train, valid and prediction inputs alike.
+    lowercase: bool = False
+    stopwords: bool = False  # remove English stop words (scikit-learn's list)
+    stem: str = "none"  # none | porter | snowball
+    # Text augmentation of training texts, drawn anew each epoch (EDA without synonyms).
+    text_aug_prob: float = 0.5  # share of training texts edited in an epoch
+    word_delete: float = 0.0  # each word of an edited text is deleted with this probability
+    word_swap: float = 0.0  # swaps of two words in an edited text, as a share of its words
+    # Image augmentation of training batches (pretune.data.augment); each 0 (crop: 1) is off.
+    flip_prob: float = 0.0  # horizontal flip
+    rotate_degrees: float = 0.0  # rotation by up to this many degrees either way
+    crop_scale: float = 1.0  # random resized crop of at least this share of the area
+    noise_std: float = 0.0  # Gaussian noise (pixel values in [0, 1])
+    salt_pepper: float = 0.0  # share of pixels set to black or white
+    brightness: float = 0.0  # color jitter: factors drawn from [1 - x, 1 + x]
+    contrast: float = 0.0
+    saturation: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -317,6 +340,14 @@ def validate(config: RunConfig) -> RunConfig:
         _check(isinstance(d.label_delimiter, str) and d.label_delimiter != "",
                f"label_delimiter must be a non-empty string such as '|', but got "
                f"{d.label_delimiter!r}. Pass --set label_delimiter='|' or leave it out.")
+    one_of("modality", d.modality, MODALITIES)
+    one_of("stem", d.stem, STEMMERS)
+    for name, hi in (("text_aug_prob", 1.0), ("word_delete", 0.9), ("word_swap", 1.0),
+                     ("flip_prob", 1.0), ("rotate_degrees", 180.0), ("noise_std", 1.0),
+                     ("salt_pepper", 0.5), ("brightness", 0.95), ("contrast", 0.95),
+                     ("saturation", 1.0)):
+        _number(name, getattr(d, name), 0.0, hi)
+    _number("crop_scale", d.crop_scale, 0.0, 1.0, lo_open=True)
 
     _check(bool(m.model), "model must name a Hugging Face model id or a local directory, "
                           "but got nothing. Pass --model.")

@@ -13,6 +13,7 @@ EXAMPLE = """
 Example:
 
   pretune predict runs/sst2 --input data/test.csv --output preds.csv
+  pretune predict runs/pets --input photos/ --output preds.csv     (an image model)
 
 MODEL is a model directory written by pretune, or a run directory holding best/.
 """
@@ -20,10 +21,11 @@ MODEL is a model directory written by pretune, or a run directory holding best/.
 
 def command(
     model: Path = typer.Argument(..., help="Model directory, or a run directory with best/."),
-    input: str = typer.Option(..., "--input", help="File of texts: CSV, TSV, JSONL or Parquet."),
+    input: str = typer.Option(..., "--input", help="File of texts: CSV, TSV, JSONL or Parquet; for an image model also a folder of images."),
     output: Optional[Path] = typer.Option(None, "--output", help="Where to write predictions (.csv, .tsv, .jsonl, .parquet)."),
     text_column: Optional[str] = typer.Option(None, "--text-column"),
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths, for an image model."),
     batch_size: int = typer.Option(64, "--batch-size"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
@@ -39,7 +41,8 @@ def command(
             task = bar.add_task("predicting", total=None)
             frame = api_predict(
                 model, input, output=output, batch_size=batch_size, text_column=text_column,
-                text_pair_column=text_pair_column, allow_pickle=allow_pickle,
+                text_pair_column=text_pair_column, image_column=image_column,
+                allow_pickle=allow_pickle,
                 trust_remote_code=trust_remote_code,
                 on_batch=lambda done, total: bar.update(task, completed=done, total=total),
             )

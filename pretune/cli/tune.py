@@ -68,6 +68,7 @@ def command(
     text_column: Optional[str] = typer.Option(None, "--text-column"),
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
     task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column), classification, regression or multilabel."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
@@ -95,7 +96,7 @@ def command(
         flags: dict[str, Any] = dict(
             train=train, valid=valid, model=model, text_column=text_column,
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
-            unlabeled=unlabeled,
+            image_column=image_column, unlabeled=unlabeled,
             max_length=max_length, metric=metric, precision=precision, seed=seed, task=task,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,

@@ -135,6 +135,10 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
             "Training data is needed, but --train was not given. Pass --train with a CSV, TSV, "
             "JSONL or Parquet file or a Hugging Face dataset."
         )
+    from pretune.data import images
+
+    if images.detect_modality(cfg) == "image":
+        return images.load_image_task(cfg, seed)
     train_is_dataset = is_dataset_source(cfg.train)
     frame = read_table(cfg.train, split=cfg.dataset_split_train if train_is_dataset else None)
     cols = _resolve_columns(
@@ -236,6 +240,10 @@ def task_of(cfg: DataConfig) -> str:
         return cfg.task
     if not cfg.train:
         return "classification"  # load_task says what is missing
+    from pretune.data import images
+
+    if images.detect_modality(cfg) == "image":
+        return "classification"  # images: a folder per class or a label column
     is_dataset = is_dataset_source(cfg.train)
     frame = read_table(cfg.train, split=cfg.dataset_split_train if is_dataset else None)
     cols = _resolve_columns(frame, "--train", text=cfg.text_column, pair=cfg.text_pair_column,

@@ -31,15 +31,24 @@ from pretune.models.transfer import apply_transfer, count_parameters, find_embed
 
 
 def build_model(
-    cfg: ModelConfig, num_labels: int, label_names: list[str], *, problem_type: str | None = None
+    cfg: ModelConfig, num_labels: int, label_names: list[str], *, problem_type: str | None = None,
+    image: bool = False
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load ``cfg.model``, set up its head and its transfer strategy; return
-    ``(model, tokenizer, transfer summary)``. The model is in eval mode, as loaded.
+    ``(model, tokenizer, transfer summary)``. The model is in eval mode, as loaded. With
+    ``image``, an image classification model and its image processor (in the tokenizer's place).
 
     With ``transfer="lora"`` the model comes back wrapped by peft; ``merge_lora`` turns it
     back into a plain model before saving. ``problem_type`` is transformers' name of the task
-    (see ``load_pretrained``)."""
-    model, tokenizer = load_pretrained(cfg, num_labels, label_names, problem_type=problem_type)
+    (see ``load_pretrained``). With ``image``, an image classification model and its image
+    processor (in the tokenizer's place)."""
+    if image:
+        from pretune.models.vision import load_pretrained_image
+
+        model, tokenizer = load_pretrained_image(cfg, num_labels, label_names)
+    else:
+        model, tokenizer = load_pretrained(cfg, num_labels, label_names,
+                                           problem_type=problem_type)
     apply_head(model, cfg)
     if cfg.transfer == "lora":
         plain = apply_transfer(model, ModelConfig(**{**cfg.__dict__, "transfer": "full"}))

@@ -111,7 +111,9 @@ def _write_head_code(model: Any, directory: Path) -> None:
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     auto_map = dict(config.get("auto_map") or {})
-    auto_map[AUTO_CLASS] = f"{Path(HEAD_CODE_FILE).stem}.{HEAD_CLASS}"
+    base = getattr(type(model), "_pretune_base", type(model)).__name__
+    auto_class = "AutoModelForImageClassification" if base.endswith("ForImageClassification") else AUTO_CLASS
+    auto_map[auto_class] = f"{Path(HEAD_CODE_FILE).stem}.{HEAD_CLASS}"
     config["auto_map"] = auto_map
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -219,6 +221,12 @@ def load_model_dir(
     from transformers import AutoModelForSequenceClassification
 
     directory = resolve_model_dir(path)
+    from pretune.models import vision
+
+    if vision.is_image_model_dir(directory, read_meta(directory)):
+        model, processor = vision.load_image_model_dir(
+            directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return model, processor, read_meta(directory)
     check_model_dir(directory, allow_pickle=allow_pickle)
     source = str(directory)
     config = load_config(source, is_local=True, trust_remote_code=trust_remote_code)

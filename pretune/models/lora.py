@@ -31,8 +31,15 @@ def apply_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Wrap ``model`` with LoRA adapters; returns the wrapped model (train only what moves)."""
     peft = _peft()
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] if cfg.lora_targets else None
+    # Image models: peft's plain wrapper (its sequence-classification one passes input_ids),
+    # and the attention's query and value projections (by the names the model has) unless told.
+    image = type(model).__name__.endswith("ForImageClassification")
+    if image and targets is None:
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        targets = next((pair for pair in (["q_proj", "v_proj"], ["query", "value"])
+                        if set(pair) <= names), None)
     config = peft.LoraConfig(
-        task_type=peft.TaskType.SEQ_CLS,
+        task_type=None if image else peft.TaskType.SEQ_CLS,
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,

@@ -47,6 +47,14 @@ RECIPES: tuple[dict[str, Any], ...] = (
 )
 
 
+# Augmentations and text preprocessing stay off in every recipe (the plain recipe is the
+# baseline); the sampler tries them once the recipes have run.
+OFF = {"flip_prob": 0.0, "rotate_degrees": 0.0, "crop_scale": 1.0, "noise_std": 0.0,
+       "salt_pepper": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
+       "lowercase": False, "stopwords": False, "stem": "none", "word_delete": 0.0,
+       "word_swap": 0.0}
+
+
 def base_lr(hidden_size: int | None) -> float:
     """Recipe 1's learning rate for a model of this width: 1e-4 up to 384 [MiniLM], 3e-5 up to
     768 [BERT], 1.5e-5 above (large models diverge at base rates); 3e-5 when unknown."""
@@ -66,6 +74,7 @@ def recipes(dims: Iterable[Dimension], lr: float, context: Mapping[str, Any] | N
     dims = tuple(dims)
     out: list[dict[str, Any]] = []
     for recipe in RECIPES:
+        recipe = {**OFF, **recipe}
         values = dict(context or {})
         params: dict[str, Any] = {}
         for dim in dims:

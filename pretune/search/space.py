@@ -51,6 +51,7 @@ from pretune.config import (
     OPTIMIZERS,
     PENALTIES,
     SCHEDULES,
+    STEMMERS,
     TASK_LOSSES,
     TRANSFERS,
     DataConfig,
@@ -149,6 +150,18 @@ TASK_SETTINGS: dict[str, tuple[str, ...]] = {
     "huber_delta": ("regression",),
 }
 
+TEXT = {"modality": ("text",)}  # resolved from the data before a search builds its space
+IMAGE = {"modality": ("image",)}
+# The augmentations an image search tries by default (common choices for fine-tuning vision
+# transformers: flips, small rotations, random resized crops, mild color jitter).
+IMAGE_AUGMENTATIONS = (
+    Choice("flip_prob", (0.0, 0.5), when=IMAGE),
+    Choice("rotate_degrees", (0.0, 10.0, 20.0), when=IMAGE),
+    Choice("crop_scale", (1.0, 0.8, 0.5), when=IMAGE),
+    Choice("brightness", (0.0, 0.2, 0.4), when=IMAGE),
+    Choice("contrast", (0.0, 0.2, 0.4), when=IMAGE),
+)
+
 FULL_SPACE: tuple[Dimension, ...] = (
     Choice("optimizer", OPTIMIZERS),
     Float("lr", 1e-6, 1e-1, log=True),
@@ -192,6 +205,18 @@ FULL_SPACE: tuple[Dimension, ...] = (
     # Only with a teacher's logits (pretune distill searches them); no effect without one.
     Float("distill_alpha", 0.0, 1.0),
     Float("distill_temperature", 1.0, 8.0),
+    # Text preprocessing and augmentation (pretune.data.text_prep); off by default.
+    Choice("lowercase", (False, True), when=TEXT),
+    Choice("stopwords", (False, True), when=TEXT),
+    Choice("stem", STEMMERS, when=TEXT),
+    Choice("word_delete", (0.0, 0.05, 0.1, 0.2), when=TEXT),
+    Choice("word_swap", (0.0, 0.05, 0.1, 0.2), when=TEXT),
+    Choice("text_aug_prob", (0.25, 0.5, 1.0), when=TEXT),
+    # Image augmentation (pretune.data.augment): each with its off value among the choices.
+    *IMAGE_AUGMENTATIONS,
+    Choice("noise_std", (0.0, 0.02, 0.05, 0.1), when=IMAGE),
+    Choice("salt_pepper", (0.0, 0.01, 0.03), when=IMAGE),
+    Choice("saturation", (0.0, 0.2, 0.4), when=IMAGE),
 )
 
 FULL: dict[str, Dimension] = {d.name: d for d in FULL_SPACE}
@@ -242,6 +267,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     Choice("lora_r", (4, 8, 16), when={"transfer": ("lora",)}),  # [LoRA]
     Float("lora_alpha", 8.0, 32.0, log=True, when={"transfer": ("lora",)}),  # [LoRA]
     Float("lora_dropout", 0.0, 0.1, when={"transfer": ("lora",)}),  # [LoRA]
+    *IMAGE_AUGMENTATIONS,  # only where the data are images
 )
 
 DEFAULT: dict[str, Dimension] = {d.name: d for d in DEFAULT_SPACE}

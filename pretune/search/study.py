@@ -56,6 +56,7 @@ from pretune.config import (
     validate,
     validate_tune,
 )
+from pretune.data.images import detect_modality
 from pretune.errors import ConfigError, PretuneError
 from pretune.search import final_pick, planning, prepare, priors, rundir, storage, strategies
 from pretune.search.planning import STEPS_PER_EPOCH, Plan
@@ -227,6 +228,7 @@ def run_tune(
     began = time.monotonic()  # what runs before the first trial counts toward a time budget
     out = Path(out).expanduser()
     base = validate(base.with_settings({"evals_per_epoch": tune.evals_per_epoch}))
+    base = base.with_settings({"modality": detect_modality(base.data)})  # the space follows it
     base = resolve_task(base, space, fixed)  # the metric and the space follow the data's task
     dims, pinned = resolve_space(space, fixed, base, source=space_source)
     shared = validate(base.with_settings(pinned))  # what every trial shares

@@ -161,18 +161,28 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS,
 
     set_threads(config.train.threads)
     seed_everything(config.train.seed)
+    from pretune.data import text_prep
+    from pretune.data.images import is_image_task
+    from pretune.training.run import prepare_image_data
+
     caches = caches or RunCaches.for_one_run()
+    image = is_image_task(task)
+    task = text_prep.apply_to_task(task, config.data)
     config = with_task(config, task.kind)
     objective = objectives.for_task(task, config.train,
                                     standardize=config.data.standardize_target)
     model, tokenizer, _ = build_model(config.model, len(task.label_names), task.label_names,
-                                      problem_type=task.problem_type)
-    max_length = resolve_max_length(config, task, model, tokenizer, caches)
-    enc = caches.tokens.encode(task.train, tokenizer, max_length)
+                                      problem_type=task.problem_type, image=image)
     t = config.train
     micro = FULL_BATCH_MICRO if t.batch_size == "full" else t.batch_size
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = Batches(enc, micro, pad_id=pad_id, shuffle=True, seed=t.seed)
+    if image:
+        batches = prepare_image_data(config, task, tokenizer, caches).batches(
+            micro, t.eval_batch_size, t.seed, augment=False)[0]
+    else:
+        max_length = resolve_max_length(config, task, model, tokenizer, caches)
+        enc = caches.tokens.encode(task.train, tokenizer, max_length)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batches = Batches(enc, micro, pad_id=pad_id, shuffle=True, seed=t.seed)
     try:
         return lr_range_test(model, batches, replace(t, batch_size=micro), steps=steps,
                              max_seconds=max_seconds, objective=objective)

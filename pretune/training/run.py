@@ -24,8 +24,12 @@ import torch
 
 from pretune._version import __version__
 from pretune.config import RunConfig, validate, with_task
+from pretune.errors import ConfigError
 from pretune.yamlfile import plain
+from pretune.data import text_prep
 from pretune.data.collate import Batches
+from pretune.data.images import (ImageBatches, PixelSpec, image_cache, is_image_task,
+                                 prepare_images, read_image_inputs)
 from pretune.data.task import Split, TaskData, load_task, read_inputs
 from pretune.data.tokenize import Encoded, encode
 from pretune.models import apply_transfer, build_model, head_parameter_names, merge_lora
@@ -98,6 +102,8 @@ def fit(
     seed_everything(data_seed(config) if lp_ft else config.train.seed)
     if task is None:
         task = load_task(config.data, data_seed(config))
+    image = is_image_task(task)
+    task = text_prep.apply_to_task(task, config.data)  # lowercasing, stop words, stems
     config = with_task(config, task.kind)  # the metric and loss follow the task
     objective = objectives.for_task(task, config.train, standardize=config.data.standardize_target)
     if config.train.distill_logits:  # a teacher's soft labels join the task's loss
@@ -108,29 +114,42 @@ def fit(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
+    if image and config.model.tapt_steps:
+        raise ConfigError(
+            f"tapt_steps is masked-language-model pretraining on texts, but the data are images "
+            f"and tapt_steps is {config.model.tapt_steps}. Leave tapt_steps at 0 for images."
+        )
     with adapted_source(config, task, data_seed(config), caches.directory) as (source, tapt):
         if source is not None:
             clock = _lap(timings, "tapt", clock)
         built = with_source(config, source)
         model, tokenizer, transfer = build_model(built.model, len(task.label_names),
-                                                 task.label_names, problem_type=task.problem_type)
+                                                 task.label_names, problem_type=task.problem_type,
+                                                 image=image)
     log.info("transfer: %s", transfer)
     device = pick_device()
     model.to(device)
     clock = _lap(timings, "model", clock)
 
-    max_length = resolve_max_length(config, task, model, tokenizer, caches)
-    # Record what was resolved, so a config read back from pretune.yaml repeats this run.
-    config = replace(config, data=replace(config.data, max_length=max_length,
-                                          data_seed=data_seed(config)))
-    data = _Prepared(
-        train=caches.tokens.encode(task.train, tokenizer, max_length),
-        valid=caches.tokens.encode(task.valid, tokenizer, max_length),
-        keys={name: caches.tokens.data_key(split, tokenizer, max_length)
-              for name, split in (("train", task.train), ("valid", task.valid))},
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        model_id=model_fingerprint(built.model.model, built.model.revision),
-    )
+    if image:
+        config = replace(config, data=replace(config.data, modality="image",
+                                              data_seed=data_seed(config)))
+        data: Any = prepare_image_data(config, task, tokenizer, caches)
+    else:
+        max_length = resolve_max_length(config, task, model, tokenizer, caches)
+        # Record what was resolved, so a config read back from pretune.yaml repeats this run.
+        config = replace(config, data=replace(config.data, max_length=max_length,
+                                              data_seed=data_seed(config),
+                                              modality="text"))
+        data = _Prepared(
+            train=caches.tokens.encode(task.train, tokenizer, max_length),
+            valid=caches.tokens.encode(task.valid, tokenizer, max_length),
+            keys={name: caches.tokens.data_key(split, tokenizer, max_length)
+                  for name, split in (("train", task.train), ("valid", task.valid))},
+            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            model_id=model_fingerprint(built.model.model, built.model.revision),
+            augment=_text_augment(config, task, tokenizer, max_length),
+        )
     clock = _lap(timings, "data", clock)
 
     t = config.train
@@ -138,6 +157,14 @@ def fit(
 
     # Frozen bottom layers: train from their cached output instead of running them every step.
     depth = frozen_depth(model, transfer) if t.feature_cache else None
+    if depth is not None and not isinstance(data, _Prepared):
+        log.info("the frozen-feature cache takes token inputs; %s trains without it",
+                 type(model).__name__)
+        depth = None
+    if depth is not None and data.augment is not None:
+        log.info("text augmentation changes the inputs each epoch; training without the "
+                 "frozen-feature cache")
+        depth = None
     if depth is not None:
         depth = _features_ready(model, caches, data, depth)
         clock = _lap(timings, "features", clock)
@@ -151,7 +178,7 @@ def fit(
         clock = _lap(timings, "probe", clock)
 
     train_batches, valid_batches = _batches(model, caches, data, depth, micro, t.eval_batch_size,
-                                            t.seed)
+                                            t.seed, augment=True)
     with starting_at(model, depth) if depth is not None else contextlib.nullcontext():
         result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
                        should_stop=should_stop, on_step=on_step, objective=objective)
@@ -178,6 +205,27 @@ class _Prepared:
     keys: dict[str, str]
     pad_id: int
     model_id: str
+    augment: Any = None  # AugmentedTextBatches maker: (batch_size, seed) -> batches
+
+
+def _text_augment(config: RunConfig, task: TaskData, tokenizer, max_length: int):
+    """A maker of training batches whose texts are edited each epoch, or None when the
+    augmentation of ``config`` is off."""
+    augment = text_prep.TextAugment.from_config(config.data)
+    if not augment.active:
+        return None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return lambda batch_size, seed: text_prep.AugmentedTextBatches(
+        task.train, augment, tokenizer, max_length, batch_size, pad_id=pad_id, seed=seed)
+
+
+def prepare_image_data(config: RunConfig, task: TaskData, processor, caches: RunCaches):
+    """The task's images decoded at the processor's size (once per run directory)."""
+    from pretune.data.augment import ImageAugment
+
+    return prepare_images(task, processor, ImageAugment.from_config(config.data),
+                          image_cache(caches.directory),
+                          model_fingerprint(config.model.model, config.model.revision))
 
 
 def _features_ready(model, caches: RunCaches, data: _Prepared, depth: int) -> int | None:
@@ -195,12 +243,16 @@ def _features_ready(model, caches: RunCaches, data: _Prepared, depth: int) -> in
 
 
 def _batches(model, caches: RunCaches, data: _Prepared, depth: int | None, batch_size: int,
-             eval_batch_size: int, seed: int) -> tuple[Batches, Batches]:
+             eval_batch_size: int, seed: int, *, augment: bool = False) -> tuple[Batches, Batches]:
     """Shuffled training batches and ordered validation batches: of cached features when
-    ``depth`` is given, else of tokens."""
+    ``depth`` is given, else of tokens (or images). ``augment``: training batches augmented
+    as the run's settings say (the lp_ft probe trains without)."""
+    if not isinstance(data, _Prepared):  # images
+        return data.batches(batch_size, eval_batch_size, seed, augment=augment)
     if depth is None:
-        return (Batches(data.train, batch_size, pad_id=data.pad_id, shuffle=True, seed=seed),
-                Batches(data.valid, eval_batch_size, pad_id=data.pad_id, shuffle=False))
+        train = (data.augment(batch_size, seed) if augment and data.augment is not None
+                 else Batches(data.train, batch_size, pad_id=data.pad_id, shuffle=True, seed=seed))
+        return (train, Batches(data.valid, eval_batch_size, pad_id=data.pad_id, shuffle=False))
     feats = {name: caches.features_for(model, data.model_id, data.keys[name], enc, depth, data.pad_id)
              for name, enc in (("train", data.train), ("valid", data.valid))}
     return (FeatureBatches(feats["train"], data.train, batch_size, shuffle=True, seed=seed),
@@ -273,9 +325,14 @@ def valid_predictions(result: FitResult, task: TaskData,
         raise ValueError("valid_predictions needs a FitResult that kept its model")
     tokenizer, config = result.tokenizer, result.config
     caches = caches or RunCaches.for_one_run()
-    enc = caches.tokens.encode(task.valid, tokenizer, config.data.max_length)  # the run's own
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
+    if is_image_task(task):
+        batches = prepare_image_data(config, task, tokenizer, caches).batches(
+            1, config.train.eval_batch_size, 0, augment=False)[1]
+    else:
+        task = text_prep.apply_to_task(task, config.data)  # as the run saw it
+        enc = caches.tokens.encode(task.valid, tokenizer, config.data.max_length)  # the run's own
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
     device = next(result.model.parameters()).device
     objective = objectives.for_task(task, config.train,
                                     standardize=config.data.standardize_target)
@@ -397,6 +454,7 @@ def predict(
     batch_size: int = 64,
     text_column: str | None = None,
     text_pair_column: str | None = None,
+    image_column: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     precision: str = "fp32",
@@ -409,24 +467,37 @@ def predict(
     with ``output`` it is also written there (CSV, TSV, JSONL or Parquet by extension).
     Regression: ``prediction`` is the value in the training data's units (no ``prob_``
     columns). Multi-label: ``prediction`` is the list of labels whose probability reaches the
-    saved threshold (a JSON list in CSV and TSV files).
+    saved threshold (a JSON list in CSV and TSV files). For an
+    image model, ``source`` is a folder of images or a table with a column of image paths
+    (``image_column``, else the training run's, else detected). Text models apply the text
+    preprocessing they were trained with (``pretune.data.text_prep``).
     """
     if output is not None:
         table_format(Path(output))  # a wrong extension fails before the work, not after
     model, tokenizer, meta = load_model_dir(resolve_model_dir(model_dir), allow_pickle=allow_pickle,
                                             trust_remote_code=trust_remote_code)
     columns = meta.get("columns") or {}
-    texts, pairs, frame = read_inputs(
-        str(source),
-        text_column=text_column or columns.get("text"),
-        text_pair_column=text_pair_column or columns.get("text_pair"),
-        detect_pair=bool(text_pair_column or columns.get("text_pair")) or not columns,
-    )
     settings = meta.get("settings", {})
-    max_length = (settings.get("data") or {}).get("max_length") or position_limit(model) or 512
-    enc = encode(texts, pairs, None, tokenizer, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = _Counting(Batches(enc, batch_size, pad_id=pad_id, shuffle=False), on_batch)
+    if not hasattr(tokenizer, "pad_token_id"):  # an image processor: an image model
+        paths, frame = read_image_inputs(str(source), image_column=image_column,
+                                         prefer=columns.get("text"))
+        pixels = image_cache(None).pixels(paths, PixelSpec.of(tokenizer))
+        batches = _Counting(ImageBatches(pixels, None, PixelSpec.of(tokenizer), batch_size,
+                                         shuffle=False), on_batch)
+    else:
+        texts, pairs, frame = read_inputs(
+            str(source),
+            text_column=text_column or columns.get("text"),
+            text_pair_column=text_pair_column or columns.get("text_pair"),
+            detect_pair=bool(text_pair_column or columns.get("text_pair")) or not columns,
+        )
+        options = text_prep.TextOptions.from_settings(settings)  # as the model was trained
+        texts = text_prep.preprocess(texts, options)
+        pairs = None if pairs is None else text_prep.preprocess(pairs, options)
+        max_length = (settings.get("data") or {}).get("max_length") or position_limit(model) or 512
+        enc = encode(texts, pairs, None, tokenizer, max_length)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batches = _Counting(Batches(enc, batch_size, pad_id=pad_id, shuffle=False), on_batch)
     device = pick_device()
     model.to(device)
     task = meta.get("task") or {}

@@ -74,3 +74,14 @@ def test_a_new_study_runs_the_recipes_first_and_marks_them():
     assert all("source" not in t.user_attrs for t in trials[3:])
     # A study that has trials (a continued search) gets none again.
     assert priors.enqueue(study, DEFAULT_SPACE, 1e-4) == 0
+
+
+def test_recipes_of_an_image_search_keep_augmentation_off():
+    base = RunConfig().with_settings({"modality": "image"})
+    dims, _ = resolve_space(None, None, base)
+    augmentations = {"flip_prob", "rotate_degrees", "crop_scale", "brightness", "contrast"}
+    assert augmentations <= {d.name for d in dims}
+    for params in priors.recipes(dims, 1e-4, base.flat()):
+        assert {k: params[k] for k in augmentations} == {
+            "flip_prob": 0.0, "rotate_degrees": 0.0, "crop_scale": 1.0, "brightness": 0.0,
+            "contrast": 0.0}

@@ -1,0 +1,145 @@
+"""Image classification models: transformers' ``AutoModelForImageClassification`` with its
+``AutoImageProcessor``, loaded as safely as the text models (safetensors only unless
+``allow_pickle``; ``trust_remote_code`` as given).
+
+The processor plays the tokenizer's part: it is saved beside the model (``save_model`` calls its
+``save_pretrained``), and gives the size, resampling, mean and std that ``pretune.data.images``
+uses to turn images into ``pixel_values``. Heads and transfer strategies work as for text
+models: the body is ``model.base_model`` (ViT's ``vit``), its layers ``encoder.layer``, its
+embeddings the patch embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pretune.config import ModelConfig
+from pretune.errors import ModelError
+from pretune.models.load import (
+    check_model_dir,
+    load_config,
+    load_error,
+    log_loading_info,
+    override_dropout,
+    quiet_transformers,
+    resolve_source,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def load_processor(source: str, *, is_local: bool, revision: str | None = None,
+                   trust_remote_code: bool = False):
+    """``AutoImageProcessor.from_pretrained`` with errors a user can act on."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(source, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if is_local:
+            raise ModelError(
+                f"An image model directory must hold its image processor "
+                f"(preprocessor_config.json), but the one in {source} could not be loaded "
+                f"({' '.join(str(e).split())[:200]}). Save it beside the model with "
+                f"processor.save_pretrained."
+            ) from e
+        raise load_error(source, is_local, e) from e
+
+
+def load_pretrained_image(cfg: ModelConfig, num_labels: int, label_names: list[str]
+                          ) -> tuple[Any, Any]:
+    """Load ``cfg.model`` for image classification with ``num_labels`` labels; return
+    ``(model, processor)``. As ``load_pretrained`` for text: a head of another size is made
+    anew, ``cfg.dropout`` replaces the model's dropout, the model comes back in eval mode."""
+    from transformers import AutoModelForImageClassification
+
+    label_names = [str(n) for n in label_names]
+    source, is_local = resolve_source(cfg.model)
+    if is_local:
+        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    config = load_config(source, is_local=is_local, **common)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    config.num_labels = num_labels
+    if getattr(config, "pretune_head", None) is not None:
+        logger.warning("%s has a pretune MLP head; only its body is loaded", source)
+        del config.pretune_head
+        if isinstance(getattr(config, "auto_map", None), dict):
+            del config.auto_map
+    if cfg.dropout is not None:
+        changed = override_dropout(config, float(cfg.dropout))
+        logger.info("dropout %g set on %s", cfg.dropout, ", ".join(changed) or "no field")
+    processor = load_processor(source, is_local=is_local, **common)
+    try:
+        with quiet_transformers():
+            model, info = AutoModelForImageClassification.from_pretrained(
+                source, config=config, ignore_mismatched_sizes=True,
+                use_safetensors=None if cfg.allow_pickle else True, output_loading_info=True,
+                **common)
+    except (OSError, ValueError) as e:
+        raise load_error(source, is_local, e) from e
+    log_loading_info(source, info)
+    logger.info("loaded %s (%s) with %d labels", source, type(model).__name__, num_labels)
+    return model, processor
+
+
+def is_image_model_dir(directory: str | Path, meta: dict | None = None) -> bool:
+    """True for a directory saved from an image model: its pretune.yaml says so, or it has an
+    image processor and no tokenizer."""
+    d = Path(directory)
+    settings = (meta or {}).get("settings") or {}
+    if (settings.get("data") or {}).get("modality") == "image":
+        return True
+    return (d / "preprocessor_config.json").is_file() and not (d / "tokenizer_config.json").is_file()
+
+
+def _mlp_image_class(config: Any, directory: Path) -> type:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+
+    from pretune.models import mlp_head
+
+    try:
+        base = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
+    except KeyError:
+        raise ModelError(
+            f"pretune rebuilds an MLP head on transformers' own image model classes, but the "
+            f"model in {directory} is of type {getattr(config, 'model_type', '?')}, which has "
+            f"none. Load it with AutoModelForImageClassification.from_pretrained(..., "
+            f"trust_remote_code=True)."
+        ) from None
+    return mlp_head.mlp_head_class(base)
+
+
+def load_image_model_dir(directory: Path, *, allow_pickle: bool = False,
+                         trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A saved image model and its processor; every weight must be in the checkpoint."""
+    from transformers import AutoModelForImageClassification
+
+    check_model_dir(directory, allow_pickle=allow_pickle)
+    source = str(directory)
+    config = load_config(source, is_local=True, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"config": config, "output_loading_info": True,
+                              "use_safetensors": None if allow_pickle else True}
+    if getattr(config, "pretune_head", None):
+        model_class: Any = _mlp_image_class(config, directory)
+    else:
+        model_class = AutoModelForImageClassification
+        kwargs["trust_remote_code"] = trust_remote_code
+    try:
+        with quiet_transformers():
+            model, info = model_class.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise load_error(source, True, e) from e
+    problems = [k for what in ("missing_keys", "mismatched_keys", "unexpected_keys")
+                for k in info.get(what, ())]
+    if problems:
+        raise ModelError(
+            f"A saved model's weights must match its config, but {directory} does not "
+            f"({', '.join(map(str, problems[:4]))}). Pass a directory saved by pretune."
+        )
+    processor = load_processor(source, is_local=True, trust_remote_code=trust_remote_code)
+    return model, processor

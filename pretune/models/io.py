@@ -195,14 +195,20 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
 def _mlp_class(config: Any, directory: Path) -> type:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
+    return mlp_class(config, directory, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+                     "AutoModelForSequenceClassification")
+
+
+def mlp_class(config: Any, directory: Path, mapping: Any, auto_name: str) -> type:
+    """transformers' own class for ``config`` in ``mapping`` (sequence or image classification),
+    with pretune's MLP head; ModelError when transformers has none for this model type."""
     try:
-        base = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        base = mapping[type(config)]
     except KeyError:
         raise ModelError(
             f"pretune rebuilds an MLP head on transformers' own model classes, but the model in "
             f"{directory} is of type {getattr(config, 'model_type', '?')}, which has none. Load "
-            f"it with AutoModelForSequenceClassification.from_pretrained(..., "
-            f"trust_remote_code=True)."
+            f"it with {auto_name}.from_pretrained(..., trust_remote_code=True)."
         ) from None
     return mlp_head.mlp_head_class(base)
 

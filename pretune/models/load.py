@@ -253,6 +253,26 @@ def override_dropout(config: Any, p: float) -> list[str]:
     return changed
 
 
+def labelled_config(cfg: ModelConfig, num_labels: int, label_names: list[str]
+                    ) -> tuple[str, bool, dict[str, Any], Any]:
+    """``(source, is_local, from_pretrained options, config)`` of ``cfg.model`` checked for safe
+    loading, its config naming ``label_names``, without a pretune MLP head (the body is reused,
+    the head built anew), with ``cfg.dropout`` applied: what text and image models share."""
+    source, is_local = resolve_source(cfg.model)
+    if is_local:
+        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    config = load_config(source, is_local=is_local, **common)
+    config.id2label = dict(enumerate(str(n) for n in label_names))
+    config.label2id = {str(name): i for i, name in enumerate(label_names)}
+    config.num_labels = num_labels
+    _forget_pretune_head(config, source)
+    if cfg.dropout is not None:
+        changed = override_dropout(config, float(cfg.dropout))
+        logger.info("dropout %g set on %s", cfg.dropout, ", ".join(changed) or "no field")
+    return source, is_local, common, config
+
+
 def _forget_pretune_head(config: Any, source: str) -> None:
     """A model saved by pretune with an MLP head: its body is reused, the head is built anew."""
     if getattr(config, "pretune_head", None) is not None:
@@ -301,20 +321,8 @@ def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str], *
     if len(set(label_names)) != len(label_names):
         raise ValueError(f"label names must be unique, got {label_names}")
 
-    source, is_local = resolve_source(cfg.model)
-    if is_local:
-        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
-    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-
-    config = load_config(source, is_local=is_local, **common)
-    config.id2label = dict(enumerate(label_names))
-    config.label2id = {name: i for i, name in enumerate(label_names)}
-    config.num_labels = num_labels
+    source, is_local, common, config = labelled_config(cfg, num_labels, label_names)
     config.problem_type = None if problem_type == "single_label_classification" else problem_type
-    _forget_pretune_head(config, source)
-    if cfg.dropout is not None:
-        changed = override_dropout(config, float(cfg.dropout))
-        logger.info("dropout %g set on %s", cfg.dropout, ", ".join(changed) or "no field")
 
     tokenizer = load_tokenizer(source, is_local=is_local, **common)
 

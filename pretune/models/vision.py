@@ -19,12 +19,11 @@ from pretune.config import ModelConfig
 from pretune.errors import ModelError
 from pretune.models.load import (
     check_model_dir,
+    labelled_config,
     load_config,
     load_error,
     log_loading_info,
-    override_dropout,
     quiet_transformers,
-    resolve_source,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,23 +55,7 @@ def load_pretrained_image(cfg: ModelConfig, num_labels: int, label_names: list[s
     anew, ``cfg.dropout`` replaces the model's dropout, the model comes back in eval mode."""
     from transformers import AutoModelForImageClassification
 
-    label_names = [str(n) for n in label_names]
-    source, is_local = resolve_source(cfg.model)
-    if is_local:
-        check_model_dir(Path(source), allow_pickle=cfg.allow_pickle)
-    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    config = load_config(source, is_local=is_local, **common)
-    config.id2label = dict(enumerate(label_names))
-    config.label2id = {name: i for i, name in enumerate(label_names)}
-    config.num_labels = num_labels
-    if getattr(config, "pretune_head", None) is not None:
-        logger.warning("%s has a pretune MLP head; only its body is loaded", source)
-        del config.pretune_head
-        if isinstance(getattr(config, "auto_map", None), dict):
-            del config.auto_map
-    if cfg.dropout is not None:
-        changed = override_dropout(config, float(cfg.dropout))
-        logger.info("dropout %g set on %s", cfg.dropout, ", ".join(changed) or "no field")
+    source, is_local, common, config = labelled_config(cfg, num_labels, label_names)
     processor = load_processor(source, is_local=is_local, **common)
     try:
         with quiet_transformers():
@@ -100,18 +83,10 @@ def is_image_model_dir(directory: str | Path, meta: dict | None = None) -> bool:
 def _mlp_image_class(config: Any, directory: Path) -> type:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
-    from pretune.models import mlp_head
+    from pretune.models.io import mlp_class
 
-    try:
-        base = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
-    except KeyError:
-        raise ModelError(
-            f"pretune rebuilds an MLP head on transformers' own image model classes, but the "
-            f"model in {directory} is of type {getattr(config, 'model_type', '?')}, which has "
-            f"none. Load it with AutoModelForImageClassification.from_pretrained(..., "
-            f"trust_remote_code=True)."
-        ) from None
-    return mlp_head.mlp_head_class(base)
+    return mlp_class(config, directory, MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+                     "AutoModelForImageClassification")
 
 
 def load_image_model_dir(directory: Path, *, allow_pickle: bool = False,

@@ -97,6 +97,14 @@ def trial_seconds(seconds_per_example: float | None, train_rows: int, valid_rows
     return seconds_per_example * examples
 
 
+def first_eval_seconds(plan: Plan, evals_per_epoch: int) -> float:
+    """About how long a trial takes to reach its first evaluation (0 when not measured): a
+    trial started with less time left would be stopped by the deadline before giving a score."""
+    if not plan.trial_seconds or not plan.epochs:
+        return 0.0
+    return float(plan.trial_seconds) / (float(plan.epochs) * max(1, evals_per_epoch))
+
+
 def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
               context: Mapping[str, Any], *, seconds_per_example: float | None,
               train_rows: int, valid_rows: int, evals_per_epoch: int,

@@ -328,6 +328,7 @@ def run_tune(
                          on_trial=on_trial, progress=progress,
                          caches=caches)
         search.seed_check_size = (tune.seed_check, tune.seed_check_runs)
+        search.min_start = planning.first_eval_seconds(plan, tune.evals_per_epoch)
         search.reserve = final_pick.reserve(
             budget, plan.trial_seconds, tune.seed_check, tune.seed_check_runs,
             trials_done=sum(counted(t) for t in study.get_trials(deepcopy=False)))
@@ -444,6 +445,8 @@ class _Search:
         self.fails: list[str] = []  # fail reasons of the trials that failed in a row
         self.stop_error: BaseException | None = None
         self.stopped = False  # set when the search must end (trials keep failing)
+        # No trial starts with less time left than this: it could not reach its first evaluation.
+        self.min_start = 0.0
         self.trials_run = 0
         self.reserve = final_pick.Reserve()  # budget kept for the seed check (none by default)
         self.seed_check_size = (0, 0)  # (top settings, runs of each)
@@ -481,6 +484,11 @@ class _Search:
         until = None if timeout is None else time.monotonic() + timeout
         while not self.stopped:
             if self.past_deadline() or (until is not None and time.monotonic() >= until):
+                return
+            left_s = self.time_left()
+            if left_s is not None and left_s < self.min_start:
+                log.info("%.0fs left, less than a trial needs to reach its first evaluation "
+                         "(about %.0fs): no new trial", left_s, self.min_start)
                 return
             left = self.remaining()
             if left is not None and left <= keep:

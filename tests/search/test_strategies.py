@@ -133,3 +133,14 @@ def test_the_command_line_keeps_a_strategy_and_refuses_another(tiny_model_dir, t
     other = cli(*args, "--budget", "3trials", "--strategy", "tpe")
     assert other.exit_code == 2
     assert "started with strategy 'random'" in other.output and "'tpe'" in other.output
+
+
+def test_no_trial_starts_without_time_to_reach_its_first_evaluation():
+    from pretune.search.planning import Plan, first_eval_seconds
+
+    plan = Plan(trial_seconds=60.0, full_trials=5.0, epochs=3.0, max_epochs=5.0, pruner="none",
+                min_resource=100, max_resource=500, reason="")
+    assert first_eval_seconds(plan, 2) == 10.0  # 60 s / (3 epochs x 2 evaluations)
+    unmeasured = Plan(trial_seconds=None, full_trials=None, epochs=3.0, max_epochs=5.0,
+                      pruner="none", min_resource=100, max_resource=500, reason="")
+    assert first_eval_seconds(unmeasured, 2) == 0.0

@@ -192,13 +192,6 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _mlp_class(config: Any, directory: Path) -> type:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
-
-    return mlp_class(config, directory, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
-                     "AutoModelForSequenceClassification")
-
-
 def mlp_class(config: Any, directory: Path, mapping: Any, auto_name: str) -> type:
     """transformers' own class for ``config`` in ``mapping`` (sequence or image classification),
     with pretune's MLP head; ModelError when transformers has none for this model type."""
@@ -213,26 +206,12 @@ def mlp_class(config: Any, directory: Path, mapping: Any, auto_name: str) -> typ
     return mlp_head.mlp_head_class(base)
 
 
-def load_model_dir(
-    path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Load a model saved by ``save_model`` (or any sequence-classification model directory);
-    return ``(model, tokenizer, meta)``.
-
-    ``path`` may be a run directory (its ``best/`` is loaded). ``meta`` is pretune.yaml's
-    content, {} when absent. Every weight must be in the checkpoint: a directory without a
-    trained head is refused. An MLP head is rebuilt from config.json's ``pretune_head`` without
-    remote code. The model comes back in eval mode.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    directory = resolve_model_dir(path)
-    from pretune.models import vision
-
-    if vision.is_image_model_dir(directory, read_meta(directory)):
-        model, processor = vision.load_image_model_dir(
-            directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        return model, processor, read_meta(directory)
+def load_saved_weights(directory: Path, auto_class: Any, mapping: Any, *, allow_pickle: bool,
+                       trust_remote_code: bool) -> Any:
+    """The model saved in ``directory`` through ``auto_class`` (sequence or image
+    classification; ``mapping`` is its transformers class table), with an MLP head rebuilt from
+    config.json's ``pretune_head`` without remote code. Every weight must be in the checkpoint:
+    a directory without a trained head is refused."""
     check_model_dir(directory, allow_pickle=allow_pickle)
     source = str(directory)
     config = load_config(source, is_local=True, trust_remote_code=trust_remote_code)
@@ -242,9 +221,9 @@ def load_model_dir(
         "output_loading_info": True,
     }
     if getattr(config, "pretune_head", None):
-        model_class: Any = _mlp_class(config, directory)
+        model_class: Any = mlp_class(config, directory, mapping, auto_class.__name__)
     else:
-        model_class = AutoModelForSequenceClassification
+        model_class = auto_class
         kwargs["trust_remote_code"] = trust_remote_code
     try:
         with quiet_transformers():
@@ -266,5 +245,33 @@ def load_model_dir(
             f"A saved model's weights must match its config, but {directory} does not ({problems}). "
             f"Pass a directory saved by pretune, or fine-tune this model first with --model."
         )
-    tokenizer = load_tokenizer(source, is_local=True, trust_remote_code=trust_remote_code)
-    return model, tokenizer, read_meta(directory)
+    return model
+
+
+def load_model_dir(
+    path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load a model saved by ``save_model`` (or any sequence-classification model directory);
+    return ``(model, tokenizer, meta)``.
+
+    ``path`` may be a run directory (its ``best/`` is loaded). ``meta`` is pretune.yaml's
+    content, {} when absent. Every weight must be in the checkpoint: a directory without a
+    trained head is refused. An MLP head is rebuilt from config.json's ``pretune_head`` without
+    remote code. The model comes back in eval mode.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    from pretune.models import vision
+
+    directory = resolve_model_dir(path)
+    meta = read_meta(directory)
+    if vision.is_image_model_dir(directory, meta):
+        model, processor = vision.load_image_model_dir(
+            directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return model, processor, meta
+    model = load_saved_weights(directory, AutoModelForSequenceClassification,
+                               MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(str(directory), is_local=True, trust_remote_code=trust_remote_code)
+    return model, tokenizer, meta

@@ -18,9 +18,7 @@ from typing import Any
 from pretune.config import ModelConfig
 from pretune.errors import ModelError
 from pretune.models.load import (
-    check_model_dir,
     labelled_config,
-    load_config,
     load_error,
     log_loading_info,
     quiet_transformers,
@@ -80,41 +78,16 @@ def is_image_model_dir(directory: str | Path, meta: dict | None = None) -> bool:
     return (d / "preprocessor_config.json").is_file() and not (d / "tokenizer_config.json").is_file()
 
 
-def _mlp_image_class(config: Any, directory: Path) -> type:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
-
-    from pretune.models.io import mlp_class
-
-    return mlp_class(config, directory, MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
-                     "AutoModelForImageClassification")
-
-
 def load_image_model_dir(directory: Path, *, allow_pickle: bool = False,
                          trust_remote_code: bool = False) -> tuple[Any, Any]:
     """A saved image model and its processor; every weight must be in the checkpoint."""
     from transformers import AutoModelForImageClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
-    check_model_dir(directory, allow_pickle=allow_pickle)
-    source = str(directory)
-    config = load_config(source, is_local=True, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"config": config, "output_loading_info": True,
-                              "use_safetensors": None if allow_pickle else True}
-    if getattr(config, "pretune_head", None):
-        model_class: Any = _mlp_image_class(config, directory)
-    else:
-        model_class = AutoModelForImageClassification
-        kwargs["trust_remote_code"] = trust_remote_code
-    try:
-        with quiet_transformers():
-            model, info = model_class.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
-        raise load_error(source, True, e) from e
-    problems = [k for what in ("missing_keys", "mismatched_keys", "unexpected_keys")
-                for k in info.get(what, ())]
-    if problems:
-        raise ModelError(
-            f"A saved model's weights must match its config, but {directory} does not "
-            f"({', '.join(map(str, problems[:4]))}). Pass a directory saved by pretune."
-        )
-    processor = load_processor(source, is_local=True, trust_remote_code=trust_remote_code)
+    from pretune.models.io import load_saved_weights
+
+    model = load_saved_weights(directory, AutoModelForImageClassification,
+                               MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    processor = load_processor(str(directory), is_local=True, trust_remote_code=trust_remote_code)
     return model, processor

@@ -295,10 +295,13 @@ def check_record(out: Path, record: Mapping[str, Any], *, only_given: bool = Fal
             continue
         name = _label(key)
         old_v, new_v = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
+        unset = old_v is _ABSENT or old_v is None
+        given = "no " + name if unset else f"{name} {_show(old_v)}"
+        fix = f"Run without {name}" if unset else f"Run with {name} {_show(old_v)}"
         raise ConfigError(
             f"A search continues only with the settings it started with, but {out} was started "
-            f"with {name} {_show(old_v)} and this run has {name} {_show(new_v)}. Run with "
-            f"{name} {_show(old_v)} to continue it, or pass a new --out to start another search."
+            f"with {given} and this run has {name} {_show(new_v)}. {fix} to continue it, or "
+            f"pass a new --out to start another search."
         )
     return True
 

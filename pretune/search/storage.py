@@ -10,8 +10,8 @@
   file system);
 * ``grpc://host:port``: an Optuna storage proxy (``optuna.storages.run_grpc_proxy_server``).
 
-SQLite is for one process: several workers need a journal file or a database server, and
-``for_workers`` refuses SQLite for them.
+SQLite is for one process: several workers need a journal file or a database server, so
+``pretune tune --workers N`` and ``pretune worker`` refuse SQLite (``shared``).
 
 **Heartbeats.** On every storage but the run directory's own SQLite file, each running trial
 records a heartbeat every ``heartbeat`` seconds. A trial whose heartbeat is older than

@@ -235,6 +235,7 @@ def run_tune(
     metric = shared.train.metric
     direction = metric_direction(metric)
 
+    parallel = check_storage(tune)
     rundir.preflight(out, shared, tune)  # --out writable, the model there, room on disk
     with rundir.RunLock(out):
         rundir.clean_leftovers(out)
@@ -261,17 +262,8 @@ def run_tune(
         task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
         caches = RunCaches(out / rundir.CACHE_DIR)  # shared by the range test and every trial
         record["data_fingerprint"] = task.fingerprint
-        from pretune.search.workers import local_workers
-
-        parallel = tune.executor != "local" or local_workers(tune.workers) > 1
         url = tune.storage or rundir.default_storage(out, parallel)
         own_sqlite = tune.storage is None and storage.kind(url) == "sqlite"
-        if parallel and not storage.shared(url):
-            raise ConfigError(
-                f"Several workers need a storage that several processes may write, but "
-                f"--storage {url} is SQLite. Pass a journal file (runs/NAME/study.journal) or a "
-                f"database (postgresql://user@host/db), or leave --storage out."
-            )
         # The run directory's own SQLite file has one writer, so a trial left RUNNING there
         # was interrupted; on a shared storage a dead worker's trial is found by its heartbeat.
         study = _open_study(url, tune.study_name, direction,
@@ -344,6 +336,21 @@ def run_tune(
         result.lr_range = found
         result.seed_check = search.picked
         return result
+
+
+def check_storage(tune: TuneConfig) -> bool:
+    """Check ``--storage`` against the workers before anything else is read or written; True
+    when the search runs in several processes."""
+    from pretune.search.workers import local_workers
+
+    parallel = tune.executor != "local" or local_workers(tune.workers) > 1
+    if tune.storage is not None and not storage.shared(tune.storage) and parallel:
+        raise ConfigError(
+            f"Several workers need a storage that several processes may write, but "
+            f"--storage {tune.storage} is SQLite. Pass a journal file (runs/NAME/study.journal) "
+            f"or a database (postgresql://user@host/db), or leave --storage out."
+        )
+    return parallel
 
 
 # --- what a worker needs to join a study --------------------------------------------------------

@@ -120,6 +120,13 @@ def load(url: str, study_name: str, *, heartbeat: int | None = None) -> optuna.S
         from sqlalchemy.exc import SQLAlchemyError
     except ImportError:  # pragma: no cover
         SQLAlchemyError = OSError  # type: ignore[assignment,misc]  # noqa: N806
+    if not storage.shared(url):
+        raise ConfigError(
+            f"A worker shares its study with other processes, so its storage must be a journal "
+            f"file or a database server, but --storage {url} is SQLite (one writer at a time). "
+            f"Start the search with --storage RUN/study.journal or postgresql://user@host/db "
+            f"and join it with that URL."
+        )
     try:
         opened = storage.open_storage(url, heartbeat=heartbeat)
         names = [s.study_name for s in opened.get_all_studies()]

@@ -8,6 +8,7 @@ files unchanged, byte for byte; a new --out not created).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,6 +71,16 @@ class Paths:
                 self.valid, "--out", self.run, "--budget", "4trials", "--space",
                 self.run.parent / "space.yaml", "--fixed", "epochs=2", "--metric", "loss",
                 "--pruner", "none", "--precision", "fp32", "--fixed", "threads=1", *extra]
+
+    def journal_copy(self) -> Path:
+        """The study of ``run`` copied into a journal file, a storage a worker may join."""
+        import optuna
+
+        journal = self.tmp / "shared.journal"
+        optuna.copy_study(from_study_name="pretune", from_storage=f"sqlite:///{self.run / 'study.db'}",
+                          to_storage=optuna.storages.JournalStorage(
+                              optuna.storages.journal.JournalFileBackend(str(journal))))
+        return journal
 
     def tune_data(self, train: Path, *extra) -> list:
         return ["tune", "--model", self.model, "--train", train, "--out", self.new,
@@ -202,11 +213,15 @@ ROWS: dict[str, Row] = {
     "worker with an unknown storage": Row(
         lambda p: ["worker", "--storage", "nosuchdb://host/db", "--study", "s"],
         "must be an Optuna storage", "'nosuchdb://host/db'", "Give one of those"),
+    "worker on the run's SQLite file": Row(
+        lambda p: ["worker", "--storage", f"sqlite:///{p.run / 'study.db'}", "--study", "pretune"],
+        "its storage must be a journal file or a database server", "study.db is SQLite",
+        "Start the search with --storage RUN/study.journal"),
     "worker joining a study that is not there": Row(
-        lambda p: ["worker", "--storage", f"sqlite:///{p.run / 'study.db'}", "--study", "nope"],
-        "study", "'nope'", "--study"),
+        lambda p: ["worker", "--storage", p.tmp / "empty.journal", "--study", "nope"],
+        "has no study 'nope'", "empty.journal", "pass the right --study"),
     "worker --out under a regular file": Row(
-        lambda p: ["worker", "--storage", f"sqlite:///{p.run / 'study.db'}", "--study", "pretune",
+        lambda p: ["worker", "--storage", p.journal_copy(), "--study", "pretune",
                    "--out", p.file("plain.txt", "x") / "run"],
         "where a directory can be created", "plain.txt", "outside that file"),
     # -- YAML config --
@@ -360,6 +375,43 @@ def test_bad_input(name, fresh):
     assert not fresh.new.exists(), "a new --out was created"
 
 
+class Continuing(Paths):
+    """Rows' `pretune tune` commands as the command that continues the search in ``run``."""
+
+    def tune(self, *extra, out: Path | None = None, train: Path | None = None) -> list:
+        return self.resume(*extra, train=train)
+
+
+# Rows of `pretune tune` again, now with --out naming the existing search: a bad flag, budget,
+# space, config, storage, data or model given when continuing must leave that search as it was.
+AGAINST_THE_RUN = [
+    "train file missing", "empty file", "garbage parquet",
+    "unknown --fixed name", "--fixed lr out of range", "unknown metric", "unknown strategy",
+    "unknown tracker", "--workers 0", "several workers on one SQLite file", "--config unknown key",
+    "space low above high", "space unknown setting", "storage unknown scheme", "budget 10x",
+    "budget 0m",
+]
+
+
+@pytest.mark.parametrize("name", AGAINST_THE_RUN)
+def test_bad_input_given_to_an_existing_run_leaves_it_as_it_was(name, fresh):
+    from typer.testing import CliRunner
+
+    from pretune.cli.main import app
+
+    row = ROWS[name]
+    args = [str(a) for a in row.args(Continuing(**dataclasses.asdict(fresh)))]
+    assert args[args.index("--out") + 1] == str(fresh.run)
+    before = snapshot(fresh.run)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.stderr)
+    assert not LEAKS.search(result.output), result.output
+    for part in (row.rule, row.value, row.fix):
+        assert part in line, f"{part!r} not in: {line}"
+    assert snapshot(fresh.run) == before, "the existing run directory changed"
+
+
 @pytest.mark.parametrize("name", ["train file missing", "budget 10x", "--seed not a number"])
 def test_bad_input_in_a_process_of_its_own(name, fresh):
     """The real entry point: nothing but the one line reaches stderr, not even a warning."""
@@ -407,6 +459,21 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_continuing_with_a_setting_the_search_did_not_have_says_to_leave_it_out(fresh):
+    from typer.testing import CliRunner
+
+    from pretune.cli.main import app
+
+    texts = fresh.file("more-texts.txt", "a text\nanother text\n")
+    before = snapshot(fresh.run)
+    result = CliRunner().invoke(app, [str(a) for a in fresh.resume("--unlabeled", texts)])
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.stderr)
+    assert f"was started with no unlabeled and this run has unlabeled '{texts}'" in line, line
+    assert "Run without unlabeled to continue it" in line, line
+    assert snapshot(fresh.run) == before
 
 
 def test_continuing_after_the_data_changed_leaves_the_run_as_it_was(paths, tmp_path):

@@ -458,6 +458,7 @@ class _Search:
         self.reserve = final_pick.Reserve()  # budget kept for the seed check (none by default)
         self.seed_check_size = (0, 0)  # (top settings, runs of each)
         self.picked: dict[str, Any] | None = None  # the seed check's outcome
+        self.executor = "local"  # what started this process: local, a worker command, Ray
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -562,6 +563,7 @@ class _Search:
         seed = derive_seed(self.base.train.seed, trial.number)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("executor", self.executor)
 
         def sample_memory(*_: Any) -> None:
             peak[0] = max(peak[0], rss_mb())

@@ -58,11 +58,13 @@ STOP_SECONDS = 60.0  # how long stopped workers get to record their trials befor
 
 def join(url: str, study_name: str, *, out: str | Path | None = None, budget: str | None = None,
          threads: int | None = None, heartbeat: int | None = None,
-         on_trial: Callable[[Any], None] | None = None, progress: Any = None) -> TuneResult:
+         on_trial: Callable[[Any], None] | None = None, progress: Any = None,
+         executor: str = "worker") -> TuneResult:
     """Join the study ``study_name`` in storage ``url`` and run its trials until its budget is
     spent (``budget``: this worker's own time and/or trial limit instead of the study's).
     ``heartbeat`` replaces the study's interval; every worker of a study should use the same,
-    since a worker judges the others' trials by its own grace period."""
+    since a worker judges the others' trials by its own grace period. ``executor`` is recorded
+    in each trial's ``executor`` attribute (``worker``, or ``ray`` in a Ray task)."""
     quiet_optuna()
     study = load(url, study_name, heartbeat=heartbeat)
     info = study.user_attrs[STUDY_ATTR]
@@ -107,6 +109,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
                      metric=record["metric"], direction=record["direction"], out=run_dir,
                      budget=worker_budget(info, budget), on_trial=on_trial, progress=progress,
                      caches=RunCaches(run_dir / rundir.CACHE_DIR))
+    search.executor = executor
     try:
         search.run()
     finally:
@@ -317,7 +320,7 @@ class _LocalWorkers:
 
 def _ray_worker(url: str, study_name: str, out: str, threads: int, heartbeat: int) -> int:
     """A worker run as a Ray task; returns the number of trials it ran."""
-    result = join(url, study_name, out=out, threads=threads, heartbeat=heartbeat)
+    result = join(url, study_name, out=out, threads=threads, heartbeat=heartbeat, executor="ray")
     return result.trials_run
 
 

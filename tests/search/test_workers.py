@@ -54,7 +54,6 @@ def _assert_whole(trials, budget: int) -> None:
     twice except as the retry of a trial whose process died."""
     assert sum(counted(t) for t in trials) == budget
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert len({t.number for t in trials}) == len(trials)
     firsts = [t for t in trials if storage.retried_from(t) is None
               and "retry_of" not in t.user_attrs]
     keys = [tuple(sorted(t.params.items())) for t in firsts]
@@ -73,6 +72,7 @@ def test_two_workers_on_postgres_share_twelve_trials(tiny_model_dir, tmp_path, p
     # Both processes ran trials, and neither is the coordinator.
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
+    assert {t.user_attrs["executor"] for t in trials} == {"worker"}
     # best/ holds the best complete trial, written once, with no leftovers.
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     import yaml
@@ -224,7 +224,10 @@ def test_the_ray_executor_completes_a_small_study(tiny_model_dir, tmp_path):
         assert proc.wait(timeout=300) == 0, (tmp_path / "tune.log").read_text()
     trials = _trials(str(out / rundir.JOURNAL_FILE), "pretune")
     _assert_whole(trials, 4)
-    assert all(t.user_attrs["worker"] for t in trials)
+    # Every trial ran in a Ray task: none in this test's process or in the coordinator.
+    assert {t.user_attrs["executor"] for t in trials} == {"ray"}
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert not any(w.endswith((f":{os.getpid()}", f":{proc.pid}")) for w in workers)
     assert (out / "best" / "model.safetensors").is_file()
 
 

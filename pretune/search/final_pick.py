@@ -10,8 +10,9 @@ settings with the best mean. The re-runs are trials of the study (user attribute
 the number of the trial they repeat), are never pruned, and count toward the budget.
 
 The reserve: ``top * runs`` trials of a trial budget, and the estimated time of that many full
-trials of a time budget, each only when it is at most ``MAX_SHARE`` of the budget; otherwise
-the search runs without the check.
+trials of a time budget, at most ``MAX_SHARE`` of the budget. When the whole check does not fit
+in that share, it keeps room for as many settings as fit, if that is at least two (a 10-minute
+search of one-minute trials compares its best two); with fewer the search runs without it.
 """
 
 from __future__ import annotations
@@ -44,21 +45,23 @@ class Reserve:
 
 def reserve(budget: Budget, trial_seconds: float | None, top: int, runs: int,
             trials_done: int = 0) -> Reserve:
-    """What to keep for the check, or an empty Reserve when it does not fit."""
-    n = top * runs
-    if n <= 0:
+    """What to keep for the check of up to ``top`` settings, or an empty Reserve when fewer
+    than two fit."""
+    if top * runs <= 0:
         return Reserve()
-    out = Reserve()
     if budget.trials is not None:
+        top = min(top, int(MAX_SHARE * budget.trials) // runs)
         left = budget.trials - trials_done
-        if n > MAX_SHARE * budget.trials or left <= n:
-            return Reserve()
-        out.trials = n
+        if left <= top * runs:
+            top = (left - 1) // runs  # the search itself keeps at least one trial
     if budget.seconds is not None:
-        if trial_seconds is None or n * trial_seconds > MAX_SHARE * budget.seconds:
+        if trial_seconds is None or trial_seconds <= 0:
             return Reserve()
-        out.seconds = n * trial_seconds
-    return out
+        top = min(top, int(MAX_SHARE * budget.seconds // (runs * trial_seconds)))
+    if top < 2:
+        return Reserve()
+    return Reserve(trials=top * runs if budget.trials is not None else 0,
+                   seconds=top * runs * trial_seconds if budget.seconds is not None else 0.0)
 
 
 @dataclass

@@ -523,6 +523,9 @@ class _Search:
         took = [float(x) for x in took if x is not None]
         measured = float(np.median(took)) if took else None
         top = final_pick.fitting(top, runs, measured, self.time_left())
+        left = self.remaining()
+        if left is not None:  # the trials kept for the check: maybe fewer than all it asked
+            top = min(top, left // runs)
         found = final_pick.candidates(finished, self.direction, top)
         if len(found) < 2:  # nothing to compare in the time left: search on instead
             self.optimize(0, self.time_left())

@@ -22,11 +22,16 @@ def trial(number, value, params, state="COMPLETE", **attrs):
 
 def test_the_reserve_fits_inside_a_quarter_of_the_budget_or_is_not_kept():
     assert final_pick.reserve(Budget(trials=12), None, 3, 1).trials == 3
-    assert not final_pick.reserve(Budget(trials=10), None, 3, 1).active  # 3 > 2.5
+    assert final_pick.reserve(Budget(trials=10), None, 3, 1).trials == 2  # 3 > 2.5: 2 fit
+    assert not final_pick.reserve(Budget(trials=7), None, 3, 1).active  # 1.75: fewer than 2
+    assert not final_pick.reserve(Budget(trials=12), None, 3, 2).active  # 3 trials: 1 setting
     assert not final_pick.reserve(Budget(trials=12), None, 3, 1, trials_done=10).active
+    assert final_pick.reserve(Budget(trials=12), None, 3, 1, trials_done=9).trials == 2
     timed = final_pick.reserve(Budget(seconds=600), 40.0, 3, 1)
     assert (timed.trials, timed.seconds) == (0, 120.0)
-    assert not final_pick.reserve(Budget(seconds=600), 60.0, 3, 1).active  # 180 > 150
+    shrunk = final_pick.reserve(Budget(seconds=600), 60.0, 3, 1)  # 180 > 150: 2 of 3 fit
+    assert (shrunk.trials, shrunk.seconds) == (0, 120.0)
+    assert not final_pick.reserve(Budget(seconds=300), 60.0, 3, 1).active  # 75 s: 1 fits
     assert not final_pick.reserve(Budget(seconds=600), None, 3, 1).active  # no estimate
     assert not final_pick.reserve(Budget(trials=100), None, 0, 1).active
 

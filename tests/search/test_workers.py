@@ -102,7 +102,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried(tiny_model_dir, tmp_pat
     out = tmp_path / "run"
     args = _args(tiny_model_dir, tmp_path, out, "5trials", "--fixed", "epochs=12",
                  "--pruner", "none", "--storage", postgres_url, "--study", name,
-                 "--workers", "2", "--heartbeat", "1")
+                 "--workers", "2", "--heartbeat", "2")
     with open(tmp_path / "tune.log", "w") as log:
         proc = pretune_subprocess(*args, stdout_file=log)
         try:

@@ -19,7 +19,9 @@ The teacher is runs/sst2/best; data and settings come from runs/sst2/pretune.yam
 is layers:N (the teacher's own encoder with N of its layers, evenly spaced, as DistilBERT was
 built) or a model id or directory. The student's search (default space plus distill_alpha and
 distill_temperature) runs in --out (default RUN/distill), which gets its own trials.csv, best/
-and report; OUT/distill.yaml holds the comparison, and pretune show OUT prints it again.
+and report; OUT/distill.yaml holds the comparison (size, speed, and the task's main validation
+metrics), and pretune show OUT prints it again. Text runs only (classification, regression,
+multi-label); an image run is refused.
 """
 
 
@@ -35,7 +37,7 @@ def command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Plain lines instead of live bars, with library logs."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html at the end (needs plotly)."),
 ) -> None:
-    """Distill a search's best model into a smaller student; compare size, speed and metric."""
+    """Distill a search's best model into a smaller student; compare size, speed and metrics."""
 
     def body():
         from pretune.api import distill as api_distill
@@ -73,7 +75,7 @@ def print_comparison(report: dict[str, Any] | None) -> None:
 
     from pretune.report.distill import comparison_rows
 
-    columns, rows = comparison_rows(report)
+    columns, rows = transposed(*with_metrics(report, comparison_rows))
     table = Table(title=f"distillation: the validation set ({report.get('valid_rows')} rows); "
                         f"speed at batch {report.get('batch_size')}, {report.get('threads')} "
                         f"threads; MB on disk", title_justify="left")
@@ -82,6 +84,27 @@ def print_comparison(report: dict[str, Any] | None) -> None:
     for row in rows:
         table.add_row(*(escape(v) for v in row))
     Console().print(table)
+
+
+def with_metrics(report: dict[str, Any], rows_of) -> tuple[list[str], list[list[str]]]:
+    """``rows_of(report)`` (the table of the run's metric) with a column for each metric of
+    ``report["metrics"]`` in its place: the task's main metrics and the run's."""
+    columns, rows = rows_of(report)
+    metric = str(report.get("metric", "metric"))
+    at = columns.index(metric)
+    names = [str(m) for m in report.get("metrics") or [metric]]
+    tables = {m: rows_of({**report, "metric": m}) for m in names}
+    columns = columns[:at] + names + columns[at + 1:]
+    rows = [row[:at] + [tables[m][1][i][at] for m in names] + row[at + 1:]
+            for i, row in enumerate(rows)]
+    return columns, rows
+
+
+def transposed(columns: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """The table with one column per model (teacher, student, student / teacher) and one row
+    per quantity, so that it stays as narrow as a terminal however many metrics it has."""
+    return ([""] + [row[0] for row in rows],
+            [[column] + [row[j] for row in rows] for j, column in enumerate(columns) if j])
 
 
 with_example(command, EXAMPLE)

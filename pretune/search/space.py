@@ -201,7 +201,7 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Float("probe_lr", 1e-4, 1e-2, log=True, when={"transfer": ("lp_ft",)}),
     Float("probe_epochs", 1.0, 5.0, when={"transfer": ("lp_ft",)}),
     Choice("max_length", (64, 128, 256, 512)),
-    Choice("tapt_steps", (0, 100, 300, 1000)),
+    Choice("tapt_steps", (0, 100, 300, 1000), when=TEXT),  # masked-LM pretraining on texts
     # Only with a teacher's logits (pretune distill searches them); no effect without one.
     Float("distill_alpha", 0.0, 1.0),
     Float("distill_temperature", 1.0, 8.0),
@@ -273,7 +273,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
 DEFAULT: dict[str, Dimension] = {d.name: d for d in DEFAULT_SPACE}
 # Searched when --unlabeled texts are given: none, or a few hundred steps of TAPT ([TAPT]
 # Gururangan et al. 2020 adapt for 100 epochs of small task data; a budget of minutes allows less).
-TAPT_WITH_UNLABELED = Choice("tapt_steps", (0, 200, 500))
+TAPT_WITH_UNLABELED = Choice("tapt_steps", (0, 200, 500), when=TEXT)
 
 
 # --- sampling ----------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
-from optuna.trial import TrialState
 
 from pretune.config import Budget, RunConfig, TuneConfig
 from pretune.errors import ConfigError, MissingExtraError, PretuneError

@@ -13,7 +13,9 @@ so ``T`` does not enter.
 
 The teacher's logits on the training split are computed once (``teacher_logits``) and kept in
 a safetensors file keyed by the teacher's weights, the training texts and ``max_length``; the
-loss looks them up by each example's row in the split (the batch's ``index``).
+loss looks them up by each example's row in the split (the batch's ``index``). The teacher may
+read the rows preprocessed otherwise than the student (``inputs``: its own text preprocessing);
+the file is labelled with the student's training texts, which its training checks.
 
 ``layer_student`` builds a smaller student from the teacher itself, keeping every other
 encoder layer as DistilBERT (Sanh et al., 2019) initialized its student.
@@ -42,7 +44,7 @@ from pretune.training.objectives import Objective
 log = logging.getLogger(__name__)
 
 LOGITS_PREFIX = "teacher-logits-"
-FORMAT = 1  # bump when the file's content changes meaning
+FORMAT = 2  # bump when the file's content changes meaning (2: the teacher's own texts)
 
 
 # --- the loss ----------------------------------------------------------------------------------
@@ -131,24 +133,34 @@ def train_digest(task) -> str:
     return texts_digest(task.train.texts, task.train.pairs)
 
 
-def logits_key(teacher_dir: str | Path, task, max_length: int) -> str:
-    """Names a teacher's logits: its weights (files, sizes, times), the training texts and the
-    length they were cut to."""
+def logits_key(teacher_dir: str | Path, task, max_length: int, inputs=None) -> str:
+    """Names a teacher's logits: its weights (files, sizes, times), the training texts (the
+    student's, and the teacher's ``inputs`` when given) and the length they were cut to."""
     from pretune.models.features import model_fingerprint
 
-    parts = [FORMAT, model_fingerprint(str(teacher_dir)), train_digest(task), int(max_length)]
+    parts = [FORMAT, model_fingerprint(str(teacher_dir)), train_digest(task),
+             train_digest(inputs if inputs is not None else task), int(max_length)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 def teacher_logits(teacher_dir: str | Path, task, max_length: int, cache_dir: str | Path, *,
-                   batch_size: int = 128, model=None, tokenizer=None) -> tuple[Path, bool]:
+                   batch_size: int = 128, model=None, tokenizer=None,
+                   inputs=None) -> tuple[Path, bool]:
     """The file of the teacher's logits on ``task``'s training split, (path, computed now).
 
-    Found by ``logits_key`` in ``cache_dir``, else computed (the teacher in ``teacher_dir``,
-    or ``model`` and ``tokenizer`` when given) and written there."""
+    The teacher reads the training texts of ``inputs`` (the same rows, preprocessed as the
+    teacher was trained), else those of ``task``; the file is labelled with ``task``'s texts,
+    the rows the student trains on. Found by ``logits_key`` in ``cache_dir``, else computed
+    (the teacher in ``teacher_dir``, or ``model`` and ``tokenizer`` when given) and written
+    there."""
     from safetensors.torch import save_file
 
-    path = Path(cache_dir) / f"{LOGITS_PREFIX}{logits_key(teacher_dir, task, max_length)}.safetensors"
+    inputs = task if inputs is None else inputs
+    if len(inputs.train.texts) != len(task.train.texts):
+        raise ValueError(f"inputs has {len(inputs.train.texts)} training rows, the task "
+                         f"{len(task.train.texts)}: they must be the same rows")
+    key = logits_key(teacher_dir, task, max_length, inputs)
+    path = Path(cache_dir) / f"{LOGITS_PREFIX}{key}.safetensors"
     if path.is_file():
         log.info("teacher logits found in %s", path)
         return path, False
@@ -157,12 +169,13 @@ def teacher_logits(teacher_dir: str | Path, task, max_length: int, cache_dir: st
 
         model, tokenizer, _ = load_model_dir(teacher_dir)
     started = time.perf_counter()
-    logits = predict_logits(model, tokenizer, task.train.texts, task.train.pairs, max_length,
+    logits = predict_logits(model, tokenizer, inputs.train.texts, inputs.train.pairs, max_length,
                             batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({"logits": logits.contiguous()}, str(tmp), metadata={
         "rows": str(logits.shape[0]), "train_digest": train_digest(task),
+        "teacher_digest": train_digest(inputs),
         "teacher": str(teacher_dir), "max_length": str(max_length), "format": str(FORMAT)})
     tmp.replace(path)
     log.info("teacher logits on %d rows in %.1fs: %s", logits.shape[0],
@@ -299,17 +312,20 @@ def size_of(model, model_dir: str | Path) -> dict[str, float]:
 
 @torch.no_grad()
 def throughput(models: dict[str, tuple[Any, Any]], texts, pairs, max_length: int, *,
-               batch_size: int = 64, rounds: int = 3) -> dict[str, float]:
+               batch_size: int = 64, rounds: int = 3,
+               inputs: dict[str, tuple[Any, Any]] | None = None) -> dict[str, float]:
     """Examples per second of prediction (the forward pass of each batch, tokenized ahead) of
     each of ``models`` (name -> (model, tokenizer)) on ``texts``: the same batches, batch size
     and threads for all, in alternating rounds so that load on the machine hits both alike; the
-    best round of each counts (the least disturbed)."""
+    best round of each counts (the least disturbed). ``inputs`` (name -> (texts, pairs)) gives
+    a model its own version of the same rows (its text preprocessing)."""
     from pretune.data.collate import Batches
     from pretune.data.tokenize import encode
 
     prepared = {}
     for name, (model, tokenizer) in models.items():
-        enc = encode(texts, pairs, None, tokenizer, max_length)
+        own_texts, own_pairs = (inputs or {}).get(name, (texts, pairs))
+        enc = encode(own_texts, own_pairs, None, tokenizer, max_length)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batches = []
         for batch in Batches(enc, batch_size, pad_id=pad_id, shuffle=False):

@@ -2,7 +2,8 @@
 
 Before fine-tuning, the encoder continues its masked-language-model training on the task's own
 texts: the training texts and any ``--unlabeled`` texts (never the validation texts, which judge
-the search). ``tapt_steps`` (0: off) sets its length, and the search may choose it.
+the search), both with the run's text preprocessing (lowercase, stopwords, stem) applied.
+``tapt_steps`` (0: off) sets its length, and the search may choose it.
 
 The adaptation has a fixed recipe (below) and runs under the data's seed, so it depends only on
 the model, the texts and the number of steps: one adapted encoder serves every trial that asks
@@ -44,13 +45,20 @@ INFO_FILE = "tapt.json"
 
 
 def corpus(config: RunConfig, task) -> tuple[list[str], list[str] | None]:
-    """The texts TAPT reads: the training split's (and its pairs) and the unlabeled file's."""
+    """The texts TAPT reads: the training split's (and its pairs) and the unlabeled file's.
+
+    ``task`` is the task as the run sees it, its texts already preprocessed
+    (``text_prep.apply_to_task``); the unlabeled texts get the same preprocessing here
+    (lowercasing, stop words, stems), so the encoder adapts to the texts it will fine-tune on.
+    The adaptation's key hashes these texts, so each preprocessing has its own adaptation."""
     texts = list(task.train.texts)
     pairs = list(task.train.pairs) if task.train.pairs is not None else None
     if config.data.unlabeled:
+        from pretune.data.text_prep import TextOptions, preprocess
         from pretune.data.unlabeled import read_unlabeled
 
         extra = read_unlabeled(config.data.unlabeled, config.data.text_column)
+        extra = preprocess(extra, TextOptions.from_config(config.data))
         texts += extra
         if pairs is not None:
             pairs += [""] * len(extra)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -49,3 +50,19 @@ def cli(*args):
     from pretune.cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+WORD_VALUES = {"superb": 2, "good": 1, "plain": 0, "poor": -1, "dreadful": -2}
+
+
+
+def regression_rows(n: int, seed: int) -> pd.DataFrame:
+    """Three-word texts whose target is 50 + 10 x the words' values (+ a little noise): a scale
+    far from 0 and 1, so predictions in standardized units would show."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.choice(list(WORD_VALUES), size=3)
+        rows.append((" ".join(words), 50 + 10 * sum(WORD_VALUES[w] for w in words)
+                     + rng.normal(0, 0.5)))
+    return pd.DataFrame(rows, columns=["text", "price"])

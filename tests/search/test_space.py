@@ -84,6 +84,26 @@ def test_the_full_space_covers_every_searchable_setting():
         assert order.index(parent) < order.index(child), f"{parent} must come before {child}"
 
 
+def test_tapt_steps_is_searched_for_texts_only():
+    """Masked-LM pretraining (tapt_steps) needs texts: a space for images leaves it out, so an
+    image search whose space lists it runs its trials instead of failing every one with it."""
+    text = RunConfig().with_settings({"modality": "text"})
+    image = RunConfig().with_settings({"modality": "image"})
+    spec = {"extend": False, "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "tapt_steps": {"choices": [0, 100]}}
+    dims, _ = resolve_space(spec, None, text)
+    assert [d.name for d in dims] == ["lr", "tapt_steps"]
+    assert space_to_dict(dims)["tapt_steps"] == {"choices": [0, 100], "when": {"modality": ["text"]}}
+    dims, _ = resolve_space(spec, None, image)
+    assert [d.name for d in dims] == ["lr"]
+    # The full space: sampled for texts it proposes tapt_steps, for images never.
+    assert all("tapt_steps" in p for p in sample(FULL_SPACE, 20, text.flat()))
+    assert not any("tapt_steps" in p for p in sample(FULL_SPACE, 60, image.flat()))
+    full = {d.name: d for d in resolve_space({"extend": False, **{
+        d.name: d.to_spec() for d in FULL_SPACE}}, None, image)[0]}
+    assert "tapt_steps" not in full and "flip_prob" in full and "lr" in full
+
+
 def test_default_space_is_the_practitioners_subset():
     space, pinned = resolve_space()
     spec = space_to_dict(space)

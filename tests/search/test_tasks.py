@@ -4,6 +4,7 @@ pretune, predict with the command and with Python, and read the run back (show, 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -16,23 +17,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import pretune
 
-from .helpers import cli, space_file
+from .helpers import cli, regression_rows, space_file
 
-WORD_VALUES = {"superb": 2, "good": 1, "plain": 0, "poor": -1, "dreadful": -2}
 TOPIC_WORDS = {"sports": ("goal", "match", "team"), "music": ("song", "band", "album"),
                "food": ("pizza", "soup", "bread")}
-
-
-def regression_rows(n: int, seed: int) -> pd.DataFrame:
-    """Three-word texts whose target is 50 + 10 x the words' values (+ a little noise): a scale
-    far from 0 and 1, so predictions in standardized units would show."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n):
-        words = rng.choice(list(WORD_VALUES), size=3)
-        rows.append((" ".join(words), 50 + 10 * sum(WORD_VALUES[w] for w in words)
-                     + rng.normal(0, 0.5)))
-    return pd.DataFrame(rows, columns=["text", "price"])
 
 
 def multilabel_rows(n: int, seed: int) -> pd.DataFrame:
@@ -67,7 +55,7 @@ def regression_run(tiny_learner_dir, tmp_path_factory):
     space = {"extend": False, "lr": {"low": 2e-3, "high": 1e-2, "log": True},
              "loss": {"choices": ["mse", "huber"]}}
     out, result = tune(tmp, tiny_learner_dir, train, valid, space, "--label-column", "price",
-                       "--fixed", "batch_size=8")
+                       "--fixed", "batch_size=8", "--fixed", "dropout=0")
     return out, result, valid, tmp
 
 
@@ -93,8 +81,13 @@ def test_regression_search_predicts_in_the_data_units(regression_run):
     assert list(preds.columns) == ["text", "price", "prediction"]
     assert np.allclose(written["prediction"], preds["prediction"], atol=1e-4)
     truth = pd.read_csv(valid)["price"]
-    assert r2_score(truth, preds["prediction"]) == pytest.approx(meta["metrics"]["r2"], abs=1e-4)
+    r2 = r2_score(truth, preds["prediction"])
+    assert r2 == pytest.approx(meta["metrics"]["r2"], abs=1e-4)
     assert abs(preds["prediction"].mean() - truth.mean()) < truth.std()  # not standardized units
+    # The words' values were learned: a constant (even the validation mean) has R2 <= 0, and
+    # these searches reach about 0.9.
+    assert r2_score(truth, np.full(len(truth), targets.mean())) <= 0
+    assert r2 > 0.6, r2
 
     # transformers alone: one output, problem_type regression, standardized; undone by hand.
     model = AutoModelForSequenceClassification.from_pretrained(out / "best").eval()
@@ -126,13 +119,14 @@ def test_regression_run_reads_back_in_show_and_report(regression_run):
 def multilabel_run(tiny_learner_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multilabel")
     train, valid = tmp / "train.csv", tmp / "valid.csv"
-    multilabel_rows(96, 0).to_csv(train, index=False)
+    multilabel_rows(144, 0).to_csv(train, index=False)
     multilabel_rows(32, 1).to_csv(valid, index=False)
-    space = {"extend": False, "lr": {"low": 3e-3, "high": 1e-2, "log": True},
+    space = {"extend": False, "lr": {"low": 2e-3, "high": 5e-3, "log": True},
              "label_smoothing": {"low": 0.0, "high": 0.1}}
+    # Without dropout and with a few more steps, the tiny model learns the topics' words.
     out, result = tune(tmp, tiny_learner_dir, train, valid, space, "--metric", "f1_macro",
-                       "--label-column", "topics",
-                       "--fixed", "batch_size=8")
+                       "--label-column", "topics", "--fixed", "epochs=6",
+                       "--fixed", "batch_size=8", "--fixed", "dropout=0")
     return out, result, valid, tmp
 
 
@@ -158,6 +152,14 @@ def test_multilabel_search_predicts_label_sets_at_the_tuned_threshold(multilabel
     y = np.array([[n in t for n in ("food", "music", "sports")] for t in truth], dtype=int)
     assert f1_score(y, (probs >= threshold).astype(int), average="macro", zero_division=0) == \
         pytest.approx(meta["metrics"]["f1_macro"], abs=1e-6)
+    # The topics were learned: F1 micro well above that of the best constant label set (every
+    # label, for topics this common), which a model that learned nothing can reach by its
+    # tuned threshold.
+    predicted = (probs >= threshold).astype(int)
+    constants = [f1_score(y, np.tile(row, (len(y), 1)), average="micro", zero_division=0)
+                 for row in itertools.product((0, 1), repeat=3)]
+    micro = f1_score(y, predicted, average="micro")
+    assert max(constants) < 0.65 and micro > max(constants) + 0.15, (micro, max(constants))
 
     model = AutoModelForSequenceClassification.from_pretrained(out / "best").eval()
     assert model.config.problem_type == "multi_label_classification"

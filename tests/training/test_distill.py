@@ -175,6 +175,38 @@ def test_teacher_logits_are_computed_once_and_keyed_by_teacher_and_data(tiny_mod
     assert kd.logits_key(tiny_model_dir, task, 32) != kd.logits_key(tiny_model_dir, task, 16)
 
 
+def test_the_teacher_reads_its_own_texts_and_the_file_names_the_students(tiny_model_dir,
+                                                                        sentiment_csv, tmp_path):
+    """With ``inputs`` (the same rows preprocessed as the teacher was trained), the logits are
+    the teacher's on those texts, labelled with the student's rows, which training accepts."""
+    from pretune.config import DataConfig, RunConfig
+    from pretune.data.task import load_task
+    from pretune.data.text_prep import apply_to_task
+    from pretune.models.io import load_model_dir
+    from pretune.training.objectives import for_task
+
+    raw = load_task(DataConfig(train=str(sentiment_csv)), 0)
+    teacher_view = apply_to_task(raw, DataConfig(lowercase=True, stem="porter"))
+    assert teacher_view.train.texts != raw.train.texts
+    path, computed = kd.teacher_logits(tiny_model_dir, raw, 16, tmp_path, inputs=teacher_view)
+    assert computed
+    logits, meta = kd.read_logits(path)
+    assert meta["train_digest"] == kd.train_digest(raw)
+    assert meta["teacher_digest"] == kd.train_digest(teacher_view)
+    model, tokenizer, _ = load_model_dir(tiny_model_dir)
+    expected = kd.predict_logits(model, tokenizer, teacher_view.train.texts, None, 16)
+    assert torch.allclose(logits, expected, atol=1e-4)
+    # The teacher's texts are part of the key: the raw-text logits are another file.
+    assert kd.logits_key(tiny_model_dir, raw, 16, teacher_view) != kd.logits_key(
+        tiny_model_dir, raw, 16)
+    # The student training on the raw rows accepts the file; one on other texts refuses it.
+    config = RunConfig().with_settings({"distill_logits": str(path)})
+    objective = for_task(raw, config.train)
+    assert isinstance(kd.distillation(objective, raw, config.train), kd.Distillation)
+    with pytest.raises(DataError, match="computed on other rows"):
+        kd.distillation(objective, teacher_view, config.train)
+
+
 # --- the layers:N student --------------------------------------------------------------------------
 
 

@@ -139,6 +139,7 @@ def run_pretune(train_csv: Path, budget: str, threads: int, run_dir: Path) -> di
         "total_s": total_s,
         "best_params": result.best_params,
         "best_so_far": best_so_far,
+        "seed_check": result.seed_check,
         "precision": resolve_precision(result.best_settings.get("precision", "auto"),
                                        pick_device()),
         "run_dir": str(run_dir),
@@ -312,6 +313,11 @@ def print_report(results: dict[str, dict[str, Any]], budget: str, budget_s: floa
         if r.get("retrain_valid_accuracy") is not None:
             print(f"{LABELS[name]}: retrained model's validation accuracy "
                   f"{r['retrain_valid_accuracy']:.4f} (search trial: {r['valid_accuracy']:.4f})")
+    check = (results.get("pretune") or {}).get("seed_check")
+    if check:
+        runs = "; ".join(f"trial {c['trial']}: {c['mean']:.4f} ± {c['std']:.4f} over {c['n']} runs"
+                         for c in check["candidates"])
+        print(f"pretune seed check: {runs}; chosen: trial {check['chosen']}")
     a, b = results.get("pretune"), results.get("hf")
     if a and b:
         print(f"pretune - HF test accuracy: {100 * (a['test_accuracy'] - b['test_accuracy']):+.1f} "

@@ -3,7 +3,9 @@ and retries of a killed worker's trial, the Ray executor.
 
 The PostgreSQL tests use the server that ``.ci/run`` installs and starts; its URL comes from
 ``PRETUNE_TEST_POSTGRES``. Where that variable is set, an unreachable server fails the tests;
-where it is not, they try the local default and skip with the reason when there is none.
+where it is not, they try the local default and skip with the reason when there is none. They
+and the Ray test take minutes, so they are marked ``slow`` (``make test-slow``, which CI runs);
+the default suite runs two local workers on the journal file.
 """
 
 from __future__ import annotations
@@ -60,6 +62,21 @@ def _assert_whole(trials, budget: int) -> None:
     assert len(keys) == len(set(keys)), keys
 
 
+def test_two_local_workers_share_a_journal_study(tiny_model_dir, tmp_path):
+    """--workers 2 with nothing else: a journal file in the run directory, two processes."""
+    out = tmp_path / "run"
+    result = cli(*_args(tiny_model_dir, tmp_path, out, "4trials", "--fixed", "epochs=1",
+                        "--workers", "2"))
+    assert result.exit_code == 0, result.output
+    assert not (out / "study.db").exists()
+    trials = _trials(str(out / rundir.JOURNAL_FILE), "pretune")
+    _assert_whole(trials, 4)
+    assert {t.user_attrs["executor"] for t in trials} == {"worker"}
+    assert not any(t.user_attrs["worker"].endswith(f":{os.getpid()}") for t in trials)
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_two_workers_on_postgres_share_twelve_trials(tiny_model_dir, tmp_path, postgres_url):
     name = f"two-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "run"
@@ -97,6 +114,7 @@ def _running_trial(url: str, name: str, give_up: float, proc):
     return None
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_has_its_trial_retried(tiny_model_dir, tmp_path, postgres_url):
     name = f"kill-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "run"
@@ -214,6 +232,7 @@ def test_storage_kinds_and_drivers():
                                                             "postgresql+psycopg://"))
 
 
+@pytest.mark.slow
 def test_the_ray_executor_completes_a_small_study(tiny_model_dir, tmp_path):
     pytest.importorskip("ray", reason="the ray extra is needed for --executor ray")
     out = tmp_path / "run"

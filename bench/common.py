@@ -58,3 +58,14 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def test_accuracy(model: Path | str, test_csv: Path) -> float:
+    """Accuracy of ``pretune.predict`` with ``model`` (a model or run directory) on a labelled CSV."""
+    import pandas as pd
+
+    import pretune
+
+    truth = pd.read_csv(test_csv)["label"].astype(str).to_numpy()
+    predicted = pretune.predict(model, test_csv)["prediction"].astype(str).to_numpy()
+    return float((predicted == truth).mean())

@@ -30,17 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import check_data, data_files, fail, model_dir, print_table, train_sample  # noqa: E402
-
-
-def test_accuracy(model: Path, test_csv: Path) -> float:
-    import pandas as pd
-
-    import pretune
-
-    truth = pd.read_csv(test_csv)["label"].astype(str).to_numpy()
-    predicted = pretune.predict(model, test_csv)["prediction"].astype(str).to_numpy()
-    return float((predicted == truth).mean())
+from common import (  # noqa: E402
+    check_data, data_files, fail, model_dir, print_table, test_accuracy, train_sample)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from common import (  # noqa: E402 - bench/common.py sets the offline switches first
-    SAMPLE_SEED, check_data, data_files, fail, model_dir, print_table, train_sample)
+    SAMPLE_SEED, check_data, data_files, fail, model_dir, print_table, test_accuracy, train_sample)
 
 RECIPE = dict(optimizer="adamw", lr=1e-4, weight_decay=0.01, batch_size=32, epochs=3,
               schedule="linear", warmup_ratio=0.06)
@@ -47,16 +47,6 @@ def unlabeled_file(out_dir: Path, train_csv: Path, rows: int) -> Path:
         texts = rest.sample(rows, random_state=SAMPLE_SEED + 1)["text"].astype(str)
         path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
     return path
-
-
-def test_accuracy(model: Path, test_csv: Path) -> float:
-    import pandas as pd
-
-    import pretune
-
-    found = pretune.predict(model, test_csv)
-    truth = pd.read_csv(test_csv)["label"].astype(str).reset_index(drop=True)
-    return float((found["prediction"].astype(str) == truth).mean())
 
 
 def one_run(train_csv: Path, unlabeled: Path, steps: int, seed: int, out: Path,

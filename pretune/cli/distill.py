@@ -73,9 +73,9 @@ def print_comparison(report: dict[str, Any] | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pretune.report.distill import comparison_rows
+    from pretune.report.distill import by_model, comparison_rows
 
-    columns, rows = transposed(*with_metrics(report, comparison_rows))
+    columns, rows = by_model(*comparison_rows(report))
     table = Table(title=f"distillation: the validation set ({report.get('valid_rows')} rows); "
                         f"speed at batch {report.get('batch_size')}, {report.get('threads')} "
                         f"threads; MB on disk", title_justify="left")
@@ -84,27 +84,6 @@ def print_comparison(report: dict[str, Any] | None) -> None:
     for row in rows:
         table.add_row(*(escape(v) for v in row))
     Console().print(table)
-
-
-def with_metrics(report: dict[str, Any], rows_of) -> tuple[list[str], list[list[str]]]:
-    """``rows_of(report)`` (the table of the run's metric) with a column for each metric of
-    ``report["metrics"]`` in its place: the task's main metrics and the run's."""
-    columns, rows = rows_of(report)
-    metric = str(report.get("metric", "metric"))
-    at = columns.index(metric)
-    names = [str(m) for m in report.get("metrics") or [metric]]
-    tables = {m: rows_of({**report, "metric": m}) for m in names}
-    columns = columns[:at] + names + columns[at + 1:]
-    rows = [row[:at] + [tables[m][1][i][at] for m in names] + row[at + 1:]
-            for i, row in enumerate(rows)]
-    return columns, rows
-
-
-def transposed(columns: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
-    """The table with one column per model (teacher, student, student / teacher) and one row
-    per quantity, so that it stays as narrow as a terminal however many metrics it has."""
-    return ([""] + [row[0] for row in rows],
-            [[column] + [row[j] for row in rows] for j, column in enumerate(columns) if j])
 
 
 with_example(command, EXAMPLE)

@@ -83,6 +83,7 @@ def tune(
     storage: str | None = None,
     study: str | None = None,
     evals_per_epoch: int | None = None,
+    data_fraction: float | None = None,
     priors: bool | None = None,
     lr_range_test: bool | None = None,
     seed_check: int | None = None,
@@ -120,6 +121,9 @@ def tune(
     (``priors=False`` skips them); ``on_plan`` gets the budget plan before the first trial.
     When the budget allows, the ``seed_check`` (3) best settings are re-run with another seed at
     the end and the best mean wins (``0`` skips it; see ``pretune.search.final_pick``).
+    ``data_fraction`` is the part of the training rows each epoch of a trial runs on; by default
+    the plan picks it: 1, unless the data are large for the time budget
+    (``pretune.search.planning``).
 
     ``workers`` runs that many trials at once, each in its own process, on a storage that
     several processes may write (``OUT/study.journal`` by default, or ``storage``: PostgreSQL,
@@ -146,9 +150,9 @@ def tune(
         source = Path(space_file).name
     options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
                    storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
-                   space=space_file, priors=priors, lr_range_test=lr_range_test,
-                   seed_check=seed_check, workers=workers, executor=executor,
-                   ray_address=ray_address, cpus_per_trial=cpus_per_trial, heartbeat=heartbeat)
+                   data_fraction=data_fraction, space=space_file, priors=priors,
+                   lr_range_test=lr_range_test, seed_check=seed_check, workers=workers,
+                   executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial, heartbeat=heartbeat)
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})

@@ -161,6 +161,9 @@ class TrainConfig:
     batch_size: int | str = 32  # or "full": the whole training set per step (gradient descent)
     grad_accum: int = 1
     epochs: float = 3.0
+    # An epoch runs on this part of the training rows (the next part of a reshuffled pass each
+    # time); the search sets it when the data are large for its time budget (see planning).
+    data_fraction: float = 1.0
     max_steps: int | None = None  # stop after this many optimizer steps, whatever the epochs
     schedule: str = "linear"
     warmup_ratio: float = 0.06  # share of all steps spent warming up linearly from 0
@@ -384,6 +387,7 @@ def validate(config: RunConfig) -> RunConfig:
         _number("batch_size", t.batch_size, 1, 1 << 20, integer=True)
     _number("grad_accum", t.grad_accum, 1, 1 << 16, integer=True)
     _number("epochs", t.epochs, 0.0, 10**5, lo_open=True)
+    _number("data_fraction", t.data_fraction, 0.0, 1.0, lo_open=True)
     if t.max_steps is not None:
         _number("max_steps", t.max_steps, 1, 10**9, integer=True)
     one_of("schedule", t.schedule, SCHEDULES)
@@ -485,6 +489,9 @@ class TuneConfig:
     study_name: str = "pretune"
     space: str | None = None  # YAML file that narrows or extends the default space
     evals_per_epoch: int = 2  # how often a trial reports to the pruner
+    # The part of the training rows each epoch of a trial runs on; None: the plan chooses it
+    # (1, unless the data are large for the time budget; see search.planning).
+    data_fraction: float | None = None
     priors: bool = True  # start a new study with known fine-tuning recipes
     lr_range_test: bool = True  # center the default lr range on a short increasing-lr sweep
     lr_range_steps: int = 50  # batches the sweep may take
@@ -509,6 +516,8 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
     _number("seed_check", tune.seed_check, 0, 100, integer=True)
     _number("seed_check_runs", tune.seed_check_runs, 1, 100, integer=True)
     _number("evals_per_epoch", tune.evals_per_epoch, 1, 1000, integer=True)
+    if tune.data_fraction is not None:
+        _number("data_fraction", tune.data_fraction, 0.0, 1.0, lo_open=True)
     _check(bool(tune.study_name), "study_name must not be empty, but got ''. Pass --study NAME.")
     if tune.workers is not None:
         _number("workers", tune.workers, 1, 4096, integer=True)

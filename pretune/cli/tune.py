@@ -58,6 +58,7 @@ def command(
     pruner: Optional[str] = typer.Option(None, "--pruner", help="Replace the strategy's pruner: hyperband, asha, median or none."),
     priors: Optional[bool] = typer.Option(None, "--priors/--no-priors", help="Start a new search with known fine-tuning recipes (default on)."),
     lr_range_test: Optional[bool] = typer.Option(None, "--lr-range-test/--no-lr-range-test", help="Center the default lr range on a short increasing-lr sweep (default on)."),
+    data_fraction: Optional[float] = typer.Option(None, "--data-fraction", help="Part of the training rows each epoch of a trial runs on (default: 1, less when the data are large for the time budget)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Trials at once, each in its own process (default 1; with Ray: one per --cpus-per-trial or GPU)."),
@@ -110,10 +111,10 @@ def command(
             result = api_tune(
                 base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,
                 sampler=sampler, pruner=pruner, priors=priors, lr_range_test=lr_range_test,
-                storage=storage, study=study, workers=workers, executor=executor,
-                ray_address=ray_address, cpus_per_trial=cpus_per_trial, heartbeat=heartbeat,
-                on_trial=progress.on_trial,
-                on_plan=progress.on_plan, progress=progress, log_to=log_to, **settings,
+                data_fraction=data_fraction, storage=storage, study=study, workers=workers,
+                executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
+                heartbeat=heartbeat, on_trial=progress.on_trial, on_plan=progress.on_plan,
+                progress=progress, log_to=log_to, **settings,
             )
         print_summary(result)
         if report:

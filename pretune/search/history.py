@@ -59,6 +59,7 @@ class History:
     labels: list[str] = field(default_factory=list)
     predictions: pd.DataFrame | None = None  # best/valid-predictions.csv of the best model
     task: str = "classification"  # classification | regression | multilabel (best/pretune.yaml)
+    plan: str | None = None  # the budget plan of the last start, in words (plan.yaml)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -163,8 +164,26 @@ def read_history(run: str | Path, *, importance: bool = True) -> History:
         best_metrics=best_metrics, labels=[str(x) for x in meta.get("labels") or []],
         predictions=_read_predictions(path / rundir.BEST_DIR, best_trial),
         task=str((meta.get("task") or {}).get("kind") or "classification"),
+        plan=_plan_message(path),
     )
     return history
+
+
+def _plan_message(path: Path) -> str | None:
+    """The plan in plan.yaml in words; None when there is none (or it is not one this version
+    can read)."""
+    from dataclasses import fields
+
+    from pretune.search.planning import Plan
+
+    saved = rundir.read_plan(path).get("plan")
+    if not isinstance(saved, dict):
+        return None
+    known = {f.name for f in fields(Plan)}
+    try:
+        return Plan(**{k: v for k, v in saved.items() if k in known}).message()
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def param_importance(study: optuna.Study) -> tuple[dict[str, float] | None, str]:

@@ -38,7 +38,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -238,7 +238,10 @@ def run_tune(
     rundir.preflight(out, shared, tune)  # --out writable, the model there, room on disk
     with rundir.RunLock(out):
         rundir.clean_leftovers(out)
-        strategy = strategies.for_run(tune, rundir.read_record(out).get("tune"))
+        started = rundir.read_record(out).get("tune") or {}
+        strategy = strategies.for_run(tune, started)
+        if tune.data_fraction is None and started.get("data_fraction") is not None:
+            tune = replace(tune, data_fraction=started["data_fraction"])  # as it started
         found = prepare.cached_lr_range(out)
         dims = prepare.search_space(dims, space, pinned, found)
         record = {
@@ -282,7 +285,9 @@ def run_tune(
             strategy, budget, dims, {**shared.flat(), **pinned},
             seconds_per_example=(found or {}).get("seconds_per_example"),
             train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
-            evals_per_epoch=tune.evals_per_epoch, lr_test=found)
+            evals_per_epoch=tune.evals_per_epoch, lr_test=found,
+            fraction=given_fraction(tune, pinned, shared, out if started_before else None))
+        shared = shared.with_settings({"data_fraction": plan.data_fraction})
         rundir.update_plan(out, plan=plan.to_dict())
         log.info("plan: %s", plan.message())
         if on_plan is not None:
@@ -337,6 +342,22 @@ def run_tune(
         return result
 
 
+def given_fraction(tune: TuneConfig, pinned: Mapping[str, Any], base: RunConfig,
+                   started: Path | None) -> float | None:
+    """The data fraction of this start when it is not the plan's to choose: pinned
+    (``--fixed data_fraction=...``), given (``--data-fraction``, or a settings file's
+    ``train.data_fraction``), or that of the start before (``started``: the run directory of a
+    continued search), so its trials stay comparable."""
+    if "data_fraction" in pinned:
+        return float(pinned["data_fraction"])
+    if tune.data_fraction is not None:
+        return float(tune.data_fraction)
+    if base.train.data_fraction != 1.0:
+        return float(base.train.data_fraction)
+    kept = (rundir.read_plan(started).get("plan") or {}).get("data_fraction") if started else None
+    return float(kept) if isinstance(kept, (int, float)) else None
+
+
 def check_storage(tune: TuneConfig) -> bool:
     """Check ``--storage`` against the workers before anything else is read or written; True
     when the search runs in several processes."""
@@ -373,7 +394,7 @@ def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: 
         "record": {**record, "settings": settings},
         "out": str(out.resolve()),
         "plan": {"pruner": plan.pruner, "min_resource": plan.min_resource,
-                 "max_resource": plan.max_resource},
+                 "max_resource": plan.max_resource, "data_fraction": plan.data_fraction},
         "trials": budget.trials,
         "deadline": deadline,
         "heartbeat": heartbeat,

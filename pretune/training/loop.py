@@ -8,6 +8,7 @@ of its best evaluation, which is the checkpoint a caller saves.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -82,7 +83,10 @@ def train(
 
     # Gradient accumulation: a "full" batch accumulates every micro-batch of the epoch.
     accum = len(train_batches) if settings.batch_size == "full" else settings.grad_accum
-    steps_per_epoch = max(1, math.ceil(len(train_batches) / accum))
+    # An epoch is data_fraction of a pass over the training rows: the passes run on, reshuffled
+    # at each start, and an epoch takes the next steps_per_epoch groups of them.
+    passes = _passes(train_batches, accum)
+    steps_per_epoch = max(1, math.ceil(len(train_batches) * settings.data_fraction / accum))
     total_steps = math.ceil(settings.epochs * steps_per_epoch)
     if settings.max_steps is not None:
         total_steps = min(total_steps, settings.max_steps)
@@ -133,9 +137,8 @@ def train(
     _train_mode(model)
     done = False
     while not done:
-        train_batches.set_epoch(epoch)
         evaluated_at, epoch_step = -1, 0
-        for group in _groups(train_batches, accum):
+        for group in itertools.islice(passes, steps_per_epoch):
             # One optimizer step over the micro-batches of a group, weighted by their size.
             n_group = sum(len(b["labels"]) for b in group)
             group_loss = 0.0
@@ -251,6 +254,14 @@ def evaluate_model(model: nn.Module, batches, *, precision: str = "fp32", device
     outputs, labels, loss = predict_proba(model, batches, precision=precision, device=device,
                                           objective=objective)
     return objective.metrics(outputs, labels, loss, settings)
+
+
+def _passes(batches, size: int):
+    """The groups of ``size`` batches of pass 0, 1, 2, ... over ``batches``, endlessly, each
+    pass in the order of its own epoch (``set_epoch``)."""
+    for n in itertools.count():
+        batches.set_epoch(n)
+        yield from _groups(batches, size)
 
 
 def _groups(batches: Iterable[dict], size: int):

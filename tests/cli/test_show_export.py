@@ -21,6 +21,8 @@ def test_show_prints_the_summary_and_best_trials_first(tiny_search_run):
     assert f"best: trial {best['trial']}: loss {best['metrics']['loss']:.4f}" in text
     assert "trials: 4 (4 complete)" in text
     assert "top 2 of 4 trials" in text
+    plan = yaml.safe_load((out / "plan.yaml").read_text())["plan"]
+    assert "plan: " in text and f"pruner {plan['pruner']}" in " ".join(text.split())
     table = pd.read_csv(out / "trials.csv").sort_values("value")
     rows = [line for line in text.splitlines() if line.startswith("│") and "complete" in line]
     assert len(rows) == 2

@@ -265,3 +265,27 @@ def test_trials_share_the_run_directorys_caches(tiny_model_dir, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before  # nothing redone
     depths = [t.user_attrs.get("feature_depth") for t in trials_of(out)]
     assert depths == [2] * 5
+
+
+def test_a_data_fraction_runs_each_epoch_on_part_of_the_rows_and_a_continued_search_keeps_it(
+        tiny_model_dir, tmp_path):
+    train, valid = data_files(tmp_path / "data")  # 48 training rows
+    out = tmp_path / "run"
+    args = ["tune", "--model", tiny_model_dir, "--train", train, "--valid", valid, "--out", out,
+            "--space", space_file(tmp_path / "s.yaml", {**NARROW, "batch_size": {"choices": [8]}}),
+            "--fixed", "epochs=2", "--fixed", "threads=1", "--precision", "fp32",
+            "--no-lr-range-test", "--pruner", "none"]
+    first = cli(*args, "--budget", "1trials", "--data-fraction", "0.5")
+    assert first.exit_code == 0, first.output
+    again = cli(*args, "--budget", "2trials")  # no --data-fraction: the one it started with
+    assert again.exit_code == 0, again.output
+    plan = yaml.safe_load((out / "plan.yaml").read_text())["plan"]
+    assert plan["data_fraction"] == 0.5
+    for t in trials_of(out):
+        # 2 epochs of half the 6 batches of 8: 6 steps, one pass over the rows in all.
+        assert t.user_attrs["settings"]["data_fraction"] == 0.5
+        assert (t.user_attrs["steps"], t.user_attrs["epochs"]) == (6, 2.0)
+    best = yaml.safe_load((out / "best" / "pretune.yaml").read_text())
+    assert best["settings"]["train"]["data_fraction"] == 0.5  # retraining from it trains the same way
+    other = cli(*args, "--budget", "3trials", "--data-fraction", "1")
+    assert other.exit_code == 2 and "data_fraction" in other.output.replace("-", "_")

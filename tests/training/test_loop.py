@@ -217,3 +217,42 @@ def test_evals_per_epoch_are_evenly_spaced_within_each_epoch():
                    settings(epochs=2, evals_per_epoch=2))
     # 5 steps an epoch: halfway (rounded up) and at the end of each epoch, never drifting.
     assert [h["step"] for h in result.history] == [3, 5, 8, 10]
+
+
+class CountingBatches(ToyBatches):
+    """ToyBatches that record the rows of every batch they hand out, and each set_epoch."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.seen, self.epochs = [], []
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.seen.append(batch["index"].tolist())
+            yield batch
+
+
+def test_a_data_fraction_epoch_is_the_next_part_of_a_pass():
+    ids, labels = separable(40)
+    batches = CountingBatches(ids, labels, 4, shuffle=True)  # 10 batches a pass
+    result = train(tiny_bert(), batches, ToyBatches(ids, labels, 40),
+                   settings(epochs=2, data_fraction=0.3, evals_per_epoch=1))
+    # An epoch is 3 steps (0.3 of 10 batches); 2 epochs are the first 6 batches of pass 0, so no
+    # row is seen twice, and the history counts epochs of the fraction.
+    assert result.steps == 6 and result.epochs == 2
+    assert [h["step"] for h in result.history] == [3, 6]
+    rows = [i for batch in batches.seen[:6] for i in batch]
+    assert len(rows) == len(set(rows)) == 24
+    assert batches.epochs == [0]
+    longer = CountingBatches(ids, labels, 4, shuffle=True)
+    again = train(tiny_bert(), longer, ToyBatches(ids, labels, 40),
+                  settings(epochs=4, data_fraction=0.3, evals_per_epoch=1))
+    # 12 steps run past the end of pass 0 into pass 1, which is reshuffled.
+    assert again.steps == 12 and longer.epochs == [0, 1]
+    assert sorted(i for b in longer.seen[:10] for i in b) == list(range(40))
+    assert longer.seen[10] != longer.seen[0]
+

@@ -121,9 +121,8 @@ def tune(
     (``priors=False`` skips them); ``on_plan`` gets the budget plan before the first trial.
     When the budget allows, the ``seed_check`` (3) best settings are re-run with another seed at
     the end and the best mean wins (``0`` skips it; see ``pretune.search.final_pick``).
-    ``data_fraction`` is the part of the training rows each epoch of a trial runs on; by default
-    the plan picks it: 1, unless the data are large for the time budget
-    (``pretune.search.planning``).
+    ``data_fraction`` is the part of the training rows each epoch of a trial runs on (default
+    1: all; see ``pretune.search.planning``).
 
     ``workers`` runs that many trials at once, each in its own process, on a storage that
     several processes may write (``OUT/study.journal`` by default, or ``storage``: PostgreSQL,

@@ -162,7 +162,7 @@ class TrainConfig:
     grad_accum: int = 1
     epochs: float = 3.0
     # An epoch runs on this part of the training rows (the next part of a reshuffled pass each
-    # time); the search sets it when the data are large for its time budget (see planning).
+    # time), with the schedule fitted to that length (pretune tune --data-fraction).
     data_fraction: float = 1.0
     max_steps: int | None = None  # stop after this many optimizer steps, whatever the epochs
     schedule: str = "linear"
@@ -489,8 +489,8 @@ class TuneConfig:
     study_name: str = "pretune"
     space: str | None = None  # YAML file that narrows or extends the default space
     evals_per_epoch: int = 2  # how often a trial reports to the pruner
-    # The part of the training rows each epoch of a trial runs on; None: the plan chooses it
-    # (1, unless the data are large for the time budget; see search.planning).
+    # The part of the training rows each epoch of a trial runs on; None: all of them, or the
+    # fraction a continued search started with (see search.planning).
     data_fraction: float | None = None
     priors: bool = True  # start a new study with known fine-tuning recipes
     lr_range_test: bool = True  # center the default lr range on a short increasing-lr sweep

@@ -58,7 +58,7 @@ def command(
     pruner: Optional[str] = typer.Option(None, "--pruner", help="Replace the strategy's pruner: hyperband, asha, median or none."),
     priors: Optional[bool] = typer.Option(None, "--priors/--no-priors", help="Start a new search with known fine-tuning recipes (default on)."),
     lr_range_test: Optional[bool] = typer.Option(None, "--lr-range-test/--no-lr-range-test", help="Center the default lr range on a short increasing-lr sweep (default on)."),
-    data_fraction: Optional[float] = typer.Option(None, "--data-fraction", help="Part of the training rows each epoch of a trial runs on (default: 1, less when the data are large for the time budget)."),
+    data_fraction: Optional[float] = typer.Option(None, "--data-fraction", help="Part of the training rows each epoch of a trial runs on, the next part of a shuffled pass (default 1: all)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Trials at once, each in its own process (default 1; with Ray: one per --cpus-per-trial or GPU)."),
@@ -166,5 +166,8 @@ def print_summary(result) -> None:
         f"{result.best_value:.4f} ({params}); model saved to {escape(str(result.best_path))}",
         highlight=False, soft_wrap=True,
     )
+    if result.ended_early:
+        console.print(f"stopped with time left: {escape(result.ended_early)}", highlight=False,
+                      soft_wrap=True)
     print(f"best_trial={result.best_trial}")
     print(f"best_{result.metric}={result.best_value:.4f}")

@@ -123,6 +123,7 @@ class TuneResult:
     # The final pick's seed check, if one ran: {"chosen": trial, "candidates": [{"trial",
     # "params", "runs": {trial: value}, "mean", "std", "n"}, ...]}
     seed_check: dict[str, Any] | None = None
+    ended_early: str | None = None  # why no further trial started although time was left
     _loaded: tuple | None = field(default=None, repr=False)
 
     @property
@@ -472,6 +473,7 @@ class _Search:
         self.fails: list[str] = []  # fail reasons of the trials that failed in a row
         self.stop_error: BaseException | None = None
         self.stopped = False  # set when the search must end (trials keep failing)
+        self.ended_early: str | None = None  # why no further trial started, if time was left
         # No trial starts with less time left than this: it could not reach its first evaluation.
         self.min_start = 0.0
         self.trials_run = 0
@@ -514,9 +516,13 @@ class _Search:
             if self.past_deadline() or (until is not None and time.monotonic() >= until):
                 return
             left_s = self.time_left()
-            if left_s is not None and left_s < self.min_start:
-                log.info("%.0fs left, less than a trial needs to reach its first evaluation "
-                         "(about %.0fs): no new trial", left_s, self.min_start)
+            # Until a trial has given a model, one is started anyway: the deadline stops it and
+            # it is evaluated then (large data on a short budget), which beats no model at all.
+            if (left_s is not None and left_s < self.min_start
+                    and self.saved_best() is not None):
+                self.ended_early = (f"{left_s:.0f}s were left, less than a trial needs to reach "
+                                    f"its first evaluation (about {self.min_start:.0f}s)")
+                log.info("%s: no new trial", self.ended_early)
                 return
             left = self.remaining()
             if left is not None and left <= keep:
@@ -778,4 +784,5 @@ class _Search:
             best_metrics=dict(best.user_attrs.get("metrics") or {}) if best else {},
             best_settings=dict(best.user_attrs.get("settings") or {}) if best else {},
             fixed=dict(self.pinned), trials=self.frame(), trials_run=self.trials_run,
+            ended_early=self.ended_early,
         )

@@ -104,34 +104,21 @@ def test_the_plan_judges_from_the_first_epoch_and_auto_does_not_prune_a_few_tria
     assert "not measured" in pinned.message()
 
 
-def test_the_plan_runs_epochs_on_a_data_fraction_only_when_no_full_trial_fits():
+def test_the_plan_keeps_all_rows_unless_a_data_fraction_is_given():
     context = RunConfig().flat()
     kw = dict(valid_rows=1000, evals_per_epoch=2, seconds_per_example=0.01)
     auto = resolve("auto")
     # 60,000 rows, 3 epochs at 0.01 s an example: one trial on all rows takes 1,820 s.
     large = planning.make_plan(auto, Budget(seconds=600), DEFAULT_SPACE, context,
                                train_rows=60_000, **kw)
-    assert 0 < large.data_fraction < 1
-    assert large.full_trials == pytest.approx(planning.FRACTION_TRIALS, rel=0.01)
-    assert large.full_trials >= planning.FRACTION_TRIALS  # rounded down, so they do fit
-    assert large.pruner == "none"  # two trials are too few to prune
-    assert "Each epoch of a trial runs on" in large.message()
-    # Never below MIN_SEARCH_ROWS examples for a typical trial.
-    short = planning.make_plan(auto, Budget(seconds=60), DEFAULT_SPACE, context,
-                               train_rows=60_000, **kw)
-    assert short.data_fraction * 60_000 * short.epochs == pytest.approx(
-        planning.MIN_SEARCH_ROWS, rel=0.01)
-    # One full trial fits (1,820 s of 2,000), small data, a trial budget, no measurement: all rows.
-    for budget, rows, spe in ((Budget(seconds=2000), 60_000, 0.01), (Budget(seconds=600), 2000, 0.01),
-                              (Budget(trials=5), 60_000, 0.01), (Budget(seconds=600), 60_000, None)):
-        plan = planning.make_plan(auto, budget, DEFAULT_SPACE, context, train_rows=rows,
-                                  **{**kw, "seconds_per_example": spe})
-        assert plan.data_fraction == 1.0 and "Each epoch" not in plan.message()
-    # A fraction given (or kept from the start before) is used as it is.
+    assert large.data_fraction == 1.0 and "Each epoch" not in large.message()
+    assert large.full_trials == pytest.approx(600 / 1820)
     given = planning.make_plan(auto, Budget(seconds=600), DEFAULT_SPACE, context,
-                               train_rows=2000, fraction=0.5, **kw)
-    assert given.data_fraction == 0.5
-    assert given.trial_seconds == pytest.approx(0.01 * 3 * (1000 + 2 * 1000 / 3))
+                               train_rows=60_000, fraction=0.1, **kw)
+    assert given.data_fraction == 0.1
+    assert given.trial_seconds == pytest.approx(0.01 * 3 * (6000 + 2 * 1000 / 3))
+    assert "Each epoch of a trial runs on 0.1 of the training rows (about 6,000 of 60,000)" \
+        in given.message()
 
 
 def test_the_lr_range_moves_only_when_the_user_left_it_alone():

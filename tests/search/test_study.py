@@ -289,3 +289,25 @@ def test_a_data_fraction_runs_each_epoch_on_part_of_the_rows_and_a_continued_sea
     assert best["settings"]["train"]["data_fraction"] == 0.5  # retraining from it trains the same way
     other = cli(*args, "--budget", "3trials", "--data-fraction", "1")
     assert other.exit_code == 2 and "data_fraction" in other.output.replace("-", "_")
+
+
+
+def test_the_first_trial_starts_even_when_it_cannot_reach_an_evaluation_before_the_deadline(
+        tiny_model_dir, tmp_path, monkeypatch):
+    from pretune.search import planning
+
+    train, valid = data_files(tmp_path / "data")
+    # As on large data: a trial needs longer than the whole budget to reach its first
+    # evaluation. The first one runs anyway (the deadline would stop and evaluate it); once
+    # there is a model, no trial starts that could not report in time.
+    monkeypatch.setattr(planning, "first_eval_seconds", lambda plan, evals: 10_000.0)
+    out = tmp_path / "run"
+    result = cli("tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
+                 "--out", out, "--budget", "10m", "--space", space_file(tmp_path / "s.yaml", NARROW),
+                 "--fixed", "epochs=1", "--fixed", "threads=1", "--precision", "fp32",
+                 "--no-lr-range-test")
+    assert result.exit_code == 0, result.output
+    assert [t.state.name for t in trials_of(out)] == ["COMPLETE"]
+    assert (out / "best" / "model.safetensors").is_file()
+    text = " ".join(result.output.split())
+    assert "stopped with time left" in text and "first evaluation (about 10000s)" in text

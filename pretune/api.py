@@ -151,7 +151,8 @@ def tune(
                    storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
                    data_fraction=data_fraction, space=space_file, priors=priors,
                    lr_range_test=lr_range_test, seed_check=seed_check, workers=workers,
-                   executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial, heartbeat=heartbeat)
+                   executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
+                   heartbeat=heartbeat)
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})

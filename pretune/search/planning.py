@@ -19,8 +19,8 @@ whole SST-2 training set (67,349 rows) with a 5-minute budget, where a full tria
 about 14 times the budget, two trials at the fraction that lets them finish (0.036) scored 1.0
 point lower on test and 1.8 on validation than the first recipe on all rows stopped by the
 deadline after a fifth of an epoch (``bench/data_fraction.py``; 1.2 and 3.4 in an earlier run):
-more rows seen beat a finished schedule and a second recipe. A continued search keeps the fraction it started with,
-so its trials stay comparable.
+more rows seen beat a finished schedule and a second recipe. A continued search keeps the
+fraction it started with, so its trials stay comparable.
 
 **The first trial always starts.** A trial is not started when the time left is shorter than
 it needs to reach its first evaluation (``first_eval_seconds``), except while no trial has
@@ -131,16 +131,13 @@ def first_eval_seconds(plan: Plan, evals_per_epoch: int) -> float:
 def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
               context: Mapping[str, Any], *, seconds_per_example: float | None,
               train_rows: int, valid_rows: int, evals_per_epoch: int,
-              lr_test: Mapping[str, Any] | None = None,
-              fraction: float | None = None) -> Plan:
-    """The plan of one start of a search. ``fraction``: the data fraction given
-    (``--data-fraction``) or kept from the start before; None: all rows."""
+              lr_test: Mapping[str, Any] | None = None, fraction: float = 1.0) -> Plan:
+    """The plan of one start of a search; ``fraction``: the data fraction (``--data-fraction``)."""
     dims = tuple(dims)
     lr = next((d for d in dims if d.name == "lr"), None)
     typical, longest = epochs_range(dims, context)
     max_resource = max(1, math.ceil(longest * STEPS_PER_EPOCH))
     min_resource = min(MIN_RESOURCE, max_resource)
-    fraction = 1.0 if fraction is None else float(fraction)
     seconds = trial_seconds(seconds_per_example, round(fraction * train_rows), valid_rows,
                             typical, evals_per_epoch)
     full = None if seconds is None or budget.seconds is None else budget.seconds / max(seconds, 1e-9)

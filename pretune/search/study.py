@@ -287,7 +287,9 @@ def run_tune(
             seconds_per_example=(found or {}).get("seconds_per_example"),
             train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
             evals_per_epoch=tune.evals_per_epoch, lr_test=found,
-            fraction=given_fraction(tune, pinned, shared, out if started_before else None))
+            # --data-fraction, else --fixed data_fraction or a settings file's (1: all rows).
+            fraction=(shared.train.data_fraction if tune.data_fraction is None
+                      else tune.data_fraction))
         shared = shared.with_settings({"data_fraction": plan.data_fraction})
         rundir.update_plan(out, plan=plan.to_dict())
         log.info("plan: %s", plan.message())
@@ -341,22 +343,6 @@ def run_tune(
         result.lr_range = found
         result.seed_check = search.picked
         return result
-
-
-def given_fraction(tune: TuneConfig, pinned: Mapping[str, Any], base: RunConfig,
-                   started: Path | None) -> float | None:
-    """The data fraction of this start when it is not the plan's to choose: pinned
-    (``--fixed data_fraction=...``), given (``--data-fraction``, or a settings file's
-    ``train.data_fraction``), or that of the start before (``started``: the run directory of a
-    continued search), so its trials stay comparable."""
-    if "data_fraction" in pinned:
-        return float(pinned["data_fraction"])
-    if tune.data_fraction is not None:
-        return float(tune.data_fraction)
-    if base.train.data_fraction != 1.0:
-        return float(base.train.data_fraction)
-    kept = (rundir.read_plan(started).get("plan") or {}).get("data_fraction") if started else None
-    return float(kept) if isinstance(kept, (int, float)) else None
 
 
 def check_storage(tune: TuneConfig) -> bool:

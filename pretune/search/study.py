@@ -460,7 +460,8 @@ class _Search:
         self.stop_error: BaseException | None = None
         self.stopped = False  # set when the search must end (trials keep failing)
         self.ended_early: str | None = None  # why no further trial started, if time was left
-        # No trial starts with less time left than this: it could not reach its first evaluation.
+        # Once there is a model, no trial starts with less time left than this: it could not
+        # reach its first evaluation.
         self.min_start = 0.0
         self.trials_run = 0
         self.reserve = final_pick.Reserve()  # budget kept for the seed check (none by default)

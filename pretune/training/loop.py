@@ -83,9 +83,10 @@ def train(
 
     # Gradient accumulation: a "full" batch accumulates every micro-batch of the epoch.
     accum = len(train_batches) if settings.batch_size == "full" else settings.grad_accum
-    # An epoch is data_fraction of a pass over the training rows: the passes run on, reshuffled
-    # at each start, and an epoch takes the next steps_per_epoch groups of them.
-    passes = _passes(train_batches, accum)
+    # An epoch is a pass over the training rows; with a data_fraction below 1, that part of one:
+    # the passes run on, reshuffled at each start, and an epoch takes the next steps_per_epoch
+    # groups of them.
+    passes = _passes(train_batches, accum) if settings.data_fraction < 1 else None
     steps_per_epoch = max(1, math.ceil(len(train_batches) * settings.data_fraction / accum))
     total_steps = math.ceil(settings.epochs * steps_per_epoch)
     if settings.max_steps is not None:
@@ -138,7 +139,11 @@ def train(
     done = False
     while not done:
         evaluated_at, epoch_step = -1, 0
-        for group in itertools.islice(passes, steps_per_epoch):
+        if passes is None:
+            train_batches.set_epoch(epoch)
+        groups = (_groups(train_batches, accum) if passes is None
+                  else itertools.islice(passes, steps_per_epoch))
+        for group in groups:
             # One optimizer step over the micro-batches of a group, weighted by their size.
             n_group = sum(len(b["labels"]) for b in group)
             group_loss = 0.0

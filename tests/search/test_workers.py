@@ -106,7 +106,9 @@ def _running_trial(url: str, name: str, give_up: float, proc):
     while time.monotonic() < give_up and proc.poll() is None:
         try:
             for t in _trials(url, name):
-                if t.state == TrialState.RUNNING and t.params and "worker" in t.user_attrs:
+                # "settings" is written once every parameter is suggested: the trial is then
+                # training, and its params are whole (a snapshot between suggestions is not).
+                if t.state == TrialState.RUNNING and "settings" in t.user_attrs:
                     return t
         except (KeyError, ValueError):
             pass  # the study is not created yet

@@ -23,9 +23,9 @@ bench/README.md for the numbers). TPE samples at random for its first ``TPE_STAR
 trials, counted per Hyperband bracket (Optuna's sampler sees the bracket's trials only): with
 Optuna's 10, one seed of 20 on one replayed task (GRU64) settled on a worse region and missed
 that task's best row at 300 curves; with 20 every seed found it, and the mean regret over all
-rows stayed the same (0.0106 against 0.0105). Every pruner waits for ``Fidelity.min_resource`` before it
-judges a trial: in the real search that is one epoch, so a trial is never stopped during the
-early dip of its warmup or before it has seen every training example once.
+rows stayed the same (0.0106 against 0.0105). Every pruner waits for ``Fidelity.min_resource``
+before it judges a trial: in the real search that is one epoch, so a trial is never stopped
+during the early dip of its warmup or before it has seen every training example once.
 """
 
 from __future__ import annotations

@@ -243,6 +243,8 @@ def run_tune(
         strategy = strategies.for_run(tune, started)
         if tune.data_fraction is None and started.get("data_fraction") is not None:
             tune = replace(tune, data_fraction=started["data_fraction"])  # as it started
+        if tune.data_fraction is not None:  # a setting of every trial, recorded with the rest
+            shared = validate(shared.with_settings({"data_fraction": tune.data_fraction}))
         found = prepare.cached_lr_range(out)
         dims = prepare.search_space(dims, space, pinned, found)
         record = {
@@ -287,10 +289,7 @@ def run_tune(
             seconds_per_example=(found or {}).get("seconds_per_example"),
             train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
             evals_per_epoch=tune.evals_per_epoch, lr_test=found,
-            # --data-fraction, else --fixed data_fraction or a settings file's (1: all rows).
-            fraction=(shared.train.data_fraction if tune.data_fraction is None
-                      else tune.data_fraction))
-        shared = shared.with_settings({"data_fraction": plan.data_fraction})
+            fraction=shared.train.data_fraction)
         rundir.update_plan(out, plan=plan.to_dict())
         log.info("plan: %s", plan.message())
         if on_plan is not None:
@@ -381,7 +380,7 @@ def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: 
         "record": {**record, "settings": settings},
         "out": str(out.resolve()),
         "plan": {"pruner": plan.pruner, "min_resource": plan.min_resource,
-                 "max_resource": plan.max_resource, "data_fraction": plan.data_fraction},
+                 "max_resource": plan.max_resource},
         "trials": budget.trials,
         "deadline": deadline,
         "heartbeat": heartbeat,

@@ -102,7 +102,6 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     study.sampler = make_sampler(record["tune"]["sampler"],
                                  derive_seed(base.train.seed, seen, os.getpid()))
     plan = info["plan"]
-    base = base.with_settings({"data_fraction": float(plan.get("data_fraction", 1.0))})
     study.pruner = make_pruner(plan["pruner"], Fidelity(plan["min_resource"],
                                                         plan["max_resource"]))
     search = _Search(study=study, task=task, base=base, dims=dims, pinned=pinned,

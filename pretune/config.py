@@ -188,6 +188,10 @@ class TrainConfig:
     metric: str = "accuracy"
     patience: int | None = 3  # evaluations without improvement before stopping; None: never
     min_delta: float = 0.0
+    # The weights of the best few evaluations of a run are averaged greedily (a checkpoint
+    # joins the average only if the validation score does not drop; Wortsman et al. 2022);
+    # the run keeps the average and reports its score. 1: keep the best evaluation alone.
+    checkpoint_soup: int = 3
     grad_norm_min: float = 1e-10  # stop when the gradient norm vanishes below this ...
     grad_norm_max: float = 1e6  # ... or explodes above this
     eval_batch_size: int = 128
@@ -413,6 +417,7 @@ def validate(config: RunConfig) -> RunConfig:
         _check_task(d.task, t, default_ok=True)
     if t.patience is not None:
         _number("patience", t.patience, 1, 10**6, integer=True)
+    _number("checkpoint_soup", t.checkpoint_soup, 1, 100, integer=True)
     _number("min_delta", t.min_delta, 0.0, 1e9)
     _number("eval_batch_size", t.eval_batch_size, 1, 1 << 20, integer=True)
     one_of("precision", t.precision, PRECISIONS)

@@ -27,6 +27,7 @@ from pretune.training.objectives import Classification, Objective, class_weights
 from pretune.training.optimizers import build_optimizer
 from pretune.training.regularizers import penalized_weights, penalty
 from pretune.training.schedules import build_schedule
+from pretune.training.soup import Ingredient, TopCheckpoints, greedy_soup
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     precision: str = "fp32"
+    # The steps whose weights were averaged into the kept model (checkpoint_soup), best first;
+    # None when the best evaluation is kept alone.
+    soup: list[int] | None = None
 
     @property
     def failed(self) -> bool:
@@ -108,7 +112,7 @@ def train(
     metric = settings.metric
     best_score: float | None = None
     best_metrics: dict[str, float] = {}
-    best_state: dict[str, torch.Tensor] | None = None
+    top = TopCheckpoints(settings.checkpoint_soup, metric, settings.min_delta)
     best_step, evals_since_best = 0, 0
     history: list[dict] = []
     step, epoch, stop_reason = 0, 0, COMPLETED
@@ -116,7 +120,7 @@ def train(
 
     def evaluate() -> bool:
         """Evaluate, keep the best weights, call on_eval; True when early stopping says stop."""
-        nonlocal best_score, best_metrics, best_state, best_step, evals_since_best
+        nonlocal best_score, best_metrics, best_step, evals_since_best
         nonlocal running_loss, running_n
         metrics = evaluate_model(model, valid_batches, precision=precision, device=device,
                                  objective=objective, settings=settings)
@@ -126,9 +130,10 @@ def train(
         running_loss, running_n = 0.0, 0
         history.append(metrics)
         log.info("step %d: %s %.4f", step, metric, metrics[metric])
+        if top.wants(metrics[metric]):
+            top.offer(Ingredient(metrics[metric], metrics, _trainable_state(model), step))
         if is_better(metrics[metric], best_score, metric, settings.min_delta):
             best_score, best_metrics, best_step, evals_since_best = metrics[metric], metrics, step, 0
-            best_state = _trainable_state(model)
         else:
             evals_since_best += 1
         if on_eval is not None:
@@ -205,16 +210,27 @@ def train(
             if (not settings.eval_steps or done) and evaluate() and not done:
                 stop_reason, done = EARLY_STOPPING, True
 
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
     optimizer.zero_grad(set_to_none=True)
+    soup = None
+    if len(top.kept) > 1 and not (should_stop is not None and should_stop()):
+        def taste(state) -> dict[str, float]:
+            model.load_state_dict(state, strict=False)
+            return evaluate_model(model, valid_batches, precision=precision, device=device,
+                                  objective=objective, settings=settings)
+
+        made = greedy_soup(top.kept, taste, metric, should_stop=should_stop)
+        if len(made.members) > 1:
+            soup = [int(m) for m in made.members]
+            best_metrics = {**top.best.metrics, **made.metrics}
+    if top.best is not None:
+        model.load_state_dict(made.state if soup else top.best.state, strict=False)
     model.eval()
     if stop_reason == COMPLETED and settings.max_steps is not None and step >= settings.max_steps:
         log.info("stopped at max_steps=%d", settings.max_steps)
     return TrainResult(
         best_metrics=best_metrics, best_step=best_step, stop_reason=stop_reason, steps=step,
         epochs=round(step / steps_per_epoch, 4), seconds=time.perf_counter() - started,
-        history=history, precision=precision,
+        history=history, precision=precision, soup=soup,
     )
 
 

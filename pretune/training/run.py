@@ -432,6 +432,7 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
             "stop_reason": result.stop_reason,
             "steps": result.steps,
             "best_step": result.best_step,
+            "soup": result.soup,  # steps whose weights were averaged (checkpoint_soup)
             "epochs": result.epochs,
             "seconds": round(result.seconds, 2),
             "precision": result.precision,

@@ -14,7 +14,7 @@ from .toy import ToyBatches, separable, tiny_bert
 
 def settings(**kw) -> TrainConfig:
     base = dict(precision="fp32", schedule="constant", warmup_ratio=0.0, max_grad_norm=None,
-                weight_decay=0.0, patience=None, threads=1)
+                weight_decay=0.0, patience=None, threads=1, checkpoint_soup=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -256,3 +256,39 @@ def test_a_data_fraction_epoch_is_the_next_part_of_a_pass():
     assert sorted(i for b in longer.seen[:10] for i in b) == list(range(40))
     assert longer.seen[10] != longer.seen[0]
 
+
+
+def test_checkpoint_soup_averages_the_best_evaluations_while_the_score_holds(monkeypatch):
+    ids, labels = separable(16)
+    # Evaluations at steps 1..4 score 0.6, 0.8, 0.7, 0.75; then the soup is tasted: best (step
+    # 2) + step 4 scores 0.82 (joins), + step 3 scores 0.79 (a drop: left out).
+    monkeypatch.setattr(loop, "evaluate_model", _Scripted([0.6, 0.8, 0.7, 0.75, 0.82, 0.79]))
+    model = tiny_bert()
+    states = {}
+    real_state = loop._trainable_state
+
+    def spy(m):
+        states[len(states) + 1] = real_state(m)
+        return states[len(states)]
+
+    monkeypatch.setattr(loop, "_trainable_state", spy)
+    result = train(model, ToyBatches(ids, labels, 8), ToyBatches(ids, labels, 16),
+                   settings(epochs=2, eval_steps=1, metric="accuracy", checkpoint_soup=3))
+    assert result.soup == [2, 4]
+    assert result.best_metrics["accuracy"] == 0.82
+    assert result.best_step == 2
+    # The kept weights are the mean of the copies taken at steps 2 and 4 (the 2nd and 4th
+    # evaluations were copied: each was among the 3 best when it came).
+    copies = {2: states[2], 4: states[4]}
+    for name, p in model.named_parameters():
+        expected = (copies[2][name] + copies[4][name]) / 2
+        assert torch.allclose(p.detach(), expected, atol=1e-6), name
+
+
+def test_checkpoint_soup_of_one_keeps_the_best_evaluation(monkeypatch):
+    ids, labels = separable(16)
+    monkeypatch.setattr(loop, "evaluate_model", _Scripted([0.6, 0.8, 0.7, 0.75]))
+    result = train(tiny_bert(), ToyBatches(ids, labels, 8), ToyBatches(ids, labels, 16),
+                   settings(epochs=2, eval_steps=1, metric="accuracy", checkpoint_soup=1))
+    assert result.soup is None
+    assert result.best_metrics["accuracy"] == 0.8

@@ -63,8 +63,13 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
     model the value in the training data's units, for a multi-label model the list of labels
     (at the saved threshold) and per-label probabilities.
 
-    ``model`` is a model directory written by pretune or a run directory holding ``best/``.
+    ``model`` is a model directory written by pretune or a run directory holding ``best/``;
+    ``ensemble=True`` (a run directory) averages the ensemble the search selected instead.
     """
+    if options.pop("ensemble", False):  # the kept models of a run, averaged (RUN/ensemble.yaml)
+        from pretune.search.assemble import predict_ensemble
+
+        return predict_ensemble(model, input, output=output, **options)
     from pretune.training.run import predict as run_predict
 
     return run_predict(model, input, output=output, **options)
@@ -87,6 +92,8 @@ def tune(
     priors: bool | None = None,
     lr_range_test: bool | None = None,
     seed_check: int | None = None,
+    keep: int | None = None,
+    assemble: bool | None = None,
     workers: int | None = None,
     executor: str | None = None,
     ray_address: str | None = None,
@@ -150,7 +157,8 @@ def tune(
     options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
                    storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
                    data_fraction=data_fraction, space=space_file, priors=priors,
-                   lr_range_test=lr_range_test, seed_check=seed_check, workers=workers,
+                   lr_range_test=lr_range_test, seed_check=seed_check, keep=keep,
+                   assemble=assemble, workers=workers,
                    executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
                    heartbeat=heartbeat)
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})

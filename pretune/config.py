@@ -507,6 +507,11 @@ class TuneConfig:
     ray_address: str | None = None  # an existing Ray cluster; None: a local Ray instance
     cpus_per_trial: int | None = None  # Ray: CPUs each worker holds; None: all cores / workers
     heartbeat: int = 30  # seconds between a running trial's heartbeats on a shared storage
+    # The final model is built from the whole search: the best `keep` trials' models are kept
+    # (RUN/kept/), and at the end soups, an ensemble and its distillation are built from them
+    # (pretune.search.assemble). keep=0 or assemble=False: best/ is the best trial alone.
+    keep: int = 5
+    assemble: bool = True
 
 
 def validate_tune(tune: TuneConfig) -> TuneConfig:
@@ -530,6 +535,7 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
     if tune.cpus_per_trial is not None:
         _number("cpus_per_trial", tune.cpus_per_trial, 1, 4096, integer=True)
     _number("heartbeat", tune.heartbeat, 1, 3600, integer=True)
+    _number("keep", tune.keep, 0, 100, integer=True)
     return tune
 
 

@@ -58,6 +58,8 @@ def command(
     pruner: Optional[str] = typer.Option(None, "--pruner", help="Replace the strategy's pruner: hyperband, asha, median or none."),
     priors: Optional[bool] = typer.Option(None, "--priors/--no-priors", help="Start a new search with known fine-tuning recipes (default on)."),
     lr_range_test: Optional[bool] = typer.Option(None, "--lr-range-test/--no-lr-range-test", help="Center the default lr range on a short increasing-lr sweep (default on)."),
+    keep: Optional[int] = typer.Option(None, "--keep", help="Models of the best trials kept for the final assembly (default 5; 0: none)."),
+    assemble: Optional[bool] = typer.Option(None, "--assemble/--no-assemble", help="Build the final model from the kept trials: soups, an ensemble, its distillation (default on)."),
     data_fraction: Optional[float] = typer.Option(None, "--data-fraction", help="Part of the training rows each epoch of a trial runs on, the next part of a shuffled pass (default 1: all)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),
@@ -111,7 +113,8 @@ def command(
             result = api_tune(
                 base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,
                 sampler=sampler, pruner=pruner, priors=priors, lr_range_test=lr_range_test,
-                data_fraction=data_fraction, storage=storage, study=study, workers=workers,
+                data_fraction=data_fraction, keep=keep, assemble=assemble, storage=storage,
+                study=study, workers=workers,
                 executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
                 heartbeat=heartbeat, on_trial=progress.on_trial, on_plan=progress.on_plan,
                 progress=progress, log_to=log_to, **settings,

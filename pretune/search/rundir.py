@@ -60,7 +60,8 @@ LOST = "worker lost: its heartbeat stopped"  # fail reason of a trial another wo
 # How many workers run it, and where, may change too.
 MAY_CHANGE = {"tune.budget", "tune.space", "tune.priors", "tune.lr_range_test",
               "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs", "tune.workers",
-              "tune.executor", "tune.ray_address", "tune.cpus_per_trial", "tune.heartbeat"}
+              "tune.executor", "tune.ray_address", "tune.cpus_per_trial", "tune.heartbeat", "tune.keep",
+              "tune.assemble"}
 
 
 class RunLock:

@@ -57,7 +57,8 @@ from pretune.config import (
 )
 from pretune.data.images import detect_modality
 from pretune.errors import ConfigError, PretuneError
-from pretune.search import final_pick, planning, prepare, priors, rundir, storage, strategies
+from pretune.search import (assemble, final_pick, planning, prepare, priors, rundir, storage,
+                            strategies)
 from pretune.search.planning import STEPS_PER_EPOCH, Plan
 from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
@@ -124,6 +125,9 @@ class TuneResult:
     # "params", "runs": {trial: value}, "mean", "std", "n"}, ...]}
     seed_check: dict[str, Any] | None = None
     ended_early: str | None = None  # why no further trial started although time was left
+    # What the final assembly built from the kept trials (see ``assemble``): the chosen kind
+    # (trial, soup, distilled), its trials, every candidate's score; None when it did not run.
+    assembly: dict[str, Any] | None = None
     _loaded: tuple | None = field(default=None, repr=False)
 
     @property
@@ -318,6 +322,9 @@ def run_tune(
                 study, url, tune, out, workers=tune.workers, task=task, base=shared, dims=dims,
                 pinned=pinned, metric=metric, direction=direction, on_trial=on_trial,
                 progress=progress, budget=budget)
+            if tune.assemble and tune.keep > 1:  # soups and the ensemble; no time to distill
+                result.assembly = assemble.assemble(out, task, caches, metric=metric,
+                                                    direction=direction, distill=False)
             result.plan = plan.to_dict()
             result.lr_range = found
             return result
@@ -332,12 +339,23 @@ def run_tune(
             trials_done=sum(counted(t) for t in study.get_trials(deepcopy=False)))
         if search.reserve.active:
             log.info("keeping %s for the seed check of the final pick", search.reserve)
+        search.keep = tune.keep
+        final = assemble.reserve(budget, plan.trial_seconds, tune.assemble and tune.keep > 1)
+        end = search.deadline
+        if final and end is not None:  # the trials stop where the assembly's time begins
+            search.deadline = end - final
+            log.info("keeping %.0fs for building the final model", final)
         search.write_trials()
         try:
             search.run()
         finally:
             search.write_trials()
+            search.deadline = end
+        if tune.assemble and tune.keep > 1 and search.stop_error is None:
+            search.assembly = assemble.assemble(out, task, caches, metric=metric,
+                                                direction=direction, deadline=end)
         result = search.result()
+        result.assembly = search.assembly
         result.plan = plan.to_dict()
         result.lr_range = found
         result.seed_check = search.picked
@@ -467,6 +485,8 @@ class _Search:
         self.seed_check_size = (0, 0)  # (top settings, runs of each)
         self.picked: dict[str, Any] | None = None  # the seed check's outcome
         self.executor = "local"  # what started this process: local, a worker command, Ray
+        self.keep = 0  # the best trials whose models are kept for the final assembly
+        self.assembly: dict[str, Any] | None = None  # what the final assembly built
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -672,6 +692,7 @@ class _Search:
                                  / str(trial.user_attrs[final_pick.SEED_OF]))
                         if self._beats_earlier(trial, spare):
                             self._save_best(trial, self.pending[1], spare)
+                    self._keep(trial)
         finally:
             self.pending = None
             release_memory()
@@ -679,6 +700,17 @@ class _Search:
         self._watch_failures(study, trial)
         if self.on_trial is not None:
             self.on_trial(trial_report(trial, self.metric, is_best))
+
+    def _keep(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Keep the trial's model for the final assembly when it is among the best few."""
+        try:
+            assemble.keep_trial(self.out, trial.number, self.pending[1], self.task, self.caches,
+                                metric=self.metric, direction=self.direction, keep=self.keep)
+        except Exception as err:  # noqa: BLE001 - the search goes on with what it has
+            if isinstance(err, PretuneError):  # a full disk: say it and stop keeping
+                self.keep = 0
+            log.warning("could not keep trial %d's model for the final assembly: %s",
+                        trial.number, err)
 
     def saved_best(self, directory: Path | None = None) -> tuple[int, float] | None:
         """(trial number, value) of the model in best/, from its pretune.yaml; None if none.

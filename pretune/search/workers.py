@@ -109,6 +109,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
                      budget=worker_budget(info, budget), on_trial=on_trial, progress=progress,
                      caches=RunCaches(run_dir / rundir.CACHE_DIR))
     search.executor = executor
+    search.keep = int(record["tune"].get("keep") or 0)  # models kept for the final assembly
     try:
         search.run()
     finally:

@@ -321,38 +321,62 @@ def valid_predictions(result: FitResult, task: TaskData,
     """The kept model's predictions on the validation split, in the split's order: ``label``,
     ``prediction`` and ``prob_<label>`` per row (what a confusion matrix is drawn from);
     regression: ``label`` and ``prediction`` values; multi-label: label sets as JSON lists."""
+    outputs, labels = valid_outputs(result, task, caches)
+    return predictions_frame(outputs, labels, result.label_names, task.kind,
+                             decision_threshold(result.config, result.metrics))
+
+
+def valid_outputs(result: FitResult, task: TaskData,
+                  caches: RunCaches | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The kept model's outputs on the validation split (``Objective.outputs``: probabilities,
+    or values in the data's units) and the split's labels, in the split's order."""
     if result.model is None or result.tokenizer is None:
         raise ValueError("valid_predictions needs a FitResult that kept its model")
-    tokenizer, config = result.tokenizer, result.config
+    return model_outputs(result.model, result.tokenizer, result.config, task, caches)
+
+
+def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
+                  caches: RunCaches | None = None, *, split: str = "valid"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs of ``model`` (trained with ``config``) on ``task``'s ``split`` (valid or train),
+    read as the run read them (its preprocessing and max_length), and the split's labels."""
     caches = caches or RunCaches.for_one_run()
     if is_image_task(task):
+        if split != "valid":
+            raise ValueError("model_outputs reads the validation split of image data only")
         batches = prepare_image_data(config, task, tokenizer, caches).batches(
             1, config.train.eval_batch_size, 0, augment=False)[1]
     else:
         task = text_prep.apply_to_task(task, config.data)  # as the run saw it
-        enc = caches.tokens.encode(task.valid, tokenizer, config.data.max_length)  # the run's own
+        rows = task.valid if split == "valid" else task.train
+        enc = caches.tokens.encode(rows, tokenizer, config.data.max_length)  # the run's own
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
-    device = next(result.model.parameters()).device
+    device = next(model.parameters()).device
     objective = objectives.for_task(task, config.train,
                                     standardize=config.data.standardize_target)
-    probs, labels, _ = predict_proba(result.model, batches, device=device,
-                                     precision=resolve_precision(config.train.precision, device),
-                                     objective=objective)
-    names = [str(n) for n in result.label_names]
-    if task.kind == "regression":
-        return pd.DataFrame({"label": labels, "prediction": probs})
-    if task.kind == "multilabel":
-        threshold = decision_threshold(config, result.metrics)
+    outputs, labels, _ = predict_proba(model, batches, device=device,
+                                       precision=resolve_precision(config.train.precision, device),
+                                       objective=objective)
+    return outputs, labels
+
+
+def predictions_frame(outputs: np.ndarray, labels: np.ndarray, label_names, kind: str,
+                      threshold: float = 0.5) -> pd.DataFrame:
+    """``label``, ``prediction`` and ``prob_<label>`` per row of ``outputs``."""
+    names = [str(n) for n in label_names]
+    if kind == "regression":
+        return pd.DataFrame({"label": labels, "prediction": outputs})
+    if kind == "multilabel":
         frame = pd.DataFrame({"label": label_sets(labels, names, 0.5),
-                              "prediction": label_sets(probs, names, threshold)})
+                              "prediction": label_sets(outputs, names, threshold)})
         for column in ("label", "prediction"):
             frame[column] = frame[column].map(json.dumps)
     else:
         frame = pd.DataFrame({"label": [names[i] for i in labels],
-                              "prediction": [names[i] for i in probs.argmax(axis=1)]})
+                              "prediction": [names[i] for i in outputs.argmax(axis=1)]})
     for i, name in enumerate(names):
-        frame[f"prob_{name}"] = probs[:, i]
+        frame[f"prob_{name}"] = outputs[:, i]
     return frame
 
 

@@ -1,0 +1,435 @@
+"""The final model, built from the whole search.
+
+A search trains many models; picking one of them on a small validation set throws the others
+away and is itself noisy. So the search keeps the weights of its best few trials
+(``keep_trial``: ``RUN/kept/trial-NNNN/``, at most ``keep`` of them) with their validation
+outputs, and its end (``assemble``) builds from them:
+
+* **soups across trials**: kept models that share model, head, pooling, transfer strategy and
+  text preprocessing are averaged greedily in the order of their scores (``training.soup``);
+* **an ensemble** by greedy selection with replacement over their validation outputs
+  (``training.ensemble``), written to ``RUN/ensemble.yaml`` for ``pretune predict --ensemble``;
+* **the ensemble distilled into one model**: the best trial's settings trained again on the
+  training rows with the ensemble's soft labels (``training.distill``), when the time left
+  allows one more trial.
+
+``best/`` then holds whichever single model scores best on the validation data (the best trial,
+a soup or the distilled ensemble); its ``pretune.yaml`` (``made_of``), ``plan.yaml``
+(``assembly``) and the report say what it is made of and every candidate's score. The whole
+assembly is part of the budget: ``reserve`` says how much time the search keeps for it, and
+``best/`` holds the best model built so far whenever the time runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pretune.config import Budget, RunConfig
+from pretune.search import rundir
+from pretune.training.metrics import is_better
+
+log = logging.getLogger(__name__)
+
+KEPT_DIR = "kept"  # the best trials' models
+ASSEMBLY_DIR = "assembly"  # soups and the distilled ensemble
+ENSEMBLE_FILE = "ensemble.yaml"  # the selected ensemble: kept models and their weights
+OUTPUTS_FILE = "valid-outputs.npz"  # beside each kept model: its validation outputs and labels
+MAX_SHARE = 0.35  # the most of a time budget the assembly may keep for itself
+SOUP_SHARE = 0.1  # of a trial's time: what tasting soups and selecting an ensemble take
+# Settings that must agree for two models' weights to be averaged: same shapes, same start,
+# same inputs.
+SOUP_KEYS = ("model", "revision", "head_layers", "head_width", "head_activation", "head_norm",
+             "pooling", "transfer", "lowercase", "stopwords", "stem", "modality")
+
+
+# --- keeping the best trials ------------------------------------------------------------------
+
+
+@dataclass
+class Kept:
+    trial: int
+    value: float
+    path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(self.meta.get("settings") or {})
+
+    def outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self.path / OUTPUTS_FILE, allow_pickle=False) as f:
+            return f["outputs"], f["labels"]
+
+
+def kept_models(out: Path, metric: str, direction: str) -> list[Kept]:
+    """The kept trials' models, best first (a directory without its outputs is skipped)."""
+    from pretune.models.io import read_meta
+
+    found = []
+    for path in sorted((Path(out) / KEPT_DIR).glob("trial-*")):
+        meta = read_meta(path)
+        value = (meta.get("metrics") or {}).get(metric)
+        if value is None or meta.get("trial") is None or not (path / OUTPUTS_FILE).is_file():
+            continue
+        found.append(Kept(int(meta["trial"]), float(value), path, meta))
+    return sorted(found, key=lambda k: (-k.value if direction == "maximize" else k.value, k.trial))
+
+
+def keep_trial(out: Path, number: int, result, task, caches, *, metric: str, direction: str,
+               keep: int) -> bool:
+    """Save trial ``number``'s model (a ``FitResult``) and its validation outputs under
+    ``RUN/kept/`` when it is among the ``keep`` best; drop the models it pushes out."""
+    from pretune.models.io import save_model
+    from pretune.training.run import run_metadata, valid_outputs
+
+    value = result.metrics.get(metric)
+    if keep <= 0 or value is None or not math.isfinite(value):
+        return False
+    kept = kept_models(out, metric, direction)
+    if len(kept) >= keep and not is_better(value, kept[keep - 1].value, metric):
+        return False
+    meta = run_metadata(result.config, task, result.train_result)
+    meta.update(trial=number)
+    path = save_model(result.model, result.tokenizer, Path(out) / KEPT_DIR / f"trial-{number:04d}",
+                      meta)
+    outputs, labels = valid_outputs(result, task, caches)
+    np.savez(path / OUTPUTS_FILE, outputs=outputs, labels=labels)
+    for extra in kept_models(out, metric, direction)[keep:]:
+        shutil.rmtree(extra.path, ignore_errors=True)
+    return True
+
+
+def disk_bytes(weights: int, keep: int) -> int:
+    """What keeping ``keep`` models of ``weights`` bytes takes on disk (with their tokenizers)."""
+    return keep * (weights + 2**20)
+
+
+def reserve(budget: Budget, trial_seconds: float | None, enabled: bool) -> float:
+    """Seconds of a time budget kept for the assembly: a distillation (about one trial) and
+    the tasting when that fits in ``MAX_SHARE`` of the budget, else the tasting alone."""
+    if not enabled or budget.seconds is None or not trial_seconds:
+        return 0.0
+    whole = trial_seconds * (1 + SOUP_SHARE)
+    if whole <= MAX_SHARE * budget.seconds:
+        return whole
+    return min(trial_seconds * SOUP_SHARE, MAX_SHARE * budget.seconds)
+
+
+# --- the assembly ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    kind: str  # trial | soup | ensemble | distilled
+    members: list[int]  # trial numbers
+    metrics: dict[str, float]
+    path: Path | None = None  # a single model's directory (none for the ensemble)
+    weights: list[int] | None = None  # the ensemble's
+
+    def to_dict(self, metric: str) -> dict[str, Any]:
+        out = {"kind": self.kind, "members": self.members, metric: self.metrics.get(metric)}
+        if self.weights is not None:
+            out["weights"] = self.weights
+        return out
+
+
+class _Clock:
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+    def over(self) -> bool:
+        return self.left() <= 0
+
+
+def assemble(out: Path, task, caches, *, metric: str, direction: str,
+             deadline: float | None = None, distill: bool = True) -> dict[str, Any] | None:
+    """Build soups, an ensemble and its distillation from the kept trials; put the best
+    single model in ``best/``. ``deadline`` is a ``time.monotonic()`` time. Returns what
+    ``plan.yaml`` records (None when fewer than two models were kept)."""
+    from pretune.training import objectives
+
+    clock = _Clock(deadline)
+    kept = kept_models(out, metric, direction)
+    if len(kept) < 2:
+        log.info("assembly: %d kept model(s), nothing to combine", len(kept))
+        return None
+    started = time.monotonic()
+    lead = kept[0]
+    config = lead.config
+    objective = objectives.for_task(task, config.train,
+                                    standardize=config.data.standardize_target)
+    outputs = [k.outputs()[0] for k in kept]
+    labels = kept[0].outputs()[1]
+    candidates = [Candidate("trial", [lead.trial], dict(lead.meta.get("metrics") or {}),
+                            path=lead.path)]
+    candidates.append(_ensemble(kept, outputs, labels, objective, config))
+    _write_ensemble(out, kept, candidates[-1], metric, task.kind)
+    for group in _groups(kept):
+        if clock.over():
+            break
+        soup = _soup(out, group, task, caches, metric, clock)
+        if soup is not None:
+            candidates.append(soup)
+    ensemble = candidates[1]
+    if distill and sum(1 for w in ensemble.weights if w) > 1:
+        student = _distill(out, kept, ensemble, objective, task, caches, metric, clock)
+        if student is not None:
+            candidates.append(student)
+    chosen = _adopt(out, candidates, metric, direction, task)
+    summary = {"chosen": chosen.kind, "members": chosen.members,
+               "seconds": round(time.monotonic() - started, 1),
+               "candidates": [c.to_dict(metric) for c in candidates]}
+    rundir.update_plan(out, assembly=summary)
+    log.info("final model: %s of trials %s (%s %.4f); candidates: %s", chosen.kind,
+             chosen.members, metric, chosen.metrics.get(metric, float("nan")),
+             "; ".join(f"{c.kind} {c.metrics.get(metric, float('nan')):.4f}" for c in candidates))
+    return summary
+
+
+def _ensemble(kept: list[Kept], outputs, labels, objective, config: RunConfig) -> Candidate:
+    from pretune.training import ensemble
+
+    picked = ensemble.select(outputs, labels, objective, config.train)
+    members = [k.trial for k, w in zip(kept, picked.weights) if w]
+    return Candidate("ensemble", members, picked.metrics, weights=picked.weights)
+
+
+def _write_ensemble(out: Path, kept: list[Kept], candidate: Candidate, metric: str,
+                    kind: str) -> None:
+    members = [{"path": f"{KEPT_DIR}/{k.path.name}", "trial": k.trial, "weight": w}
+               for k, w in zip(kept, candidate.weights) if w]
+    text = yaml.safe_dump({"task": kind, "metric": metric,
+                           "metrics": {k: float(v) for k, v in candidate.metrics.items()},
+                           "members": members}, sort_keys=False)
+    rundir.write_atomic(Path(out) / ENSEMBLE_FILE, text)
+
+
+def _groups(kept: list[Kept]) -> list[list[Kept]]:
+    """Kept models whose weights can be averaged, in groups of two or more, best first."""
+    groups: dict[tuple, list[Kept]] = {}
+    for k in kept:
+        flat = k.config.flat()
+        groups.setdefault(tuple(str(flat.get(key)) for key in SOUP_KEYS), []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
+          ) -> Candidate | None:
+    """The greedy soup of ``group`` (best first), saved under ``RUN/assembly/``; None when no
+    second model joined."""
+    from pretune.models.io import load_model_dir, save_model
+    from pretune.training.run import model_outputs
+    from pretune.training import ensemble as ens, objectives
+    from pretune.training.soup import Ingredient, greedy_soup
+
+    model, tokenizer, meta = load_model_dir(group[0].path)
+    config = group[0].config
+    objective = objectives.for_task(task, config.train, standardize=config.data.standardize_target)
+
+    def taste(state) -> dict[str, float]:
+        model.load_state_dict(state, strict=False)
+        outputs, labels = model_outputs(model, tokenizer, config, task, caches)
+        return ens.score(objective, outputs, labels, config.train)
+
+    ingredients = [Ingredient(k.value, dict(k.meta.get("metrics") or {}), _weights(k.path),
+                              k.trial) for k in group]
+    made = greedy_soup(ingredients, taste, metric, should_stop=clock.over)
+    if len(made.members) < 2:
+        return None
+    model.load_state_dict(made.state, strict=False)
+    members = [int(m) for m in made.members]
+    meta = {**meta, "metrics": dict(made.metrics),
+            "made_of": {"kind": "soup", "trials": members}}
+    path = save_model(model, tokenizer, Path(out) / ASSEMBLY_DIR / f"soup-{members[0]:04d}", meta)
+    return Candidate("soup", members, made.metrics, path=path)
+
+
+def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, caches,
+             metric: str, clock: _Clock) -> Candidate | None:
+    """The lead trial's settings trained again on the ensemble's soft labels; None when the
+    data are images or the time left is less than the lead trial took."""
+    from pretune.data import text_prep
+    from pretune.data.images import is_image_task
+    from pretune.training.run import fit
+
+    lead = kept[0]
+    took = float((lead.meta.get("training") or {}).get("seconds") or 0.0)
+    if is_image_task(task):
+        log.info("assembly: distilling an ensemble needs texts; image runs skip it")
+        return None
+    if clock.left() < took:
+        log.info("assembly: %.0fs left, less than a trial takes (%.0fs): no distillation",
+                 clock.left(), took)
+        return None
+    config = lead.config
+    logits_file = _teacher_file(out, kept, ensemble.weights, objective, task, caches,
+                                text_prep.apply_to_task(task, config.data))
+    student = config.with_settings({"distill_logits": str(logits_file),
+                                    "seed": config.train.seed + 1})
+    path = Path(out) / ASSEMBLY_DIR / "distilled"
+    result = fit(student, path, task=task, should_stop=clock.over, caches=caches)
+    if result.path is None:
+        return None
+    _mark(result.path, {"kind": "distilled", "trials": ensemble.members,
+                        "weights": [w for w in ensemble.weights if w]})
+    return Candidate("distilled", list(ensemble.members), dict(result.metrics), path=result.path)
+
+
+def _teacher_file(out: Path, kept: list[Kept], weights: list[int], objective, task, caches,
+                  student_task) -> Path:
+    """The ensemble's logits on the training rows, as ``training.distill`` reads them."""
+    from safetensors.torch import save_file
+    import torch
+
+    from pretune.models.io import load_model_dir
+    from pretune.training import ensemble as ens
+    from pretune.training.distill import FORMAT, train_digest
+    from pretune.training.run import model_outputs
+
+    outputs, used = [], []
+    for k, w in zip(kept, weights):
+        if not w:
+            continue
+        model, tokenizer, _ = load_model_dir(k.path)
+        outputs.append(model_outputs(model, tokenizer, k.config, task, caches, split="train")[0])
+        used.append(w)
+    logits = ens.as_logits(objective, ens.average(outputs, used))
+    if logits.ndim == 1:
+        logits = logits[:, None]
+    path = Path(out) / ASSEMBLY_DIR / "ensemble-logits.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"logits": torch.as_tensor(logits, dtype=torch.float32).contiguous()}, str(path),
+              metadata={"rows": str(len(logits)), "train_digest": train_digest(student_task),
+                        "teacher_digest": train_digest(student_task), "teacher": "ensemble",
+                        "format": str(FORMAT)})
+    return path
+
+
+def _mark(path: Path, made_of: dict[str, Any]) -> None:
+    """Add ``made_of`` to the pretune.yaml of the model in ``path``."""
+    from pretune.models.io import META_FILE, read_meta
+
+    meta = read_meta(path)
+    meta["made_of"] = made_of
+    rundir.write_atomic(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+
+
+def _weights(path: Path) -> dict[str, Any]:
+    """Every tensor of a saved model (one safetensors file or shards)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    return state
+
+
+def _adopt(out: Path, candidates: list[Candidate], metric: str, direction: str, task
+           ) -> Candidate:
+    """Put the best single-model candidate in ``best/`` when it beats what is there; return
+    the candidate ``best/`` holds."""
+    from pretune.models.io import read_meta
+
+    chosen = candidates[0]
+    for c in candidates[1:]:
+        if c.path is not None and is_better(c.metrics.get(metric), chosen.metrics.get(metric),
+                                            metric):
+            chosen = c
+    best = Path(out) / rundir.BEST_DIR
+    held = read_meta(best)
+    record = {"candidates": [c.to_dict(metric) for c in candidates]}
+    if chosen.kind == "trial" or not is_better(chosen.metrics.get(metric),
+                                               (held.get("metrics") or {}).get(metric), metric):
+        if (best / "config.json").is_file():  # best/ stays; say what it is and what was tried
+            _mark(best, {"kind": "trial", "trials": [held.get("trial")], **record})
+        return candidates[0]
+    staged = best.with_name(f"{rundir.BEST_DIR}.tmp-assembly")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(chosen.path, staged)
+    meta = read_meta(staged)
+    meta.update(trial=chosen.members[0],
+                made_of={"kind": chosen.kind, "trials": chosen.members, **record})
+    rundir.write_atomic(staged / "pretune.yaml",
+                        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    _write_predictions(staged, chosen, task)
+    rundir.replace_best(out, staged)
+    return chosen
+
+
+def _write_predictions(directory: Path, chosen: Candidate, task) -> None:
+    """valid-predictions.csv for the new best/ (the report's confusion matrix)."""
+    from pretune.models.io import load_model_dir
+    from pretune.training.run import decision_threshold, model_outputs, predictions_frame
+
+    try:
+        model, tokenizer, meta = load_model_dir(directory)
+        config = RunConfig.from_dict(meta.get("settings") or {})
+        outputs, labels = model_outputs(model, tokenizer, config, task)
+        frame = predictions_frame(outputs, labels, task.label_names, task.kind,
+                                  decision_threshold(config, chosen.metrics))
+        frame.insert(0, "trial", chosen.members[0])
+        rundir.write_atomic(directory / "valid-predictions.csv", frame.to_csv(index=False))
+    except Exception as err:  # noqa: BLE001 - a report detail must not stop a search
+        log.warning("could not write the final model's validation predictions: %s", err)
+
+
+# --- serving the ensemble ---------------------------------------------------------------------
+
+
+def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path | None = None,
+                     **options: Any):
+    """``pretune predict RUN --ensemble``: each member of ``RUN/ensemble.yaml`` predicts
+    ``source`` (as ``training.run.predict`` does) and their outputs are averaged with the
+    ensemble's weights: probabilities for classes and labels, values for regression."""
+    import pandas as pd
+
+    from pretune.errors import ConfigError
+    from pretune.training.run import label_sets, predict, table_format, write_table
+
+    run = Path(run).expanduser()
+    spec_file = run / ENSEMBLE_FILE
+    if not spec_file.is_file():
+        raise ConfigError(
+            f"--ensemble needs a run directory whose search built an ensemble ({ENSEMBLE_FILE}), "
+            f"but {run} has none. Pass the run directory of a search that kept two or more "
+            f"models, or leave out --ensemble.")
+    spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
+    members = spec.get("members") or []
+    missing = [m["path"] for m in members if not (run / m["path"] / "config.json").is_file()]
+    if missing:
+        raise ConfigError(
+            f"Every member of the ensemble must be kept in the run directory, but {missing[0]} "
+            f"is missing from {run}. Run the search again to rebuild {ENSEMBLE_FILE}.")
+    if output is not None:
+        table_format(Path(output))
+    frames = [predict(run / m["path"], source, **options) for m in members]
+    weights = np.asarray([float(m["weight"]) for m in members])
+    weights = weights / weights.sum()
+    result = frames[0].copy()
+    if spec.get("task") == "regression":
+        result["prediction"] = sum(w * f["prediction"].to_numpy() for w, f in zip(weights, frames))
+    else:
+        columns = [c for c in result.columns if c.startswith("prob_")]
+        probs = sum(w * f[columns].to_numpy() for w, f in zip(weights, frames))
+        names = [c[len("prob_"):] for c in columns]
+        result[columns] = probs
+        if spec.get("task") == "multilabel":
+            threshold = float((spec.get("metrics") or {}).get("threshold", 0.5))
+            result["prediction"] = label_sets(probs, names, threshold)
+        else:
+            result["prediction"] = pd.Series([names[i] for i in probs.argmax(axis=1)])
+    if output is not None:
+        write_table(result, Path(output))
+    return result

@@ -27,6 +27,10 @@ TRANSFERS = ("full", "linear_probe", "freeze_bottom", "lora", "lp_ft")
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 HEAD_NORMS = ("none", "layer", "batch")
 HEAD_INITS = ("pretrained", "xavier", "he", "normal", "zeros")
+# What the classifier sees of the tokens. auto: the checkpoint's own pooling (a sentence-
+# transformers checkpoint's 1_Pooling, or a model saved by pretune), else cls; cls: the model as
+# it is (BERT's pooler over [CLS]); mean, max: over the attention mask, in place of the pooler.
+POOLINGS = ("auto", "cls", "mean", "max")
 PENALTIES = ("none", "l1", "l2", "elasticnet")
 CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -132,6 +136,7 @@ class ModelConfig:
     head_dropout: float = 0.1
     head_norm: str = "none"
     head_init: str = "pretrained"  # keep the checkpoint's head when it has one, else normal
+    pooling: str = "auto"  # auto | cls | mean | max (see POOLINGS)
     lora_r: int = 8  # LoRA rank (transfer="lora"; Hu et al., 2021)
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
@@ -155,6 +160,9 @@ class TrainConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.01  # the optimizer's L2 (decoupled for adamw)
+    # Layer-wise lr decay: the head gets lr, the top layer lr * d, the next lr * d^2, ..., the
+    # embeddings lr * d^(layers + 1) (Clark et al. 2020, ELECTRA). 1.0: one lr for all.
+    layer_decay: float = 1.0
     penalty: str = "none"  # explicit penalty added to the loss: none | l1 | l2 | elasticnet
     penalty_alpha: float = 1e-5
     l1_ratio: float = 0.5  # elasticnet: share of L1 in the penalty
@@ -370,6 +378,7 @@ def validate(config: RunConfig) -> RunConfig:
     _number("head_dropout", m.head_dropout, 0.0, 0.95)
     one_of("head_norm", m.head_norm, HEAD_NORMS)
     one_of("head_init", m.head_init, HEAD_INITS)
+    one_of("pooling", m.pooling, POOLINGS)
     _number("lora_r", m.lora_r, 1, 4096, integer=True)
     _number("lora_alpha", m.lora_alpha, 0.0, 1e6, lo_open=True)
     _number("lora_dropout", m.lora_dropout, 0.0, 0.95)
@@ -384,6 +393,7 @@ def validate(config: RunConfig) -> RunConfig:
     _number("beta2", t.beta2, 0.0, 0.999999)
     _number("eps", t.eps, 0.0, 1.0, lo_open=True)
     _number("weight_decay", t.weight_decay, 0.0, 10.0)
+    _number("layer_decay", t.layer_decay, 0.0, 1.0, lo_open=True)
     one_of("penalty", t.penalty, PENALTIES)
     _number("penalty_alpha", t.penalty_alpha, 0.0, 10.0)
     _number("l1_ratio", t.l1_ratio, 0.0, 1.0)

@@ -4,14 +4,15 @@ A saved directory is a Hugging Face model directory (config.json with the label 
 model.safetensors, the tokenizer) plus ``pretune.yaml`` (whatever ``meta`` the caller gives:
 settings, metrics, ...). ``AutoModelForSequenceClassification.from_pretrained(dir)`` loads it.
 
-A model whose head is an MLP (``head_layers`` > 0) does not fit the standard class. Its
-config.json holds the head's structure under ``pretune_head``; the directory also holds
+A model whose head is an MLP (``head_layers`` > 0) or whose pooler pools the tokens
+(``pooling`` mean or max) does not fit the standard class. Its config.json holds the head's
+structure under ``pretune_head`` and the pooling under ``pretune_pooling``; the directory also holds
 ``pretune_head.py``, a self-contained copy of ``mlp_head.py``, and config.json's ``auto_map``
 points ``AutoModelForSequenceClassification`` to it, so that
-``from_pretrained(dir, trust_remote_code=True)`` rebuilds the head. ``load_model_dir`` needs no
+``from_pretrained(dir, trust_remote_code=True)`` rebuilds them. ``load_model_dir`` needs no
 remote code: it builds the same class from pretune's own ``mlp_head`` module. Loaded without
-``trust_remote_code``, transformers falls back to the standard class and a new random head
-(it says so in its load report).
+``trust_remote_code``, transformers falls back to the standard class and a new random head or
+pooler (it says so in its load report).
 """
 
 from __future__ import annotations
@@ -92,19 +93,26 @@ def head_code(model: Any) -> str | None:
         f"# --- written by pretune's save_model for this model ---\n\n"
         f"from transformers import {base.__name__} as _PretuneBase  # noqa: E402\n\n\n"
         f"class {HEAD_CLASS}(_PretuneBase):\n"
-        f'    """{base.__name__} whose head is the MLP described by config.pretune_head."""\n\n'
+        f'    """{base.__name__} with the pooling and head that config.pretune_pooling and\n'
+        f'    config.pretune_head describe."""\n\n'
         f"    def __init__(self, config, *args, **kwargs):\n"
         f"        super().__init__(config, *args, **kwargs)\n"
-        f"        attach_mlp_head(self, config.pretune_head)\n"
+        f"        attach_from_config(self)\n"
     )
+
+
+def has_pretune_parts(config: Any) -> bool:
+    """Whether a model's config records an MLP head or token pooling, which the standard
+    transformers class does not rebuild."""
+    return bool(getattr(config, "pretune_head", None) or getattr(config, "pretune_pooling", None))
 
 
 def _write_head_code(model: Any, directory: Path) -> None:
     code = head_code(model)
     if code is None:
         logger.warning(
-            "%s is not a transformers class: the saved MLP head loads with pretune's "
-            "load_model_dir only", type(model).__name__,
+            "%s is not a transformers class: the saved MLP head or pooling loads with "
+            "pretune's load_model_dir only", type(model).__name__,
         )
         return
     (directory / HEAD_CODE_FILE).write_text(code, encoding="utf-8")
@@ -134,7 +142,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: Map
         if not any(tmp.glob("*.safetensors")):
             raise RuntimeError(f"save_pretrained wrote no safetensors file in {tmp}")
         tokenizer.save_pretrained(tmp)
-        if getattr(model.config, "pretune_head", None):
+        if has_pretune_parts(model.config):
             _write_head_code(model, tmp)
         text = yaml.safe_dump(plain(dict(meta)), sort_keys=False, allow_unicode=True)
         (tmp / META_FILE).write_text(text, encoding="utf-8")
@@ -220,7 +228,7 @@ def load_saved_weights(directory: Path, auto_class: Any, mapping: Any, *, allow_
         "use_safetensors": None if allow_pickle else True,
         "output_loading_info": True,
     }
-    if getattr(config, "pretune_head", None):
+    if has_pretune_parts(config):
         model_class: Any = mlp_class(config, directory, mapping, auto_class.__name__)
     else:
         model_class = auto_class

@@ -274,19 +274,24 @@ def labelled_config(cfg: ModelConfig, num_labels: int, label_names: list[str]
 
 
 def _forget_pretune_head(config: Any, source: str) -> None:
-    """A model saved by pretune with an MLP head: its body is reused, the head is built anew."""
-    if getattr(config, "pretune_head", None) is not None:
+    """A model saved by pretune with an MLP head or token pooling: its body is reused, the head
+    is built anew and the pooling applied anew (``pooling=auto`` reads it from config.json)."""
+    pooled = getattr(config, "pretune_pooling", None) is not None
+    if pooled:
+        del config.pretune_pooling
+    headed = getattr(config, "pretune_head", None) is not None
+    if headed:
         logger.warning(
             "%s has a pretune MLP head; only its body is loaded, the head is built anew", source
         )
         del config.pretune_head
-        auto_map = getattr(config, "auto_map", None)
-        if isinstance(auto_map, dict):
-            kept = {k: v for k, v in auto_map.items() if not str(v).startswith("pretune_head.")}
-            if kept:
-                config.auto_map = kept
-            else:
-                del config.auto_map
+    auto_map = getattr(config, "auto_map", None)
+    if (pooled or headed) and isinstance(auto_map, dict):
+        kept = {k: v for k, v in auto_map.items() if not str(v).startswith("pretune_head.")}
+        if kept:
+            config.auto_map = kept
+        else:
+            del config.auto_map
 
 
 def ensure_pad_token(model: Any, tokenizer: Any) -> None:

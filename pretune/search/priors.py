@@ -17,6 +17,9 @@ published range for BERT-base-sized models (hidden size 768); larger models are 
 small distilled models (MiniLM, hidden size 384) higher, about 1e-4 [MiniLM]. A learning-rate
 range test, when it ran, gives the rate instead.
 
+Every recipe trains all layers at one rate (``layer_decay`` 1.0, as published) and leaves
+``pooling`` at its default, ``auto``: the checkpoint's own pooling.
+
 Only settings that the space searches are queued, each clipped into its dimension's range (the
 nearest choice when a categorical dimension lacks the value, or left to the sampler when the
 choices are names); pinned settings (``--fixed``,
@@ -37,13 +40,13 @@ SOURCE = "prior"  # the ``source`` user attribute of a queued recipe
 RECIPES: tuple[dict[str, Any], ...] = (
     {"optimizer": "adamw", "lr": 1.0, "weight_decay": 0.01, "batch_size": 32, "epochs": 3,
      "schedule": "linear", "warmup_ratio": 0.06, "label_smoothing": 0.0, "dropout": 0.1,
-     "transfer": "full"},
+     "transfer": "full", "layer_decay": 1.0},
     {"optimizer": "adamw", "lr": 0.5, "weight_decay": 0.01, "batch_size": 16, "epochs": 3,
      "schedule": "linear", "warmup_ratio": 0.1, "label_smoothing": 0.0, "dropout": 0.1,
-     "transfer": "full"},
+     "transfer": "full", "layer_decay": 1.0},
     {"optimizer": "adamw", "lr": 2.0, "weight_decay": 0.01, "batch_size": 32, "epochs": 4,
      "schedule": "cosine", "warmup_ratio": 0.1, "label_smoothing": 0.0, "dropout": 0.1,
-     "transfer": "full"},
+     "transfer": "full", "layer_decay": 1.0},
 )
 
 

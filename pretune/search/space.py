@@ -49,6 +49,7 @@ from pretune.config import (
     HEAD_INITS,
     HEAD_NORMS,
     OPTIMIZERS,
+    POOLINGS,
     PENALTIES,
     SCHEDULES,
     STEMMERS,
@@ -169,6 +170,7 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Float("beta1", 0.8, 0.95, when={"optimizer": ADAM_OPTIMIZERS}),
     Float("beta2", 0.95, 0.9999, when={"optimizer": ADAM_OPTIMIZERS}),
     Float("weight_decay", 0.0, 0.3),
+    Float("layer_decay", 0.5, 1.0),
     Choice("penalty", PENALTIES),
     Float("penalty_alpha", 1e-7, 1e-2, log=True, when={"penalty": WEIGHTED_PENALTIES}),
     Float("l1_ratio", 0.0, 1.0, when={"penalty": ("elasticnet",)}),
@@ -189,6 +191,9 @@ FULL_SPACE: tuple[Dimension, ...] = (
     Choice("transfer", TRANSFERS),
     Int("freeze_layers", 1, 12, when={"transfer": ("freeze_bottom",)}),
     Int("reinit_layers", 0, 4),
+    # mean and max need a model whose classifier reads its pooler (BERT and kin); auto, the
+    # default, is the checkpoint's own pooling. Searched only when a space file adds it.
+    Choice("pooling", POOLINGS),
     Int("head_layers", 0, 2),
     Choice("head_width", (128, 256, 512, 768, 1024), when={"head_layers": HEAD_LAYERS}),
     Choice("head_activation", HEAD_ACTIVATIONS, when={"head_layers": HEAD_LAYERS}),
@@ -240,6 +245,9 @@ ORDER: dict[str, int] = {d.name: i for i, d in enumerate(FULL_SPACE)}
 #             linear beyond delta, so a few outlying targets do not dominate the gradient.
 #   [LoRA]    Hu et al. 2021, LoRA: rank 4 to 16 (8 is common), alpha about 2 x rank,
 #             dropout 0.05 to 0.1.
+#   [LLRD]    Layer-wise lr decay: Clark et al. 2020, ELECTRA (appendix: 0.8 for Base, 0.9 for
+#             Large); Bao et al. 2022, BEiT (0.65 to 0.9); AutoGluon's multimodal presets
+#             (optim.lr_decay 0.9). 1.0 (off) stays a choice so the plain recipes are reachable.
 #   [LP-FT]   Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features": probing the
 #             head first, then fine-tuning everything, matches or beats fine-tuning in
 #             distribution and beats it out of distribution; the probe is cheap here (its
@@ -249,6 +257,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     Choice("optimizer", ("adamw",)),  # [BERT], [RoBERTa], [Mosbach]: AdamW
     Float("lr", 1e-5, 2e-4, log=True),  # [BERT] 2e-5..5e-5, [RoBERTa] 1e-5, [MiniLM] ~1e-4
     Float("weight_decay", 0.0, 0.1),  # [BERT] 0.01, [RoBERTa] 0.1
+    Choice("layer_decay", (1.0, 0.9, 0.8, 0.7)),  # [LLRD]
     Choice("batch_size", (16, 32, 64)),  # [BERT], [RoBERTa] {16, 32}; 64 for small models
     Int("epochs", 2, 5),  # [BERT] {2, 3, 4}; [Mosbach] longer training is more stable
     Choice("schedule", ("linear", "cosine")),  # [BERT], [RoBERTa] linear decay; cosine common
@@ -259,9 +268,10 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     Choice("loss", TASK_LOSSES["regression"]),  # regression only (TASK_SETTINGS)
     Float("dropout", 0.0, 0.2),  # [BERT] 0.1
     # To search LoRA as well, add "lora" to these choices: lora_* below then take part.
-    # lp_ft ([LP-FT]) is in the full space, not here: on the default MiniLM a probe of the
-    # classifier's input (BERT's pooler over [CLS], untrained in sentence-transformers
-    # checkpoints) stays near chance, so the probe gives fine-tuning no head start.
+    # lp_ft ([LP-FT]) and linear_probe are in the full space; a space file adds them. With
+    # pooling auto (the default) a probe of the default MiniLM reads its own mean pooling, not
+    # BERT's untrained pooler over [CLS], and reaches about 0.80 on SST-2 (README), so both are
+    # usable; they are not searched by default until a search shows them worth their trials.
     Choice("transfer", ("full", "freeze_bottom")),  # [Freeze]
     Int("freeze_layers", 1, 4, when={"transfer": ("freeze_bottom",)}),  # [Freeze]; MiniLM-L6: 6
     Choice("lora_r", (4, 8, 16), when={"transfer": ("lora",)}),  # [LoRA]

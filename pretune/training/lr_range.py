@@ -96,7 +96,7 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
             batches.set_epoch(epoch)
             for batch in batches:
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
                 labels = batch.pop("labels")
                 with autocast(precision, device):

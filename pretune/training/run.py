@@ -125,7 +125,7 @@ def fit(
         built = with_source(config, source)
         model, tokenizer, transfer = build_model(built.model, len(task.label_names),
                                                  task.label_names, problem_type=task.problem_type,
-                                                 image=image)
+                                                 image=image, checkpoint=config.model)
     log.info("transfer: %s", transfer)
     device = pick_device()
     model.to(device)
@@ -297,10 +297,10 @@ def _probe(model, config: RunConfig, caches: RunCaches, data: _Prepared, depth: 
 
 
 def probe_key(config: RunConfig, model_id: str, data_keys: dict[str, str], precision: str) -> str:
-    """What decides a probed head: data, model, head, dropout, re-initialized layers, the probe's
-    settings and seed, the metric that picks its best epoch, and the precision."""
+    """What decides a probed head: data, model, pooling, head, dropout, re-initialized layers,
+    the probe's settings and seed, the metric that picks its best epoch, and the precision."""
     m = config.model
-    parts = [model_id, data_keys, m.head_layers, m.head_width, m.head_activation, m.head_dropout,
+    parts = [model_id, data_keys, m.pooling, m.head_layers, m.head_width, m.head_activation, m.head_dropout,
              m.head_norm, m.head_init, m.dropout, m.reinit_layers, m.probe_lr, m.probe_epochs,
              data_seed(config), config.train.metric, config.train.eval_batch_size, precision,
              PROBE_BATCH]

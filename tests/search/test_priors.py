@@ -25,8 +25,10 @@ def test_recipes_of_the_default_space_are_the_published_ones():
     first = found[0]
     assert first == {"optimizer": "adamw", "lr": 3e-5, "weight_decay": 0.01, "batch_size": 32,
                      "epochs": 3, "schedule": "linear", "warmup_ratio": 0.06,
-                     "label_smoothing": 0.0, "dropout": 0.1, "transfer": "full"}
+                     "label_smoothing": 0.0, "dropout": 0.1, "transfer": "full",
+                     "layer_decay": 1.0}
     assert [r["lr"] for r in found] == [3e-5, 1.5e-5, 6e-5]
+    assert all(r["layer_decay"] == 1.0 and "pooling" not in r for r in found)
     for params in found:
         in_space(params, DEFAULT_SPACE)
 

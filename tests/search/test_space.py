@@ -70,11 +70,11 @@ def test_the_full_space_covers_every_searchable_setting():
     names = {d.name for d in FULL_SPACE}
     assert MEDIA_OPTIONS <= names
     assert names - MEDIA_OPTIONS == {
-        "optimizer", "lr", "momentum", "beta1", "beta2", "weight_decay", "penalty",
+        "optimizer", "lr", "momentum", "beta1", "beta2", "weight_decay", "layer_decay", "penalty",
         "penalty_alpha", "l1_ratio", "batch_size", "epochs", "schedule", "warmup_ratio",
         "min_lr_ratio", "poly_power", "decay_gamma", "decay_drops", "max_grad_norm",
         "label_smoothing", "class_weights", "dropout", "transfer", "freeze_layers",
-        "reinit_layers", "head_layers", "head_width", "head_activation", "head_dropout",
+        "reinit_layers", "pooling", "head_layers", "head_width", "head_activation", "head_dropout",
         "head_norm", "head_init", "lora_r", "lora_alpha", "lora_dropout", "probe_lr",
         "probe_epochs", "max_length", "tapt_steps", "loss", "huber_delta", "distill_alpha",
         "distill_temperature",
@@ -108,8 +108,10 @@ def test_default_space_is_the_practitioners_subset():
     space, pinned = resolve_space()
     spec = space_to_dict(space)
     assert pinned == {}
-    assert list(spec) == ["optimizer", "lr", "weight_decay", "batch_size", "epochs", "schedule",
-                          "warmup_ratio", "label_smoothing", "dropout", "transfer", "freeze_layers"]
+    assert list(spec) == ["optimizer", "lr", "weight_decay", "layer_decay", "batch_size", "epochs",
+                          "schedule", "warmup_ratio", "label_smoothing", "dropout", "transfer",
+                          "freeze_layers"]
+    assert spec["layer_decay"] == {"choices": [1.0, 0.9, 0.8, 0.7]}
     assert spec["lr"] == {"low": 1e-5, "high": 2e-4, "log": True}
     assert spec["batch_size"] == {"choices": [16, 32, 64]}
     assert spec["epochs"] == {"low": 2, "high": 5, "int": True}

@@ -26,13 +26,18 @@ def settings(model_dir, csv, valid=None, **kw):
     return build_config(None, base)
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize("transfer", ["linear_probe", "freeze_bottom"])
-def test_training_from_cached_features_trains_the_same_model(tiny_learner_dir, sentiment_csv, transfer):
+def test_training_from_cached_features_trains_the_same_model(tiny_learner_dir, sentiment_csv, transfer,
+                                                             pooling):
+    # Mean pooling reads the attention mask, which the model gets with cached features too.
     runs = {cache: fit(settings(tiny_learner_dir, sentiment_csv, transfer=transfer, freeze_layers=1,
-                                feature_cache=cache))
+                                feature_cache=cache, pooling=pooling))
             for cache in (True, False)}
     assert runs[True].feature_depth == (2 if transfer == "linear_probe" else 1)
     assert runs[False].feature_depth is None
+    for run in runs.values():
+        assert getattr(run.model.config, "pretune_pooling", None) == {"cls": None}.get(pooling, pooling)
     assert runs[True].metrics["loss"] == pytest.approx(runs[False].metrics["loss"], rel=1e-4)
     cached, plain = (dict(runs[c].model.named_parameters()) for c in (True, False))
     assert cached.keys() == plain.keys()  # the whole model comes back, every layer in place

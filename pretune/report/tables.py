@@ -80,6 +80,8 @@ def summary(history) -> list[tuple[str, str]]:
                              if wall is not None else "")))
     tally = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none"
     lines.append(("trials", f"{len(history.trials)} ({tally})"))
+    if getattr(history, "final", None):
+        lines.append(("final model", history.final))
     if history.plan:
         lines.append(("plan", history.plan))
     return lines

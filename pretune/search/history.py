@@ -60,6 +60,7 @@ class History:
     predictions: pd.DataFrame | None = None  # best/valid-predictions.csv of the best model
     task: str = "classification"  # classification | regression | multilabel (best/pretune.yaml)
     plan: str | None = None  # the budget plan of the last start, in words (plan.yaml)
+    final: str | None = None  # what best/ is made of and the final assembly's candidates
 
     @property
     def counts(self) -> dict[str, int]:
@@ -165,8 +166,30 @@ def read_history(run: str | Path, *, importance: bool = True) -> History:
         predictions=_read_predictions(path / rundir.BEST_DIR, best_trial),
         task=str((meta.get("task") or {}).get("kind") or "classification"),
         plan=_plan_message(path),
+        final=final_message(meta.get("made_of"), metric),
     )
     return history
+
+
+def final_message(made_of: Any, metric: str) -> str | None:
+    """What best/ is made of (its pretune.yaml's ``made_of``) and every candidate of the final
+    assembly with its score, in words; None for a model no assembly looked at."""
+    if not isinstance(made_of, dict):
+        return None
+
+    def trials(c: dict) -> str:
+        members = [str(m) for m in c.get("trials") or c.get("members") or []]
+        return ("trial " if len(members) == 1 else "trials ") + ", ".join(members)
+
+    text = f"{made_of.get('kind', 'trial')} of {trials(made_of)}"
+    scored = []
+    for c in made_of.get("candidates") or []:
+        value = c.get(metric)
+        score = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+        scored.append(f"{c.get('kind')} ({trials(c)}) {score}")
+    if scored:
+        text += f"; candidates by validation {metric}: " + "; ".join(scored)
+    return text
 
 
 def _plan_message(path: Path) -> str | None:

@@ -66,6 +66,9 @@ class Plan:
     lr_searched: tuple[float, float] | None = None  # the lr range the search samples
     data_fraction: float = 1.0  # the part of the training rows each epoch of a trial runs on
     train_rows: int | None = None  # the training rows there are
+    keep: int = 0  # trials whose models are kept for the final assembly
+    keep_mb: float | None = None  # what keeping them takes on disk, in MB (None: not known)
+    assembly_seconds: float = 0.0  # the time the search keeps for building the final model
 
     @property
     def fidelity(self) -> Fidelity:
@@ -90,6 +93,12 @@ class Plan:
                      else f"no suggestion (stopped: {test.get('stop_reason')})")
         if self.lr_searched:
             text += f"; searching lr {self.lr_searched[0]:.3g} to {self.lr_searched[1]:.3g}"
+        if self.keep:
+            disk = f" (about {self.keep_mb:,.0f} MB on disk)" if self.keep_mb is not None else ""
+            text += f". The best {self.keep} trials' models are kept{disk}"
+            if self.assembly_seconds:
+                text += (f" and {self.assembly_seconds:.0f}s are kept at the end to build the "
+                         f"final model from them")
         if self.data_fraction < 1:
             rows = (f" (about {round(self.data_fraction * self.train_rows):,} of "
                     f"{self.train_rows:,})" if self.train_rows else "")

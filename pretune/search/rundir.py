@@ -158,10 +158,12 @@ def preflight(out: Path, config: RunConfig, tune: TuneConfig) -> None:
     check_writable(out)
     check_source(config.model)
     has_best = (Path(out) / BEST_DIR / "config.json").is_file()
-    copies = (1 if has_best else 2) + max(0, tune.seed_check)
+    kept = tune.keep + 2 if tune.assemble and tune.keep > 1 else max(0, tune.keep)
+    copies = (1 if has_best else 2) + max(0, tune.seed_check) + kept
     check_save_room(out, config.model, copies,
                     f"the best model and {copies - 1} more copies of it while it is replaced "
-                    f"and checked")
+                    f"and checked, {kept} of them the kept trials and the final assembly's "
+                    f"(--keep {tune.keep}; a smaller --keep needs less)")
 
 
 class BestLock:

@@ -294,6 +294,7 @@ def run_tune(
             train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
             evals_per_epoch=tune.evals_per_epoch, lr_test=found,
             fraction=shared.train.data_fraction)
+        plan = _with_keep(plan, tune, shared, budget)
         rundir.update_plan(out, plan=plan.to_dict())
         log.info("plan: %s", plan.message())
         if on_plan is not None:
@@ -340,7 +341,7 @@ def run_tune(
         if search.reserve.active:
             log.info("keeping %s for the seed check of the final pick", search.reserve)
         search.keep = tune.keep
-        final = assemble.reserve(budget, plan.trial_seconds, tune.assemble and tune.keep > 1)
+        final = plan.assembly_seconds
         end = search.deadline
         if final and end is not None:  # the trials stop where the assembly's time begins
             search.deadline = end - final
@@ -360,6 +361,19 @@ def run_tune(
         result.lr_range = found
         result.seed_check = search.picked
         return result
+
+
+def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget) -> Plan:
+    """The plan with what keeping models for the final assembly costs: disk and time."""
+    from pretune.models.load import weights_bytes
+
+    if tune.keep <= 0:
+        return plan
+    weights = weights_bytes(shared.model)
+    building = tune.assemble and tune.keep > 1
+    return replace(plan, keep=tune.keep,
+                   keep_mb=None if weights is None else assemble.disk_bytes(weights, tune.keep) / 2**20,
+                   assembly_seconds=round(assemble.reserve(budget, plan.trial_seconds, building), 1))
 
 
 def check_storage(tune: TuneConfig) -> bool:

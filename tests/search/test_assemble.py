@@ -59,6 +59,8 @@ def test_best_holds_the_best_candidate_and_says_what_it_is_made_of(assembled):
     assert kinds[:2] == ["trial", "ensemble"]
     assert ("distilled" in kinds) == (len(plan["candidates"][1]["members"]) > 1)
     singles = [c for c in plan["candidates"] if c["kind"] != "ensemble"]
+    budget = yaml.safe_load((out / "plan.yaml").read_text())["plan"]
+    assert budget["keep"] == KEEP and budget["keep_mb"] > 0
     meta = yaml.safe_load((out / "best" / "pretune.yaml").read_text())
     assert meta["made_of"]["kind"] == plan["chosen"]
     assert meta["metrics"]["loss"] == pytest.approx(min(c["loss"] for c in singles))
@@ -126,6 +128,12 @@ def test_soups_and_a_distilled_ensemble_are_built_and_recorded(rebuilt):
     assert meta["settings"]["train"]["distill_logits"].endswith("ensemble-logits.safetensors")
     best = yaml.safe_load((out / "best" / "pretune.yaml").read_text())
     assert best["made_of"]["kind"] == summary["chosen"]
+    # pretune show says what best/ is made of and every candidate's score.
+    shown = cli("show", out)
+    assert shown.exit_code == 0, shown.output
+    line = " ".join(next(x for x in shown.output.split("\n\n") if "final model" in x).split())
+    for c in summary["candidates"]:
+        assert f"{c['kind']} (" in line and f"{c['loss']:.4f}" in line
 
 
 def test_a_saved_soup_or_student_loads_with_auto_classes_as_predict_reads_it(rebuilt):

@@ -156,3 +156,22 @@ def test_a_model_without_a_pooler_refuses_mean_and_keeps_its_head_under_auto(arc
     with caplog.at_level(logging.INFO, logger="pretune.models.pooling"):
         assert apply_pooling(model, ModelConfig(model="x", pooling="auto")) == "cls"
     assert "no pooler to replace" in caplog.text
+
+
+def test_a_lora_model_with_mean_pooling_merges_saves_and_loads_the_same(tiny_model_dir, tmp_path):
+    from pretune.models import merge_lora
+
+    model, tokenizer, _ = build_model(
+        ModelConfig(model=tiny_model_dir, pooling="mean", transfer="lora", lora_r=2), 2, LABELS)
+    with torch.no_grad():  # adapters off their zero init, so merging has something to merge
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    expected, _ = run(model, tokenizer)
+    merged = merge_lora(model)
+    assert isinstance(merged.bert.pooler, TokenPooler)
+    out = save_model(merged, tokenizer, tmp_path / "best", {})
+    loaded, _, _ = load_model_dir(out)
+    got, _ = run(loaded, tokenizer)
+    assert torch.allclose(got.logits, expected.logits, atol=1e-5)

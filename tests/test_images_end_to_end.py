@@ -45,6 +45,14 @@ def test_search_save_load_and_predict(image_data, tmp_path):
     assert meta["settings"]["data"]["modality"] == "image"
     assert (out / "best" / "preprocessor_config.json").is_file()
 
+    # The final assembly: an ensemble of the kept models; no distillation for images.
+    kinds = [c["kind"] for c in result.assembly["candidates"]]
+    assert kinds[:2] == ["trial", "ensemble"] and "distilled" not in kinds
+    served = pretune.predict(out, str(valid), ensemble=True)
+    spec = yaml.safe_load((out / "ensemble.yaml").read_text())
+    truth = [Path(p).parent.name for p in served["image"]]
+    assert np.mean(served["prediction"] == truth) == pytest.approx(spec["metrics"]["accuracy"])
+
     # `pretune predict` on a CSV of relative paths ...
     files = sorted(valid.rglob("*.png"))
     pd.DataFrame({"image": [str(f.relative_to(valid)) for f in files]}).to_csv(

@@ -169,6 +169,14 @@ def print_summary(result) -> None:
         f"{result.best_value:.4f} ({params}); model saved to {escape(str(result.best_path))}",
         highlight=False, soft_wrap=True,
     )
+    final = result.assembly or {}
+    if final.get("chosen") not in (None, "trial"):
+        console.print(
+            f"[bold green]final model[/]: {final['chosen']} of trials "
+            f"{', '.join(map(str, final['members']))}, {result.metric} {result.best_value:.4f}; "
+            f"candidates: " + "; ".join(
+                f"{c['kind']} {c.get(result.metric, float('nan')):.4f}" for c in final["candidates"]),
+            highlight=False, soft_wrap=True)
     if result.ended_early:
         console.print(f"stopped with time left: {escape(result.ended_early)}", highlight=False,
                       soft_wrap=True)

@@ -250,7 +250,10 @@ def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
         return None
     model.load_state_dict(made.state, strict=False)
     members = [int(m) for m in made.members]
-    meta = {**meta, "metrics": dict(made.metrics),
+    task_meta = dict(meta.get("task") or {})
+    if task_meta.get("threshold_tuned") and "threshold" in made.metrics:  # multi-label
+        task_meta["threshold"] = float(made.metrics["threshold"])
+    meta = {**meta, "metrics": dict(made.metrics), "task": task_meta,
             "made_of": {"kind": "soup", "trials": members}}
     path = save_model(model, tokenizer, Path(out) / ASSEMBLY_DIR / f"soup-{members[0]:04d}", meta)
     return Candidate("soup", members, made.metrics, path=path)
@@ -352,9 +355,14 @@ def _adopt(out: Path, candidates: list[Candidate], metric: str, direction: str, 
     record = {"candidates": [c.to_dict(metric) for c in candidates]}
     if chosen.kind == "trial" or not is_better(chosen.metrics.get(metric),
                                                (held.get("metrics") or {}).get(metric), metric):
-        if (best / "config.json").is_file():  # best/ stays; say what it is and what was tried
-            _mark(best, {"kind": "trial", "trials": [held.get("trial")], **record})
-        return candidates[0]
+        if not (best / "config.json").is_file():
+            return candidates[0]
+        # best/ stays (a trial, or what an earlier start of the search built): say what it is
+        # and what was tried
+        prior = held.get("made_of") or {}
+        kind, trials = prior.get("kind", "trial"), prior.get("trials") or [held.get("trial")]
+        _mark(best, {"kind": kind, "trials": trials, **record})
+        return Candidate(kind, list(trials), dict(held.get("metrics") or {}), path=best)
     staged = best.with_name(f"{rundir.BEST_DIR}.tmp-assembly")
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(chosen.path, staged)

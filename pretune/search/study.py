@@ -796,6 +796,17 @@ class _Search:
                    if t.state != TrialState.WAITING]  # queued recipes not run yet
         return rundir.trials_frame(started, [d.name for d in self.dims])
 
+    def _best_metrics(self, best: optuna.trial.FrozenTrial | None) -> dict[str, float]:
+        """The validation metrics of the model in best/ (a trial's, or a final assembly's)."""
+        from pretune.models.io import read_meta
+
+        if best is None:
+            return {}
+        meta = read_meta(self.out / rundir.BEST_DIR)
+        if meta.get("made_of", {}).get("kind", "trial") != "trial":
+            return dict(meta.get("metrics") or {})
+        return dict(best.user_attrs.get("metrics") or {})
+
     def result(self) -> TuneResult:
         """The outcome, with the best trial being the one whose model is in best/."""
         saved = self.saved_best()
@@ -811,9 +822,10 @@ class _Search:
         return TuneResult(
             path=self.out, metric=self.metric, direction=self.direction,
             best_trial=best.number if best else None,
-            best_value=best.value if best else None,
+            # best/'s own score: the trial's, or that of the soup or student built from it
+            best_value=saved[1] if best else None,
             best_params=dict(best.params) if best else {},
-            best_metrics=dict(best.user_attrs.get("metrics") or {}) if best else {},
+            best_metrics=self._best_metrics(best),
             best_settings=dict(best.user_attrs.get("settings") or {}) if best else {},
             fixed=dict(self.pinned), trials=self.frame(), trials_run=self.trials_run,
             ended_early=self.ended_early,

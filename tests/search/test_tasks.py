@@ -100,6 +100,22 @@ def test_regression_search_predicts_in_the_data_units(regression_run):
                        preds["prediction"][:5], atol=1e-3)
 
 
+def test_regression_final_assembly_averages_values(regression_run):
+    out, _, valid, _ = regression_run
+    assembly = yaml.safe_load((out / "plan.yaml").read_text())["assembly"]
+    assert [c["kind"] for c in assembly["candidates"]][:2] == ["trial", "ensemble"]
+    spec = yaml.safe_load((out / "ensemble.yaml").read_text())
+    assert spec["task"] == "regression"
+    preds = pretune.predict(out, valid, ensemble=True)
+    assert list(preds.columns) == ["text", "price", "prediction"]
+    truth = pd.read_csv(valid)["price"]
+    assert r2_score(truth, preds["prediction"]) == pytest.approx(spec["metrics"]["r2"], abs=1e-4)
+    members = [pretune.predict(out / m["path"], valid)["prediction"] * m["weight"]
+               for m in spec["members"]]
+    total = sum(m["weight"] for m in spec["members"])
+    assert np.allclose(sum(members) / total, preds["prediction"], atol=1e-4)
+
+
 def test_regression_run_reads_back_in_show_and_report(regression_run):
     out, _, _, _ = regression_run
     shown = cli("show", out)
@@ -168,6 +184,23 @@ def test_multilabel_search_predicts_label_sets_at_the_tuned_threshold(multilabel
     with torch.no_grad():
         sig = torch.sigmoid(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits)
     assert np.allclose(sig.numpy(), probs[:4], atol=1e-4)
+
+
+def test_multilabel_final_assembly_serves_label_sets_at_its_own_threshold(multilabel_run):
+    out, _, valid, _ = multilabel_run
+    spec = yaml.safe_load((out / "ensemble.yaml").read_text())
+    assert spec["task"] == "multilabel"
+    threshold = spec["metrics"]["threshold"]
+    preds = pretune.predict(out, valid, ensemble=True)
+    probs = preds[["prob_food", "prob_music", "prob_sports"]].to_numpy()
+    for row, labels in zip(probs, preds["prediction"]):
+        assert labels == [n for n, p in zip(["food", "music", "sports"], row) if p >= threshold]
+    truth = [json.loads(x) for x in pd.read_csv(valid)["topics"]]
+    y = np.array([[n in t for n in ("food", "music", "sports")] for t in truth], dtype=int)
+    assert f1_score(y, (probs >= threshold).astype(int), average="macro", zero_division=0) == \
+        pytest.approx(spec["metrics"]["f1_macro"], abs=1e-6)
+    meta = yaml.safe_load((out / "best" / "pretune.yaml").read_text())
+    assert meta["made_of"]["kind"] in ("trial", "soup", "distilled")
 
 
 def test_multilabel_run_reads_back_in_show_and_report(multilabel_run):

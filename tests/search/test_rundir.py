@@ -104,8 +104,9 @@ def test_the_room_asked_for_is_the_models_copies_plus_a_margin(tiny_model_dir, t
     size = weights_bytes(ModelConfig(model=tiny_model_dir))
     safetensors = (Path(tiny_model_dir) / "model.safetensors").stat().st_size
     assert size == safetensors
-    tune = TuneConfig(seed_check=3)
-    need = (2 + 3) * size + SAVE_MARGIN  # best/, its replacement, three kept re-runs
+    tune = TuneConfig(seed_check=3, keep=4)
+    # best/, its replacement, three kept re-runs, four kept trials and two assembled models
+    need = (2 + 3 + 4 + 2) * size + SAVE_MARGIN
     config = RunConfig(model=ModelConfig(model=tiny_model_dir))
     free = {"bytes": need - 1}
     monkeypatch.setattr(outdir.shutil, "disk_usage", lambda path: Usage(0, 0, free["bytes"]))
@@ -114,6 +115,8 @@ def test_the_room_asked_for_is_the_models_copies_plus_a_margin(tiny_model_dir, t
     free["bytes"] = need
     preflight(tmp_path / "run", config, tune)
     assert not (tmp_path / "run").exists()  # a check creates nothing
+    free["bytes"] = need - 1  # a smaller --keep, without the assembly, fits
+    preflight(tmp_path / "run", config, TuneConfig(seed_check=3, keep=1, assemble=False))
 
 
 def test_an_out_under_a_regular_file_is_an_error_before_the_data_loads(tiny_model_dir, tmp_path,

@@ -63,11 +63,18 @@ def test_fifty_trials_keep_memory_and_open_files_flat_and_one_best_model(tiny_mo
     assert rss_late <= 1.15 * rss_early, measured
     assert fds_late <= fds_early + 3, measured
 
-    # One best model: one config.json and one weights file under the run directory (cache/
-    # holds data, not models), and no half-written, replaced or seed-check copies beside it.
+    # One best model, the kept trials' (no more than --keep, default 5) and what the final
+    # assembly built: one config.json and one weights file each (cache/ holds data, not
+    # models), and no half-written, replaced or seed-check copies beside them.
     models = [p.relative_to(out) for p in out.rglob("*")
               if p.name in ("config.json", "model.safetensors") or p.suffix == ".bin"]
-    assert sorted(models) == [Path("best/config.json"), Path("best/model.safetensors")], models
+    places = sorted({p.parent for p in models})
+    assert sorted(models) == sorted(q / n for q in places for n in ("config.json",
+                                                                      "model.safetensors"))
+    kept = [q for q in places if q.parts[0] == "kept"]
+    built = [q for q in places if q.parts[0] == "assembly"]
+    assert Path("best") in places and len(kept) == 5
+    assert len(places) == 1 + len(kept) + len(built), places
     leftovers = [p.name for p in out.iterdir()
                  if p.name.startswith(("best.tmp-", "best.old-", "seed_check", ".trials.csv.tmp"))]
     assert leftovers == []

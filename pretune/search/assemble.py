@@ -113,15 +113,18 @@ def disk_bytes(weights: int, keep: int) -> int:
     return keep * (weights + 2**20)
 
 
-def reserve(budget: Budget, trial_seconds: float | None, enabled: bool) -> float:
-    """Seconds of a time budget kept for the assembly: a distillation (about one trial) and
-    the tasting when that fits in ``MAX_SHARE`` of the budget, else the tasting alone."""
+def reserve(budget: Budget, trial_seconds: float | None, enabled: bool,
+            unlabeled_share: float = 0.0) -> float:
+    """Seconds of a time budget kept for the assembly: a distillation (about one trial, longer
+    by ``unlabeled_share``, the unlabeled texts per training row, that it may learn from too)
+    and the tasting, at most ``MAX_SHARE`` of the budget; the tasting alone when not even a
+    distillation on the training rows fits."""
     if not enabled or budget.seconds is None or not trial_seconds:
         return 0.0
-    whole = trial_seconds * (1 + SOUP_SHARE)
-    if whole <= MAX_SHARE * budget.seconds:
-        return whole
-    return min(trial_seconds * SOUP_SHARE, MAX_SHARE * budget.seconds)
+    most = MAX_SHARE * budget.seconds
+    if trial_seconds * (1 + SOUP_SHARE) <= most:
+        return min(trial_seconds * (1 + unlabeled_share + SOUP_SHARE), most)
+    return min(trial_seconds * SOUP_SHARE, most)
 
 
 # --- the assembly ---------------------------------------------------------------------------------
@@ -261,10 +264,12 @@ def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
 
 def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, caches,
              metric: str, clock: _Clock) -> Candidate | None:
-    """The lead trial's settings trained again on the ensemble's soft labels; None when the
-    data are images or the time left is less than the lead trial took."""
+    """The lead trial's settings trained again on the ensemble's soft labels, on the training
+    rows and as many ``--unlabeled`` texts as the time left allows; None when the data are
+    images or the time left is less than the lead trial took."""
     from pretune.data import text_prep
     from pretune.data.images import is_image_task
+    from pretune.training import objectives
     from pretune.training.run import fit
 
     lead = kept[0]
@@ -277,38 +282,97 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
                  clock.left(), took)
         return None
     config = lead.config
-    logits_file = _teacher_file(out, kept, ensemble.weights, objective, task, caches,
-                                text_prep.apply_to_task(task, config.data))
+    members = [(k, w) for k, w in zip(kept, ensemble.weights) if w]
+    extra = _unlabeled(config, task, took, clock)
+    wide = _with_rows(task, extra)  # the training rows, then the unlabeled texts
+    outputs = _ensemble_outputs(members, task, wide, caches)
+    if extra:  # the unlabeled rows are labelled by the ensemble (its soft labels teach too)
+        wide = _with_rows(task, extra, _labels_of(objective, outputs[len(task.train):]))
+    student_objective = objectives.for_task(wide, config.train,
+                                            standardize=config.data.standardize_target)
+    logits_file = _teacher_file(out, student_objective, outputs,
+                                text_prep.apply_to_task(wide, config.data))
     student = config.with_settings({"distill_logits": str(logits_file),
                                     "seed": config.train.seed + 1})
     path = Path(out) / ASSEMBLY_DIR / "distilled"
-    result = fit(student, path, task=task, should_stop=clock.over, caches=caches)
+    result = fit(student, path, task=wide, should_stop=clock.over, caches=caches)
     if result.path is None:
         return None
     _mark(result.path, {"kind": "distilled", "trials": ensemble.members,
-                        "weights": [w for w in ensemble.weights if w]})
+                        "weights": [w for w in ensemble.weights if w],
+                        "unlabeled_rows": len(extra)})
     return Candidate("distilled", list(ensemble.members), dict(result.metrics), path=result.path)
 
 
-def _teacher_file(out: Path, kept: list[Kept], weights: list[int], objective, task, caches,
-                  student_task) -> Path:
-    """The ensemble's logits on the training rows, as ``training.distill`` reads them."""
-    from safetensors.torch import save_file
-    import torch
+def _unlabeled(config: RunConfig, task, took: float, clock: _Clock) -> list[str]:
+    """The ``--unlabeled`` texts the student can also learn from in the time left (a student
+    epoch grows with its rows); none for text pairs, which an unlabeled file cannot give."""
+    if not config.data.unlabeled or task.train.pairs is not None:
+        return []
+    from pretune.data.unlabeled import read_unlabeled
 
+    texts = read_unlabeled(config.data.unlabeled, config.data.text_column)
+    room = clock.left() / max(took, 1e-9) - 1.0 - SOUP_SHARE
+    fits = len(texts) if math.isinf(room) else max(0, int(len(task.train) * room))
+    if fits < len(texts):
+        log.info("assembly: the student learns from %d of %d unlabeled texts in the time left",
+                 fits, len(texts))
+    return texts[:fits]
+
+
+def _with_rows(task, texts: list[str], labels: np.ndarray | None = None):
+    """``task`` whose training split is followed by ``texts`` (labelled ``labels``, else by
+    zeros: only their texts are read)."""
+    from dataclasses import replace as with_fields
+
+    from pretune.data.task import Split
+
+    if not texts:
+        return task
+    train = task.train.labels
+    if labels is None:
+        labels = np.zeros((len(texts), *train.shape[1:]), dtype=train.dtype)
+    return with_fields(task, train=Split(list(task.train.texts) + list(texts), None,
+                                         np.concatenate([train, labels.astype(train.dtype)])))
+
+
+def _labels_of(objective, outputs: np.ndarray) -> np.ndarray:
+    """The ensemble's hard labels: its class, its labels at one half, its value."""
+    if objective.kind == "classification":
+        return outputs.argmax(axis=1)
+    if objective.kind == "multilabel":
+        return (outputs >= 0.5).astype(np.float32)
+    return outputs
+
+
+def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
+    """The weighted mean of the members' outputs on ``wide``'s training rows, each read as
+    it was trained on ``task`` (a regression model's values in ``task``'s units)."""
     from pretune.models.io import load_model_dir
-    from pretune.training import ensemble as ens
-    from pretune.training.distill import FORMAT, train_digest
+    from pretune.training import ensemble as ens, objectives
     from pretune.training.run import model_outputs
 
     outputs, used = [], []
-    for k, w in zip(kept, weights):
-        if not w:
-            continue
+    for k, w in members:
         model, tokenizer, _ = load_model_dir(k.path)
-        outputs.append(model_outputs(model, tokenizer, k.config, task, caches, split="train")[0])
+        own = objectives.for_task(task, k.config.train,
+                                  standardize=k.config.data.standardize_target)
+        outputs.append(model_outputs(model, tokenizer, k.config, wide, caches, split="train",
+                                     objective=own)[0])
         used.append(w)
-    logits = ens.as_logits(objective, ens.average(outputs, used))
+    return ens.average(outputs, used)
+
+
+def _teacher_file(out: Path, objective, outputs: np.ndarray, student_task) -> Path:
+    """The ensemble's logits on the student's training rows, as ``training.distill`` reads
+    them."""
+    from safetensors.torch import save_file
+    import torch
+
+    from pretune.training import ensemble as ens
+    from pretune.training.distill import FORMAT, train_digest
+
+    logits = ens.as_logits(objective, outputs)
     if logits.ndim == 1:
         logits = logits[:, None]
     path = Path(out) / ASSEMBLY_DIR / "ensemble-logits.safetensors"

@@ -294,7 +294,7 @@ def run_tune(
             train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
             evals_per_epoch=tune.evals_per_epoch, lr_test=found,
             fraction=shared.train.data_fraction)
-        plan = _with_keep(plan, tune, shared, budget)
+        plan = _with_keep(plan, tune, shared, budget, len(task.train))
         rundir.update_plan(out, plan=plan.to_dict())
         log.info("plan: %s", plan.message())
         if on_plan is not None:
@@ -363,17 +363,26 @@ def run_tune(
         return result
 
 
-def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget) -> Plan:
-    """The plan with what keeping models for the final assembly costs: disk and time."""
+def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget,
+               train_rows: int) -> Plan:
+    """The plan with what keeping models for the final assembly costs: disk and time (the
+    distilled student may learn from the --unlabeled texts too)."""
     from pretune.models.load import weights_bytes
 
     if tune.keep <= 0:
         return plan
     weights = weights_bytes(shared.model)
     building = tune.assemble and tune.keep > 1
+    share = 0.0
+    if building and shared.data.unlabeled:
+        from pretune.data.unlabeled import read_unlabeled
+
+        share = len(read_unlabeled(shared.data.unlabeled, shared.data.text_column)) / max(
+            train_rows, 1)
+    seconds = assemble.reserve(budget, plan.trial_seconds, building, share)
     return replace(plan, keep=tune.keep,
                    keep_mb=None if weights is None else assemble.disk_bytes(weights, tune.keep) / 2**20,
-                   assembly_seconds=round(assemble.reserve(budget, plan.trial_seconds, building), 1))
+                   assembly_seconds=round(seconds, 1))
 
 
 def check_storage(tune: TuneConfig) -> bool:

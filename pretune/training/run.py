@@ -336,10 +336,12 @@ def valid_outputs(result: FitResult, task: TaskData,
 
 
 def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
-                  caches: RunCaches | None = None, *, split: str = "valid"
+                  caches: RunCaches | None = None, *, split: str = "valid",
+                  objective: objectives.Objective | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs of ``model`` (trained with ``config``) on ``task``'s ``split`` (valid or train),
-    read as the run read them (its preprocessing and max_length), and the split's labels."""
+    read as the run read them (its preprocessing and max_length), and the split's labels.
+    ``objective`` turns logits into outputs (default: ``task``'s, as the run trained)."""
     caches = caches or RunCaches.for_one_run()
     if is_image_task(task):
         if split != "valid":
@@ -353,8 +355,8 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
     device = next(model.parameters()).device
-    objective = objectives.for_task(task, config.train,
-                                    standardize=config.data.standardize_target)
+    objective = objective or objectives.for_task(task, config.train,
+                                                 standardize=config.data.standardize_target)
     outputs, labels, _ = predict_proba(model, batches, device=device,
                                        precision=resolve_precision(config.train.precision, device),
                                        objective=objective)

@@ -177,3 +177,50 @@ def test_regression_ensembles_average_values_in_the_data_units():
     logits = ensemble.as_logits(objective, values)
     assert np.allclose(objective.outputs(torch.tensor(logits)).numpy(), values)
     assert np.allclose(ensemble.average([values, values + 2], [1, 3]), values + 1.5)
+
+
+def test_the_student_also_learns_the_ensembles_labels_of_unlabeled_texts(assembled, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    from pretune.data.task import load_task
+    from pretune.models.io import read_meta
+    from pretune.search import assemble
+    from pretune.training.caches import RunCaches
+
+    source, _ = assembled
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    unlabeled = tmp_path / "more.txt"
+    unlabeled.write_text("a warm and lovely film\nan awful , boring plot\nsuperb acting\n")
+    for k in assemble.kept_models(out, "loss", "minimize"):  # as if searched with --unlabeled
+        meta = read_meta(k.path)
+        meta["settings"]["data"]["unlabeled"] = str(unlabeled)
+        (k.path / "pretune.yaml").write_text(yaml.safe_dump(meta))
+    config = assemble.kept_models(out, "loss", "minimize")[0].config
+    task = load_task(config.data, config.data.data_seed)
+    real = ensemble.select
+    with pytest.MonkeyPatch.context() as mp:
+        def two(outputs, *args, **kw):
+            picked = real(outputs, *args, **kw)
+            picked.weights = [1, 1] + [0] * (len(outputs) - 2)
+            return picked
+
+        mp.setattr(ensemble, "select", two)
+        assemble.assemble(out, task, RunCaches(out / "cache"), metric="loss",
+                          direction="minimize")
+    meta = read_meta(out / "assembly" / "distilled")
+    assert meta["made_of"]["unlabeled_rows"] == 3
+    assert meta["data"]["train_rows"] == len(task.train) + 3
+    with safe_open(str(out / "assembly" / "ensemble-logits.safetensors"), framework="pt") as f:
+        logits = f.get_tensor("logits")
+    assert logits.shape == (len(task.train) + 3, 2)
+    # The ensemble's soft labels of the training rows are the mean of its two members' outputs.
+    kept = assemble.kept_models(out, "loss", "minimize")[:2]
+    from pretune.models.io import load_model_dir
+    from pretune.training.run import model_outputs
+
+    mean = sum(model_outputs(*load_model_dir(k.path)[:2], k.config, task, split="train")[0]
+               for k in kept) / 2
+    assert np.allclose(torch.softmax(logits[: len(task.train)], -1).numpy(), mean, atol=1e-5)

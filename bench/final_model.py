@@ -17,6 +17,11 @@ Protocol
 Run it (from the repo root)::
 
     .venv/bin/python bench/final_model.py --budget 10m --seeds 0 1 2
+    .venv/bin/python bench/final_model.py --budget 10m --seeds 0 --unlabeled 4000
+
+``--unlabeled N`` gives each search N other texts of train.csv without their labels as
+``--unlabeled`` (a semi-supervised setting, not the SST-2 protocol above), with ``tapt_steps``
+pinned at 0 so that they serve the distilled student alone.
 
 Exit status: 0 when every search finished, 2 when the data is missing or an option is wrong.
 """
@@ -41,7 +46,20 @@ def accuracy(frame, truth) -> float:
     return float((frame["prediction"].astype(str).to_numpy() == truth).mean())
 
 
-def one_search(seed: int, budget: str, root: Path) -> dict:
+def unlabeled_texts(root: Path, rows: int) -> Path:
+    """``rows`` texts of train.csv outside the 2,000 sampled ones, labels dropped, one per line."""
+    import pandas as pd
+
+    path = root / f"unlabeled-{rows}.txt"
+    if not path.is_file():
+        train = pd.read_csv(data_files()["train"])
+        sampled = set(pd.read_csv(train_sample(root))["text"])
+        rest = train[~train["text"].isin(sampled)].sample(rows, random_state=1)
+        path.write_text("\n".join(t.replace("\n", " ") for t in rest["text"]) + "\n")
+    return path
+
+
+def one_search(seed: int, budget: str, root: Path, unlabeled: int = 0) -> dict:
     import pandas as pd
     import yaml
 
@@ -49,10 +67,14 @@ def one_search(seed: int, budget: str, root: Path) -> dict:
     from pretune.search.assemble import kept_models
 
     files = data_files()
-    out = root / f"seed{seed}"
+    out = root / (f"seed{seed}" + (f"-unlabeled{unlabeled}" if unlabeled else ""))
+    # tapt_steps pinned at 0: the texts serve the distilled student alone here
+    extra = ({"unlabeled": str(unlabeled_texts(root, unlabeled)), "fixed": {"tapt_steps": 0}}
+             if unlabeled else {})
     started = time.perf_counter()
     result = pretune.tune(model=model_dir(), train=str(train_sample(root)),
-                          valid=str(files["validation"]), budget=budget, out=out, seed=seed)
+                          valid=str(files["validation"]), budget=budget, out=out, seed=seed,
+                          **extra)
     seconds = time.perf_counter() - started
     truth = pd.read_csv(files["test"])["label"].astype(str).to_numpy()
     test = files["test"]
@@ -85,16 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="10m")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--unlabeled", type=int, default=0,
+                        help="give the search this many other training texts, without labels, "
+                             "as --unlabeled (the distilled student learns from them)")
     args = parser.parse_args(argv)
     check_data()
     root = args.out or Path(tempfile.mkdtemp(prefix="final-model-"))
     root.mkdir(parents=True, exist_ok=True)
-    rows = [one_search(seed, args.budget, root) for seed in args.seeds]
+    rows = [one_search(seed, args.budget, root, args.unlabeled) for seed in args.seeds]
 
     def cell(row, key):
         return f"{row[key]:.4f}" if key in row else "-"
 
-    print(f"\nSST-2, 2,000 training rows, budget {args.budget}: test accuracy (1,821 rows)")
+    given = f", {args.unlabeled:,} unlabeled texts" if args.unlabeled else ""
+    print(f"\nSST-2, 2,000 training rows{given}, budget {args.budget}: test accuracy (1,821 rows)")
     table = [[r["seed"], r["trials"], r["chosen"], *(cell(r, k) for k in COLUMNS)] for r in rows]
     for name, fn in (("mean", statistics.mean), ("std", statistics.pstdev)):
         table.append([name, "", "", *(f"{fn([r[k] for r in rows if k in r]):.4f}"

@@ -34,7 +34,11 @@ def test_train_learns_sst2_and_the_model_loads_with_transformers(sst2_small, tmp
     test = pd.read_csv(sst2_small / "test.csv")
     assert (preds["prediction"].astype(int) == test["label"]).mean() >= 0.72
 
-    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    # The packaged MiniLM pools by the mean of its tokens, as it was trained: a pooling the
+    # standard BERT class lacks, so the model carries it in pretune_head.py.
+    assert (tmp_path / "m" / "pretune_head.py").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "m", trust_remote_code=True).eval()
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     enc = tok(test["text"].tolist()[:8], padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():

@@ -164,18 +164,16 @@ def print_summary(result) -> None:
             f"{result.path}.{why} Fix the cause, or give a larger --budget, and run again."
         )
     params = escape(", ".join(f"{k}={short(v)}" for k, v in result.best_params.items()))
-    console.print(
-        f"[bold green]best[/]: trial {result.best_trial}, {result.metric} "
-        f"{result.best_value:.4f} ({params}); model saved to {escape(str(result.best_path))}",
-        highlight=False, soft_wrap=True,
-    )
     final = result.assembly or {}
-    if final.get("chosen") not in (None, "trial"):
-        console.print(
-            f"[bold green]final model[/]: {final['chosen']} of trials "
-            f"{', '.join(map(str, final['members']))}, {result.metric} {result.best_value:.4f}; "
-            f"candidates: " + "; ".join(
-                f"{c['kind']} {c.get(result.metric, float('nan')):.4f}" for c in final["candidates"]),
+    built = final.get("chosen") not in (None, "trial")
+    what = (f"{final['chosen']} of trials {', '.join(map(str, final['members']))}, with the "
+            f"settings of trial {result.best_trial}" if built else f"trial {result.best_trial}")
+    console.print(
+        f"[bold green]best[/]: {what}, {result.metric} {result.best_value:.4f} ({params}); "
+        f"model saved to {escape(str(result.best_path))}", highlight=False, soft_wrap=True)
+    if final.get("candidates"):
+        console.print("final assembly, by validation " + result.metric + ": " + "; ".join(
+            f"{c['kind']} {c.get(result.metric, float('nan')):.4f}" for c in final["candidates"]),
             highlight=False, soft_wrap=True)
     if result.ended_early:
         console.print(f"stopped with time left: {escape(result.ended_early)}", highlight=False,

@@ -352,9 +352,12 @@ def run_tune(
         finally:
             search.write_trials()
             search.deadline = end
+        built = rundir.read_plan(out).get("assembly")
         if tune.assemble and tune.keep > 1 and search.stop_error is None:
-            search.assembly = assemble.assemble(out, task, caches, metric=metric,
-                                                direction=direction, deadline=end)
+            if search.trials_run or not built:  # a rerun that trained nothing rebuilds nothing
+                built = assemble.assemble(out, task, caches, metric=metric, direction=direction,
+                                          deadline=end)
+            search.assembly = built
         result = search.result()
         result.assembly = search.assembly
         result.plan = plan.to_dict()

@@ -18,22 +18,25 @@ from .helpers import NARROW, cli, data_files, space_file
 
 TRIALS = 4
 KEEP = 3
+_ARGS: dict = {}  # the command that made each run directory
 
 
 @pytest.fixture(scope="module")
 def assembled(tiny_learner_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("assemble")
     train, valid = data_files(root / "data")
-    # Trials that differ mostly by their seed: their models average and ensemble well.
+    # Trials that differ mostly by their seed, so that their models fall in one soup group.
     space = space_file(root / "space.yaml", {**NARROW, "lr": {"low": 6e-3, "high": 8e-3},
                                              "batch_size": {"choices": [8]}})
     out = root / "run"
-    result = cli("tune", "--model", tiny_learner_dir, "--train", train, "--valid", valid,
-                 "--budget", f"{TRIALS}trials", "--out", out, "--space", space,
-                 "--fixed", "epochs=4", "--metric", "loss", "--pruner", "none",
-                 "--precision", "fp32", "--fixed", "threads=1", "--keep", str(KEEP),
-                 "--no-priors", "--no-report")
+    args = ["tune", "--model", tiny_learner_dir, "--train", train, "--valid", valid,
+            "--budget", f"{TRIALS}trials", "--out", out, "--space", space,
+            "--fixed", "epochs=4", "--metric", "loss", "--pruner", "none",
+            "--precision", "fp32", "--fixed", "threads=1", "--keep", str(KEEP),
+            "--no-priors", "--no-report"]
+    result = cli(*args)
     assert result.exit_code == 0, result.output
+    _ARGS[out] = args
     return out, valid
 
 
@@ -224,3 +227,18 @@ def test_the_student_also_learns_the_ensembles_labels_of_unlabeled_texts(assembl
     mean = sum(model_outputs(*load_model_dir(k.path)[:2], k.config, task, split="train")[0]
                for k in kept) / 2
     assert np.allclose(torch.softmax(logits[: len(task.train)], -1).numpy(), mean, atol=1e-5)
+
+
+def test_rerunning_a_finished_search_rebuilds_nothing(assembled, tmp_path):
+    import shutil
+
+    source, _ = assembled
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    before = {p: p.stat().st_mtime_ns for p in (out / "best").iterdir()}
+    plan = yaml.safe_load((out / "plan.yaml").read_text())["assembly"]
+    args = [out if a == source else a for a in _ARGS[source]]
+    result = cli(*args)  # the same command: the study has its trials
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "best").iterdir()} == before
+    assert yaml.safe_load((out / "plan.yaml").read_text())["assembly"] == plan

@@ -324,8 +324,8 @@ def run_tune(
                 pinned=pinned, metric=metric, direction=direction, on_trial=on_trial,
                 progress=progress, budget=budget)
             if tune.assemble and tune.keep > 1:  # soups and the ensemble; no time to distill
-                result.assembly = assemble.assemble(out, task, caches, metric=metric,
-                                                    direction=direction, distill=False)
+                result.assembly = _assemble_safely(out, task, caches, metric, direction,
+                                                   distill=False)
             result.plan = plan.to_dict()
             result.lr_range = found
             return result
@@ -355,8 +355,7 @@ def run_tune(
         built = rundir.read_plan(out).get("assembly")
         if tune.assemble and tune.keep > 1 and search.stop_error is None:
             if search.trials_run or not built:  # a rerun that trained nothing rebuilds nothing
-                built = assemble.assemble(out, task, caches, metric=metric, direction=direction,
-                                          deadline=end)
+                built = _assemble_safely(out, task, caches, metric, direction, deadline=end)
             search.assembly = built
         result = search.result()
         result.assembly = search.assembly
@@ -364,6 +363,19 @@ def run_tune(
         result.lr_range = found
         result.seed_check = search.picked
         return result
+
+
+def _assemble_safely(out: Path, task, caches, metric: str, direction: str,
+                     **options: Any) -> dict[str, Any] | None:
+    """The final assembly; a failure there is a warning, since best/ already holds the best
+    trial's model and the search's results are on disk."""
+    try:
+        return assemble.assemble(out, task, caches, metric=metric, direction=direction,
+                                 **options)
+    except Exception as err:  # noqa: BLE001 - the search's own result stands
+        log.warning("the final model could not be built from the kept trials; best/ keeps the "
+                    "best trial (%s: %s)", type(err).__name__, err)
+        return None
 
 
 def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget,

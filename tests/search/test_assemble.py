@@ -242,3 +242,21 @@ def test_rerunning_a_finished_search_rebuilds_nothing(assembled, tmp_path):
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in (out / "best").iterdir()} == before
     assert yaml.safe_load((out / "plan.yaml").read_text())["assembly"] == plan
+
+
+def test_a_failing_assembly_leaves_the_search_and_its_best_trial(tiny_learner_dir, tmp_path,
+                                                                  monkeypatch):
+    from pretune.search import assemble
+
+    def broken(*args, **kw):
+        raise RuntimeError("no room to build")
+
+    monkeypatch.setattr(assemble, "assemble", broken)
+    train, valid = data_files(tmp_path / "data")
+    result = pretune.tune(model=tiny_learner_dir, train=str(train), valid=str(valid),
+                          out=tmp_path / "run", budget="2trials", space=NARROW,
+                          fixed={"epochs": 1, "threads": 1}, pruner="none", precision="fp32",
+                          lr_range_test=False, priors=False)
+    assert result.best_trial is not None and result.assembly is None
+    meta = yaml.safe_load((tmp_path / "run" / "best" / "pretune.yaml").read_text())
+    assert meta["trial"] == result.best_trial and "made_of" not in meta

@@ -97,12 +97,16 @@ def keep_trial(out: Path, number: int, result, task, caches, *, metric: str, dir
     kept = kept_models(out, metric, direction)
     if len(kept) >= keep and not is_better(value, kept[keep - 1].value, metric):
         return False
+    outputs, labels = valid_outputs(result, task, caches)
     meta = run_metadata(result.config, task, result.train_result)
     meta.update(trial=number)
     path = save_model(result.model, result.tokenizer, Path(out) / KEPT_DIR / f"trial-{number:04d}",
                       meta)
-    outputs, labels = valid_outputs(result, task, caches)
-    np.savez(path / OUTPUTS_FILE, outputs=outputs, labels=labels)
+    try:
+        np.savez(path / OUTPUTS_FILE, outputs=outputs, labels=labels)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # a model without its outputs is never used
+        raise
     for extra in kept_models(out, metric, direction)[keep:]:
         shutil.rmtree(extra.path, ignore_errors=True)
     return True
@@ -182,12 +186,13 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
     for group in _groups(kept):
         if clock.over():
             break
-        soup = _soup(out, group, task, caches, metric, clock)
+        soup = _step("a soup", _soup, out, group, task, caches, metric, clock)
         if soup is not None:
             candidates.append(soup)
     ensemble = candidates[1]
     if distill and sum(1 for w in ensemble.weights if w) > 1:
-        student = _distill(out, kept, ensemble, objective, task, caches, metric, clock)
+        student = _step("the distilled ensemble", _distill, out, kept, ensemble, objective, task,
+                        caches, metric, clock)
         if student is not None:
             candidates.append(student)
     chosen = _adopt(out, candidates, metric, direction, task)
@@ -199,6 +204,15 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
              chosen.members, metric, chosen.metrics.get(metric, float("nan")),
              "; ".join(f"{c.kind} {c.metrics.get(metric, float('nan')):.4f}" for c in candidates))
     return summary
+
+
+def _step(what: str, build, *args):
+    """One candidate of the assembly; a failure loses that candidate only (a warning)."""
+    try:
+        return build(*args)
+    except Exception as err:  # noqa: BLE001 - the other candidates and best/ stand
+        log.warning("assembly: %s could not be built (%s: %s)", what, type(err).__name__, err)
+        return None
 
 
 def _ensemble(kept: list[Kept], outputs, labels, objective, config: RunConfig) -> Candidate:
@@ -237,7 +251,13 @@ def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
     from pretune.training import ensemble as ens, objectives
     from pretune.training.soup import Ingredient, greedy_soup
 
-    model, tokenizer, meta = load_model_dir(group[0].path)
+    from pretune.training.soup import MAX_SOUP_BYTES
+
+    if _weights_size(group[0].path) * (len(group) + 2) > MAX_SOUP_BYTES:
+        log.info("assembly: a soup of %d models this size would not fit in memory; skipped",
+                 len(group))
+        return None
+    model, tokenizer, meta = _load(group[0].path)
     config = group[0].config
     objective = objectives.for_task(task, config.train, standardize=config.data.standardize_target)
 
@@ -354,7 +374,7 @@ def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
 
     outputs, used = [], []
     for k, w in members:
-        model, tokenizer, _ = load_model_dir(k.path)
+        model, tokenizer, _ = _load(k.path)
         own = objectives.for_task(task, k.config.train,
                                   standardize=k.config.data.standardize_target)
         outputs.append(model_outputs(model, tokenizer, k.config, wide, caches, split="train",
@@ -391,6 +411,19 @@ def _mark(path: Path, made_of: dict[str, Any]) -> None:
     meta = read_meta(path)
     meta["made_of"] = made_of
     rundir.write_atomic(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+
+
+def _load(path: Path):
+    """A saved model (and its tokenizer, pretune.yaml) on the device trials run on."""
+    from pretune.models.io import load_model_dir
+    from pretune.training.device import pick_device
+
+    model, tokenizer, meta = load_model_dir(path)
+    return model.to(pick_device()), tokenizer, meta
+
+
+def _weights_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
 def _weights(path: Path) -> dict[str, Any]:
@@ -442,13 +475,14 @@ def _adopt(out: Path, candidates: list[Candidate], metric: str, direction: str, 
 
 def _write_predictions(directory: Path, chosen: Candidate, task) -> None:
     """valid-predictions.csv for the new best/ (the report's confusion matrix)."""
-    from pretune.models.io import load_model_dir
-    from pretune.training.run import decision_threshold, model_outputs, predictions_frame
+    from pretune.training.run import (_objective_of, decision_threshold, model_outputs,
+                                      predictions_frame)
 
     try:
-        model, tokenizer, meta = load_model_dir(directory)
+        model, tokenizer, meta = _load(directory)
         config = RunConfig.from_dict(meta.get("settings") or {})
-        outputs, labels = model_outputs(model, tokenizer, config, task)
+        own = _objective_of(task.kind, meta.get("task") or {})  # its own target scaling
+        outputs, labels = model_outputs(model, tokenizer, config, task, objective=own)
         frame = predictions_frame(outputs, labels, task.label_names, task.kind,
                                   decision_threshold(config, chosen.metrics))
         frame.insert(0, "trial", chosen.members[0])

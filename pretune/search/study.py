@@ -294,7 +294,7 @@ def run_tune(
             train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
             evals_per_epoch=tune.evals_per_epoch, lr_test=found,
             fraction=shared.train.data_fraction)
-        plan = _with_keep(plan, tune, shared, budget, len(task.train))
+        plan = _with_keep(plan, tune, shared, budget, len(task.train), parallel)
         rundir.update_plan(out, plan=plan.to_dict())
         log.info("plan: %s", plan.message())
         if on_plan is not None:
@@ -326,6 +326,7 @@ def run_tune(
             if tune.assemble and tune.keep > 1:  # soups and the ensemble; no time to distill
                 result.assembly = _assemble_safely(out, task, caches, metric, direction,
                                                    distill=False)
+                _from_best(result)
             result.plan = plan.to_dict()
             result.lr_range = found
             return result
@@ -340,7 +341,7 @@ def run_tune(
             trials_done=sum(counted(t) for t in study.get_trials(deepcopy=False)))
         if search.reserve.active:
             log.info("keeping %s for the seed check of the final pick", search.reserve)
-        search.keep = tune.keep
+        search.keep = tune.keep if tune.assemble and tune.keep > 1 else 0  # kept to be used
         final = plan.assembly_seconds
         end = search.deadline
         if final and end is not None:  # the trials stop where the assembly's time begins
@@ -365,6 +366,16 @@ def run_tune(
         return result
 
 
+def _from_best(result: TuneResult) -> None:
+    """``result``'s score and metrics from best/ when the assembly put a model of its own there."""
+    from pretune.models.io import read_meta
+
+    meta = read_meta(result.best_path)
+    if (meta.get("made_of") or {}).get("kind", "trial") != "trial":
+        result.best_metrics = dict(meta.get("metrics") or {})
+        result.best_value = result.best_metrics.get(result.metric, result.best_value)
+
+
 def _assemble_safely(out: Path, task, caches, metric: str, direction: str,
                      **options: Any) -> dict[str, Any] | None:
     """The final assembly; a failure there is a warning, since best/ already holds the best
@@ -379,22 +390,23 @@ def _assemble_safely(out: Path, task, caches, metric: str, direction: str,
 
 
 def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget,
-               train_rows: int) -> Plan:
+               train_rows: int, parallel: bool = False) -> Plan:
     """The plan with what keeping models for the final assembly costs: disk and time (the
-    distilled student may learn from the --unlabeled texts too)."""
+    distilled student may learn from the --unlabeled texts too; workers distill nothing, so a
+    search with workers keeps no time for it)."""
     from pretune.models.load import weights_bytes
 
-    if tune.keep <= 0:
+    building = tune.assemble and tune.keep > 1
+    if not building:
         return plan
     weights = weights_bytes(shared.model)
-    building = tune.assemble and tune.keep > 1
     share = 0.0
     if building and shared.data.unlabeled:
         from pretune.data.unlabeled import read_unlabeled
 
         share = len(read_unlabeled(shared.data.unlabeled, shared.data.text_column)) / max(
             train_rows, 1)
-    seconds = assemble.reserve(budget, plan.trial_seconds, building, share)
+    seconds = 0.0 if parallel else assemble.reserve(budget, plan.trial_seconds, building, share)
     return replace(plan, keep=tune.keep,
                    keep_mb=None if weights is None else assemble.disk_bytes(weights, tune.keep) / 2**20,
                    assembly_seconds=round(seconds, 1))

@@ -109,7 +109,8 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
                      budget=worker_budget(info, budget), on_trial=on_trial, progress=progress,
                      caches=RunCaches(run_dir / rundir.CACHE_DIR))
     search.executor = executor
-    search.keep = int(record["tune"].get("keep") or 0)  # models kept for the final assembly
+    keep = int(record["tune"].get("keep") or 0)  # models kept for the final assembly, if any
+    search.keep = keep if record["tune"].get("assemble", True) and keep > 1 else 0
     try:
         search.run()
     finally:

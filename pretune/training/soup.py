@@ -69,6 +69,8 @@ class TopCheckpoints:
         """Whether a checkpoint scoring ``score`` would be kept (so it is worth copying)."""
         if not self.kept or is_better(score, self.kept[0].score, self.metric, self.min_delta):
             return True
+        if state_bytes(self.kept[0].state) * 2 > MAX_SOUP_BYTES:
+            return False  # only the best fits: copying this one would be thrown away
         if len(self.kept) < self.k:
             return True
         return is_better(score, self.kept[-1].score, self.metric, 0.0)

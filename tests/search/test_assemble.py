@@ -83,28 +83,14 @@ def test_the_ensemble_is_served_by_predict_with_its_recorded_score(assembled):
     assert "prob_positive" in result.stdout
 
 
-@pytest.fixture(scope="module")
-def rebuilt(assembled, tmp_path_factory):
-    """The same run assembled again with a twin of its best kept model (so a soup forms: the
-    average of two equal models scores the same) and an ensemble selection that takes two
-    members (so a student is distilled from them)."""
-    import shutil
-
+def _assemble_with_two_members(out):
+    """Assemble the run in ``out`` again, with an ensemble selection that takes its two best
+    kept models (so a student is distilled from them); (summary, task)."""
     from pretune.data.task import load_task
-    from pretune.models.io import read_meta
     from pretune.search import assemble
     from pretune.training.caches import RunCaches
 
-    source, valid = assembled
-    out = tmp_path_factory.mktemp("again") / "run"
-    shutil.copytree(source, out)
-    kept = assemble.kept_models(out, "loss", "minimize")
-    twin = out / "kept" / "trial-0099"
-    shutil.copytree(kept[0].path, twin)
-    meta = read_meta(twin)
-    meta["trial"] = 99
-    (twin / "pretune.yaml").write_text(yaml.safe_dump(meta))
-    config = kept[0].config
+    config = assemble.kept_models(out, "loss", "minimize")[0].config
     task = load_task(config.data, config.data.data_seed)
     real = ensemble.select
     with pytest.MonkeyPatch.context() as mp:
@@ -116,6 +102,29 @@ def rebuilt(assembled, tmp_path_factory):
         mp.setattr(ensemble, "select", two)
         summary = assemble.assemble(out, task, RunCaches(out / "cache"), metric="loss",
                                     direction="minimize")
+    return summary, task
+
+
+@pytest.fixture(scope="module")
+def rebuilt(assembled, tmp_path_factory):
+    """The same run assembled again with a twin of its best kept model (so a soup forms: the
+    average of two equal models scores the same) and an ensemble selection that takes two
+    members (so a student is distilled from them)."""
+    import shutil
+
+    from pretune.models.io import read_meta
+    from pretune.search import assemble
+
+    source, valid = assembled
+    out = tmp_path_factory.mktemp("again") / "run"
+    shutil.copytree(source, out)
+    kept = assemble.kept_models(out, "loss", "minimize")
+    twin = out / "kept" / "trial-0099"
+    shutil.copytree(kept[0].path, twin)
+    meta = read_meta(twin)
+    meta["trial"] = 99
+    (twin / "pretune.yaml").write_text(yaml.safe_dump(meta))
+    summary, _ = _assemble_with_two_members(out)
     return out, valid, summary
 
 
@@ -187,10 +196,8 @@ def test_the_student_also_learns_the_ensembles_labels_of_unlabeled_texts(assembl
 
     from safetensors import safe_open
 
-    from pretune.data.task import load_task
     from pretune.models.io import read_meta
     from pretune.search import assemble
-    from pretune.training.caches import RunCaches
 
     source, _ = assembled
     out = tmp_path / "run"
@@ -201,18 +208,7 @@ def test_the_student_also_learns_the_ensembles_labels_of_unlabeled_texts(assembl
         meta = read_meta(k.path)
         meta["settings"]["data"]["unlabeled"] = str(unlabeled)
         (k.path / "pretune.yaml").write_text(yaml.safe_dump(meta))
-    config = assemble.kept_models(out, "loss", "minimize")[0].config
-    task = load_task(config.data, config.data.data_seed)
-    real = ensemble.select
-    with pytest.MonkeyPatch.context() as mp:
-        def two(outputs, *args, **kw):
-            picked = real(outputs, *args, **kw)
-            picked.weights = [1, 1] + [0] * (len(outputs) - 2)
-            return picked
-
-        mp.setattr(ensemble, "select", two)
-        assemble.assemble(out, task, RunCaches(out / "cache"), metric="loss",
-                          direction="minimize")
+    _, task = _assemble_with_two_members(out)
     meta = read_meta(out / "assembly" / "distilled")
     assert meta["made_of"]["unlabeled_rows"] == 3
     assert meta["data"]["train_rows"] == len(task.train) + 3

@@ -177,8 +177,8 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
     config = lead.config
     objective = objectives.for_task(task, config.train,
                                     standardize=config.data.standardize_target)
-    outputs = [k.outputs()[0] for k in kept]
-    labels = kept[0].outputs()[1]
+    read = [k.outputs() for k in kept]
+    outputs, labels = [o for o, _ in read], read[0][1]
     candidates = [Candidate("trial", [lead.trial], dict(lead.meta.get("metrics") or {}),
                             path=lead.path)]
     candidates.append(_ensemble(kept, outputs, labels, objective, config))
@@ -195,7 +195,7 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
                         caches, metric, clock)
         if student is not None:
             candidates.append(student)
-    chosen = _adopt(out, candidates, metric, direction, task)
+    chosen = _adopt(out, candidates, metric, task)
     summary = {"chosen": chosen.kind, "members": chosen.members,
                "seconds": round(time.monotonic() - started, 1),
                "candidates": [c.to_dict(metric) for c in candidates]}
@@ -246,12 +246,10 @@ def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
           ) -> Candidate | None:
     """The greedy soup of ``group`` (best first), saved under ``RUN/assembly/``; None when no
     second model joined."""
-    from pretune.models.io import load_model_dir, save_model
+    from pretune.models.io import save_model
     from pretune.training.run import model_outputs
     from pretune.training import ensemble as ens, objectives
-    from pretune.training.soup import Ingredient, greedy_soup
-
-    from pretune.training.soup import MAX_SOUP_BYTES
+    from pretune.training.soup import MAX_SOUP_BYTES, Ingredient, greedy_soup
 
     if _weights_size(group[0].path) * (len(group) + 2) > MAX_SOUP_BYTES:
         log.info("assembly: a soup of %d models this size would not fit in memory; skipped",
@@ -368,7 +366,6 @@ def _labels_of(objective, outputs: np.ndarray) -> np.ndarray:
 def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
     """The weighted mean of the members' outputs on ``wide``'s training rows, each read as
     it was trained on ``task`` (a regression model's values in ``task``'s units)."""
-    from pretune.models.io import load_model_dir
     from pretune.training import ensemble as ens, objectives
     from pretune.training.run import model_outputs
 
@@ -386,30 +383,25 @@ def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
 def _teacher_file(out: Path, objective, outputs: np.ndarray, student_task) -> Path:
     """The ensemble's logits on the student's training rows, as ``training.distill`` reads
     them."""
-    from safetensors.torch import save_file
     import torch
 
     from pretune.training import ensemble as ens
-    from pretune.training.distill import FORMAT, train_digest
+    from pretune.training.distill import write_logits
 
     logits = ens.as_logits(objective, outputs)
     if logits.ndim == 1:
         logits = logits[:, None]
     path = Path(out) / ASSEMBLY_DIR / "ensemble-logits.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"logits": torch.as_tensor(logits, dtype=torch.float32).contiguous()}, str(path),
-              metadata={"rows": str(len(logits)), "train_digest": train_digest(student_task),
-                        "teacher_digest": train_digest(student_task), "teacher": "ensemble",
-                        "format": str(FORMAT)})
+    write_logits(path, torch.as_tensor(logits), student_task, teacher="ensemble")
     return path
 
 
-def _mark(path: Path, made_of: dict[str, Any]) -> None:
-    """Add ``made_of`` to the pretune.yaml of the model in ``path``."""
+def _mark(path: Path, made_of: dict[str, Any], **fields: Any) -> None:
+    """Add ``made_of`` (and ``fields``) to the pretune.yaml of the model in ``path``."""
     from pretune.models.io import META_FILE, read_meta
 
     meta = read_meta(path)
-    meta["made_of"] = made_of
+    meta.update(fields, made_of=made_of)
     rundir.write_atomic(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
 
 
@@ -436,8 +428,7 @@ def _weights(path: Path) -> dict[str, Any]:
     return state
 
 
-def _adopt(out: Path, candidates: list[Candidate], metric: str, direction: str, task
-           ) -> Candidate:
+def _adopt(out: Path, candidates: list[Candidate], metric: str, task) -> Candidate:
     """Put the best single-model candidate in ``best/`` when it beats what is there; return
     the candidate ``best/`` holds."""
     from pretune.models.io import read_meta
@@ -463,11 +454,8 @@ def _adopt(out: Path, candidates: list[Candidate], metric: str, direction: str, 
     staged = best.with_name(f"{rundir.BEST_DIR}.tmp-assembly")
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(chosen.path, staged)
-    meta = read_meta(staged)
-    meta.update(trial=chosen.members[0],
-                made_of={"kind": chosen.kind, "trials": chosen.members, **record})
-    rundir.write_atomic(staged / "pretune.yaml",
-                        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    _mark(staged, {"kind": chosen.kind, "trials": chosen.members, **record},
+          trial=chosen.members[0])
     _write_predictions(staged, chosen, task)
     rundir.replace_best(out, staged)
     return chosen

@@ -153,8 +153,6 @@ def teacher_logits(teacher_dir: str | Path, task, max_length: int, cache_dir: st
     the rows the student trains on. Found by ``logits_key`` in ``cache_dir``, else computed
     (the teacher in ``teacher_dir``, or ``model`` and ``tokenizer`` when given) and written
     there."""
-    from safetensors.torch import save_file
-
     inputs = task if inputs is None else inputs
     if len(inputs.train.texts) != len(task.train.texts):
         raise ValueError(f"inputs has {len(inputs.train.texts)} training rows, the task "
@@ -171,16 +169,25 @@ def teacher_logits(teacher_dir: str | Path, task, max_length: int, cache_dir: st
     started = time.perf_counter()
     logits = predict_logits(model, tokenizer, inputs.train.texts, inputs.train.pairs, max_length,
                             batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"logits": logits.contiguous()}, str(tmp), metadata={
-        "rows": str(logits.shape[0]), "train_digest": train_digest(task),
-        "teacher_digest": train_digest(inputs),
-        "teacher": str(teacher_dir), "max_length": str(max_length), "format": str(FORMAT)})
-    tmp.replace(path)
+    write_logits(path, logits, task, inputs, teacher=str(teacher_dir), max_length=max_length)
     log.info("teacher logits on %d rows in %.1fs: %s", logits.shape[0],
              time.perf_counter() - started, path)
     return path, True
+
+
+def write_logits(path: Path, logits: torch.Tensor, task, inputs=None, **labels: Any) -> None:
+    """Write a teacher's ``logits`` on ``task``'s training rows (read from ``inputs``' texts,
+    default ``task``'s) where ``distillation`` reads them: safetensors, labelled with both
+    splits' digests and ``labels`` (teacher, max_length, ...), written beside and renamed."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"logits": logits.float().contiguous()}, str(tmp), metadata={
+        "rows": str(logits.shape[0]), "train_digest": train_digest(task),
+        "teacher_digest": train_digest(task if inputs is None else inputs),
+        **{k: str(v) for k, v in labels.items()}, "format": str(FORMAT)})
+    tmp.replace(path)
 
 
 def read_logits(path: str | Path | None) -> tuple[torch.Tensor, dict[str, str]]:

@@ -396,17 +396,16 @@ def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget,
     search with workers keeps no time for it)."""
     from pretune.models.load import weights_bytes
 
-    building = tune.assemble and tune.keep > 1
-    if not building:
+    if not (tune.assemble and tune.keep > 1):
         return plan
     weights = weights_bytes(shared.model)
     share = 0.0
-    if building and shared.data.unlabeled:
+    if shared.data.unlabeled:
         from pretune.data.unlabeled import read_unlabeled
 
         share = len(read_unlabeled(shared.data.unlabeled, shared.data.text_column)) / max(
             train_rows, 1)
-    seconds = 0.0 if parallel else assemble.reserve(budget, plan.trial_seconds, building, share)
+    seconds = 0.0 if parallel else assemble.reserve(budget, plan.trial_seconds, True, share)
     return replace(plan, keep=tune.keep,
                    keep_mb=None if weights is None else assemble.disk_bytes(weights, tune.keep) / 2**20,
                    assembly_seconds=round(seconds, 1))
@@ -832,17 +831,6 @@ class _Search:
                    if t.state != TrialState.WAITING]  # queued recipes not run yet
         return rundir.trials_frame(started, [d.name for d in self.dims])
 
-    def _best_metrics(self, best: optuna.trial.FrozenTrial | None) -> dict[str, float]:
-        """The validation metrics of the model in best/ (a trial's, or a final assembly's)."""
-        from pretune.models.io import read_meta
-
-        if best is None:
-            return {}
-        meta = read_meta(self.out / rundir.BEST_DIR)
-        if meta.get("made_of", {}).get("kind", "trial") != "trial":
-            return dict(meta.get("metrics") or {})
-        return dict(best.user_attrs.get("metrics") or {})
-
     def result(self) -> TuneResult:
         """The outcome, with the best trial being the one whose model is in best/."""
         saved = self.saved_best()
@@ -855,14 +843,15 @@ class _Search:
             if top != best.value:
                 log.warning("the study's best value %.4f has no saved model; best/ holds trial %d "
                             "(%.4f)", top, best.number, best.value)
-        return TuneResult(
+        result = TuneResult(
             path=self.out, metric=self.metric, direction=self.direction,
             best_trial=best.number if best else None,
-            # best/'s own score: the trial's, or that of the soup or student built from it
-            best_value=saved[1] if best else None,
+            best_value=best.value if best else None,
             best_params=dict(best.params) if best else {},
-            best_metrics=self._best_metrics(best),
+            best_metrics=dict(best.user_attrs.get("metrics") or {}) if best else {},
             best_settings=dict(best.user_attrs.get("settings") or {}) if best else {},
             fixed=dict(self.pinned), trials=self.frame(), trials_run=self.trials_run,
             ended_early=self.ended_early,
         )
+        _from_best(result)  # a soup or student in best/ (this start's or an earlier one's)
+        return result

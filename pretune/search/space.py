@@ -270,8 +270,9 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     # To search LoRA as well, add "lora" to these choices: lora_* below then take part.
     # lp_ft ([LP-FT]) and linear_probe are in the full space; a space file adds them. With
     # pooling auto (the default) a probe of the default MiniLM reads its own mean pooling, not
-    # BERT's untrained pooler over [CLS], and reaches about 0.80 on SST-2 (README), so both are
-    # usable; they are not searched by default until a search shows them worth their trials.
+    # BERT's untrained pooler over [CLS], and reaches about 0.80 on SST-2 (docs/guide.md), so
+    # both are usable; they are not searched by default until a search shows them worth their
+    # trials.
     Choice("transfer", ("full", "freeze_bottom")),  # [Freeze]
     Int("freeze_layers", 1, 4, when={"transfer": ("freeze_bottom",)}),  # [Freeze]; MiniLM-L6: 6
     Choice("lora_r", (4, 8, 16), when={"transfer": ("lora",)}),  # [LoRA]

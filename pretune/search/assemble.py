@@ -45,6 +45,9 @@ ENSEMBLE_FILE = "ensemble.yaml"  # the selected ensemble: kept models and their 
 OUTPUTS_FILE = "valid-outputs.npz"  # beside each kept model: its validation outputs and labels
 MAX_SHARE = 0.35  # the most of a time budget the assembly may keep for itself
 SOUP_SHARE = 0.1  # of a trial's time: what tasting soups and selecting an ensemble take
+STUDENT_SHARE = 0.8  # of the time left: what a shortened student may train for (the rest
+                     # labels its rows with the ensemble)
+MIN_STUDENT_EPOCHS = 1.0  # a student shorter than this is not trained
 # Settings that must agree for two models' weights to be averaged: same shapes, same start,
 # same inputs.
 SOUP_KEYS = ("model", "revision", "head_layers", "head_width", "head_activation", "head_norm",
@@ -283,8 +286,9 @@ def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
 def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, caches,
              metric: str, clock: _Clock) -> Candidate | None:
     """The lead trial's settings trained again on the ensemble's soft labels, on the training
-    rows and as many ``--unlabeled`` texts as the time left allows; None when the data are
-    images or the time left is less than the lead trial took."""
+    rows and as many ``--unlabeled`` texts as the time left allows, for fewer epochs when the
+    time left is shorter than the lead trial took (``student_epochs``); None when the data are
+    images or not even that fits."""
     from pretune.data import text_prep
     from pretune.data.images import is_image_task
     from pretune.training import objectives
@@ -295,11 +299,11 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
     if is_image_task(task):
         log.info("assembly: distilling an ensemble needs texts; image runs skip it")
         return None
-    if clock.left() < took:
-        log.info("assembly: %.0fs left, less than a trial takes (%.0fs): no distillation",
-                 clock.left(), took)
+    config = student_epochs(lead.config, took, clock.left())
+    if config is None:
+        log.info("assembly: %.0fs left, less than %g epoch(s) of the lead trial take (%.0fs for "
+                 "all of them): no distillation", clock.left(), MIN_STUDENT_EPOCHS, took)
         return None
-    config = lead.config
     members = [(k, w) for k, w in zip(kept, ensemble.weights) if w]
     extra = _unlabeled(config, task, took, clock)
     wide = _with_rows(task, extra)  # the training rows, then the unlabeled texts
@@ -320,6 +324,20 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
                         "weights": [w for w in ensemble.weights if w],
                         "unlabeled_rows": len(extra)})
     return Candidate("distilled", list(ensemble.members), dict(result.metrics), path=result.path)
+
+
+def student_epochs(config: RunConfig, took: float, left: float) -> RunConfig | None:
+    """The lead trial's settings for its student: all its epochs when the time left allows
+    them (``took``: what the trial took), else as many as ``STUDENT_SHARE`` of the time left
+    pays for, its schedule fitted to them; None when that is less than ``MIN_STUDENT_EPOCHS``
+    (a search whose lead trial ran long leaves a shorter student rather than none)."""
+    epochs = float(config.train.epochs)
+    if left >= took:
+        return config
+    fits = epochs * STUDENT_SHARE * left / max(took, 1e-9)
+    if fits < MIN_STUDENT_EPOCHS:
+        return None
+    return config.with_settings({"epochs": round(fits, 2)})
 
 
 def _unlabeled(config: RunConfig, task, took: float, clock: _Clock) -> list[str]:

@@ -256,3 +256,16 @@ def test_a_failing_assembly_leaves_the_search_and_its_best_trial(tiny_learner_di
     assert result.best_trial is not None and result.assembly is None
     meta = yaml.safe_load((tmp_path / "run" / "best" / "pretune.yaml").read_text())
     assert meta["trial"] == result.best_trial and "made_of" not in meta
+
+
+def test_a_student_is_shortened_to_the_time_left_and_skipped_below_an_epoch():
+    from pretune.config import RunConfig
+    from pretune.search.assemble import MIN_STUDENT_EPOCHS, STUDENT_SHARE, student_epochs
+
+    lead = RunConfig().with_settings({"epochs": 4})
+    assert student_epochs(lead, took=80.0, left=100.0) is lead  # all its epochs fit
+    short = student_epochs(lead, took=80.0, left=50.0)
+    assert short.train.epochs == pytest.approx(4 * STUDENT_SHARE * 50 / 80, abs=0.01)
+    assert short.train.lr == lead.train.lr  # only the length changes
+    too_short = 80.0 * MIN_STUDENT_EPOCHS / (4 * STUDENT_SHARE) - 1.0
+    assert student_epochs(lead, took=80.0, left=too_short) is None

@@ -61,19 +61,13 @@ if str(REPO) not in sys.path:
 
 import optuna  # noqa: E402
 
-from pretune.search import planning, strategies  # noqa: E402
-from pretune.search.space import DEFAULT  # noqa: E402
+from pretune.search import strategies  # noqa: E402
 
 TABLE = REPO / ".." / "shared" / "data" / "hpo" / "taskset_imdb_rnn" / "valid_loss.csv"
 PARAMS = ("learning_rate", "beta1", "beta2", "epsilon", "l1", "l2", "linear_decay",
           "exponential_decay")
 BETAS = ("beta1", "beta2")
 CHECKPOINTS = 51
-# pretune judges no trial before the end of its first epoch, of at most 5 in the default space
-# (min_resource 100 of max_resource 500 percent-of-epoch steps): the same fifth of a curve here.
-PRETUNE_MIN_RESOURCE = round(CHECKPOINTS * planning.MIN_RESOURCE
-                             / (planning.STEPS_PER_EPOCH * DEFAULT["epochs"].high))
-CONTENDERS = ("pretune", "tpe", "tpe+median", "random", "random+hyperband")
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -147,20 +141,36 @@ def _quiet(make: Callable):
         return make()
 
 
+# Careful anchors: Optuna as a user who read its docs sets it up. A pruner that waits for a few
+# checkpoints (the median's n_warmup_steps) or starts its rungs at the first one
+# (min_resource=1) instead of Optuna's bare defaults.
+ANCHORS: dict[str, tuple[str, Callable[[], optuna.pruners.BasePruner]]] = {
+    "tpe": ("tpe", optuna.pruners.NopPruner),
+    "tpe+median": ("tpe", optuna.pruners.MedianPruner),
+    "random": ("random", optuna.pruners.NopPruner),
+    "random+hyperband": ("random", optuna.pruners.HyperbandPruner),
+    "tpe+median5": ("tpe", lambda: optuna.pruners.MedianPruner(n_warmup_steps=5)),
+    "tpe+hyperband1": ("tpe", lambda: optuna.pruners.HyperbandPruner(min_resource=1)),
+    "random+hyperband1": ("random", lambda: optuna.pruners.HyperbandPruner(min_resource=1)),
+    "tpe+sha1": ("tpe", lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1)),
+}
+CAREFUL = ("tpe+median5", "tpe+hyperband1", "random+hyperband1", "tpe+sha1")
+CONTENDERS = ("pretune", "tpe", "tpe+median", "random", "random+hyperband", *CAREFUL)
+KNOWN = ("pretune", *ANCHORS, *strategies.CANDIDATES)
+
+
 def contender(name: str, seed: int) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
-    """Sampler and pruner of a contender. ``pretune`` is built by pretune's own factory."""
-    if name == "pretune":
-        fidelity = strategies.Fidelity(min_resource=PRETUNE_MIN_RESOURCE, max_resource=CHECKPOINTS)
-        return strategies.build(strategies.resolve("auto"), seed, fidelity)
-    sampler = (optuna.samplers.RandomSampler(seed=seed) if name.startswith("random")
+    """Sampler and pruner of a contender. ``pretune`` is built by pretune's own factory, and so
+    is every candidate default (``strategies.CANDIDATES``) the leave-one-task-out protocol
+    chooses among."""
+    if name == "pretune" or name in strategies.CANDIDATES:
+        strategy = (strategies.resolve("auto") if name == "pretune"
+                    else strategies.CANDIDATES[name])
+        return strategies.build(strategy, seed, strategy.fidelity(CHECKPOINTS))
+    kind, make_pruner = ANCHORS[name]
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if kind == "random"
                else optuna.samplers.TPESampler(seed=seed))
-    if name.endswith("+median"):
-        pruner = optuna.pruners.MedianPruner()
-    elif name.endswith("+hyperband"):
-        pruner = _quiet(optuna.pruners.HyperbandPruner)
-    else:
-        pruner = optuna.pruners.NopPruner()
-    return sampler, pruner
+    return sampler, _quiet(make_pruner)
 
 
 def row_costs(curves: np.ndarray) -> np.ndarray:
@@ -314,55 +324,120 @@ def table(results: pd.DataFrame, budgets: list[int], contenders: list[str]) -> s
     return "\n".join(lines)
 
 
+# --- leave one task out ------------------------------------------------------------------------
+
+HELD_OUT = "pretune held out"
+
+
+def choose(results: pd.DataFrame, budgets: list[int], candidates: list[str]) -> str:
+    """The candidate default with the lowest mean regret over ``results`` (every task, seed and
+    budget given equal weight); ties go to the one listed first."""
+    cols = [f"regret@{b}" for b in budgets]
+    rows = results[results.contender.isin(candidates)]
+    means = rows.groupby("contender")[cols].mean().mean(axis=1)
+    return min(candidates, key=lambda c: (means.get(c, math.inf), candidates.index(c)))
+
+
+def leave_one_task_out(results: pd.DataFrame, budgets: list[int], candidates: list[str]
+                       ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """For each task, the candidate chosen on the other tasks, scored on this one: its rows are
+    added to ``results`` under the contender name ``HELD_OUT``. Returns them and the choice per
+    task (what each fold picked)."""
+    picks, held = {}, []
+    for task in sorted(results.task.unique()):
+        here = set(results.contender[results.task == task])
+        pick = choose(results[results.task != task], budgets,
+                      [c for c in candidates if c in here])
+        picks[task] = pick
+        rows = results[(results.task == task) & (results.contender == pick)].copy()
+        rows["contender"] = HELD_OUT
+        held.append(rows)
+    return pd.concat([results, *held], ignore_index=True), picks
+
+
+def loto_report(results: pd.DataFrame, budgets: list[int], anchors: list[str],
+                candidates: list[str]) -> str:
+    """The held-out table (the one that counts) and the in-sample one: the candidate chosen on
+    all tasks, scored on the same tasks."""
+    with_held, picks = leave_one_task_out(results, budgets, candidates)
+    everywhere = choose(results, budgets, candidates)
+    lines = ["Leave one task out: every constant of the default is chosen on the other tasks "
+             "(lowest mean regret over their seeds and budgets) among "
+             f"{len(candidates)} candidates, then scored on the task left out.",
+             "chosen per fold: " + "; ".join(f"without {short_task(t)}: {p}"
+                                           for t, p in picks.items()), "",
+             "HELD OUT", table(with_held, budgets, [HELD_OUT, *anchors]), "",
+             f"IN SAMPLE: {everywhere}, chosen on all {results.task.nunique()} tasks",
+             table(results, budgets, [everywhere, *anchors])]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=20, help="seeds per task (default 20)")
+    parser.add_argument("--protocol", choices=("compare", "loto"), default="compare",
+                        help="compare: the contenders on every task; loto: leave one task out, "
+                             "the default chosen among strategies.CANDIDATES on the other tasks")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per task (default 20; loto: 10)")
     parser.add_argument("--tasks", type=int, default=None, help="first N tasks (default all 6)")
-    parser.add_argument("--budgets", default="100,300,1000",
-                        help="budgets in full-curve equivalents, comma-separated")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--budgets", default=None, help="budgets in full-curve equivalents, "
+                        "comma-separated (default 30,100,300; loto: 30,100)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="compare: who runs; loto: the anchors beside the held-out default")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--csv", type=Path, default=None,
                         help="also write every study's row here, as it finishes")
     parser.add_argument("--from-csv", type=Path, default=None,
-                        help="print the table of a --csv file instead of running")
+                        help="print the tables of a --csv file instead of running")
     args = parser.parse_args(argv)
-    if not TABLE.is_file():
+    loto = args.protocol == "loto"
+    seeds = args.seeds or (10 if loto else 20)
+    if not TABLE.is_file() and not args.from_csv:
         print(f"replay needs the table {TABLE.resolve()}; it is missing", file=sys.stderr)
         return 2
     try:
-        budgets = sorted(int(b) for b in args.budgets.split(","))
+        budgets = sorted(int(b) for b in (args.budgets or ("30,100" if loto else "30,100,300"))
+                         .split(","))
     except ValueError:
         print(f"--budgets must be whole numbers joined by commas, got {args.budgets!r}",
               file=sys.stderr)
         return 2
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = [c for c in contenders if c not in CONTENDERS]
-    if unknown or not budgets or min(budgets) < 1 or args.seeds < 1:
-        print(f"contenders must be among {', '.join(CONTENDERS)}, budgets and seeds >= 1",
+    if loto:
+        contenders = [c for c in contenders if c != "pretune"]
+    unknown = [c for c in contenders if c not in KNOWN]
+    if unknown or not budgets or min(budgets) < 1 or seeds < 1:
+        print(f"contenders must be among {', '.join(KNOWN)}, budgets and seeds >= 1",
               file=sys.stderr)
         return 2
+    candidates = list(strategies.CANDIDATES) if loto else []
     t0 = time.perf_counter()
     if args.from_csv:
         results = pd.read_csv(args.from_csv)
-        seeds = results.groupby(["task", "contender"]).size()
+        counts = results.groupby(["task", "contender"]).size()
         contenders = [c for c in contenders if c in set(results.contender)]
-        args.seeds = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+        candidates = [c for c in candidates if c in set(results.contender)]
+        seeds = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
     else:
-        results = compare(seeds=args.seeds, task_count=args.tasks, budgets=budgets,
-                          contenders=contenders, processes=args.processes, csv=args.csv)
+        results = compare(seeds=seeds, task_count=args.tasks, budgets=budgets,
+                          contenders=list(dict.fromkeys(contenders + candidates)),
+                          processes=args.processes, csv=args.csv)
     wall = time.perf_counter() - t0
-    auto = strategies.STRATEGIES[strategies.AUTO]
-    print(f"pretune = strategy auto = {auto.name} ({auto.about}), min_resource "
-          f"{PRETUNE_MIN_RESOURCE} of {CHECKPOINTS} checkpoints")
-    print(f"mean normalized regret over {args.seeds} seeds (± standard error); "
+    auto = strategies.resolve("auto")
+    print(f"pretune = strategy auto = {auto.about}, startup {auto.startup} trials, first "
+          f"judgement at {auto.fidelity(CHECKPOINTS).min_resource} of {CHECKPOINTS} checkpoints")
+    print(f"mean normalized regret over {seeds} seeds (± standard error); "
           f"0 = the table's best row, 1 = its median row;\n* = best of the row, or above it "
           f"by at most the standard error of the difference\n")
-    print(table(results, budgets, contenders))
+    if loto:
+        print(loto_report(results, budgets, contenders, candidates))
+    else:
+        print(table(results, budgets, contenders))
+    shown = contenders + candidates
     per = results.groupby("contender")[["trials", "pruned", "failed", "seconds"]].mean()
     print("\nper study, mean: " + "; ".join(
         f"{c}: {per.loc[c, 'trials']:.0f} trials ({per.loc[c, 'pruned']:.0f} pruned, "
-        f"{per.loc[c, 'failed']:.0f} failed), {per.loc[c, 'seconds']:.1f}s" for c in contenders))
+        f"{per.loc[c, 'failed']:.0f} failed), {per.loc[c, 'seconds']:.1f}s" for c in shown))
     if not args.from_csv:
         print(f"wall time {wall:.0f}s with {args.processes} processes")
     return 0

@@ -6,10 +6,11 @@ epochs a typical trial runs (recipe 1 of ``priors``: 3, within the space's epoch
 evaluations, and says about how many full trials the time budget allows.
 
 The fidelity is percent of an epoch (``STEPS_PER_EPOCH`` per epoch). No pruner judges a trial
-before the end of its first epoch (``min_resource`` 100): by then it has seen every example once
-and the warmup of the default space (at most 20% of 2 to 5 epochs) is over, so the early dip of
-a warmup is never what stops a trial. Hyperband sizes its brackets from that to the longest
-trial the space allows (``max_resource``).
+before its strategy's first rung (``Strategy.first_rung``: a share of the longest trial the space
+allows, ``max_resource``, and never before the first evaluation; for ``auto`` in the default
+space, half an epoch), and a trial is not judged before its own learning-rate warmup is over
+(``warmup_end``; the search asks the pruner only from then on), so the early dip of a warmup is
+never what stops a trial. Hyperband sizes its brackets from the first rung to the longest trial.
 
 **Data fraction.** ``--data-fraction F`` runs every epoch of a trial on a fraction of the
 training rows: the next ``F`` of a shuffled pass each epoch (no row twice while
@@ -44,7 +45,6 @@ from pretune.search.space import Dimension
 from pretune.search.strategies import Fidelity, Strategy
 
 STEPS_PER_EPOCH = 100  # fidelity unit: percent of an epoch
-MIN_RESOURCE = STEPS_PER_EPOCH  # the first judgement at the end of epoch 1
 TYPICAL_EPOCHS = 3  # what a typical trial runs (recipe 1 of the priors)
 EVAL_COST = 1 / 3  # an evaluation example costs about a third of a training example (no backward)
 FEW_TRIALS = 6  # below this many full trials in the budget, auto does not prune
@@ -129,6 +129,13 @@ def trial_seconds(seconds_per_example: float | None, train_rows: int, valid_rows
     return seconds_per_example * examples
 
 
+def warmup_end(train: Any) -> float:
+    """The fidelity step at which a trial's learning-rate warmup ends (``train``: its
+    TrainConfig). No pruner is asked about a trial before it: the early dip of a warmup is not
+    what a trial is judged on."""
+    return float(train.warmup_ratio) * float(train.epochs) * STEPS_PER_EPOCH
+
+
 def first_eval_seconds(plan: Plan, evals_per_epoch: int) -> float:
     """About how long a trial takes to reach its first evaluation (0 when not measured): a
     trial started with less time left would be stopped by the deadline before giving a score."""
@@ -146,7 +153,8 @@ def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
     lr = next((d for d in dims if d.name == "lr"), None)
     typical, longest = epochs_range(dims, context)
     max_resource = max(1, math.ceil(longest * STEPS_PER_EPOCH))
-    min_resource = min(MIN_RESOURCE, max_resource)
+    first_eval = math.ceil(STEPS_PER_EPOCH / max(1, evals_per_epoch))
+    min_resource = strategy.fidelity(max_resource, floor=first_eval).min_resource
     seconds = trial_seconds(seconds_per_example, round(fraction * train_rows), valid_rows,
                             typical, evals_per_epoch)
     full = None if seconds is None or budget.seconds is None else budget.seconds / max(seconds, 1e-9)
@@ -158,8 +166,8 @@ def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
         reason = (f"fewer than {FEW_TRIALS} full trials fit, too few for a pruner to compare, "
                   "so every trial runs to its end")
     else:
-        reason = ("no trial is judged before the end of its first epoch, when its warmup is "
-                  "over")
+        reason = (f"no trial is judged before {min_resource / STEPS_PER_EPOCH:g} epochs "
+                  f"({strategy.first_rung:.0%} of the longest trial) nor before its warmup ends")
     return Plan(trial_seconds=seconds, full_trials=full, epochs=typical, max_epochs=longest,
                 pruner=pruner, min_resource=min_resource, max_resource=max_resource,
                 reason=reason,

@@ -31,7 +31,7 @@ during the early dip of its warmup or before it has seen every training example 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import optuna
@@ -43,6 +43,7 @@ from pretune.errors import one_of
 REDUCTION_FACTOR = 3  # Hyperband's and ASHA's: a third of the trials go on at each rung
 MEDIAN_STARTUP_TRIALS = 5  # the median pruner compares only once this many trials finished
 TPE_STARTUP_TRIALS = 20  # TPE samples at random until this many trials (of a Hyperband bracket)
+FIRST_RUNG = 0.2  # no trial is judged before a fifth of the longest trial (one epoch of five)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ class Strategy:
     sampler: str  # one of SAMPLERS
     pruner: str  # one of PRUNERS
     about: str
+    # No trial is judged before this share of the longest trial the space allows.
+    first_rung: float = FIRST_RUNG
+    startup: int = TPE_STARTUP_TRIALS  # TPE samples at random for this many trials
+
+    def fidelity(self, max_resource: int, *, floor: int = 1) -> Fidelity:
+        """The fidelity of this strategy on steps 1..max_resource; ``floor``: the first step a
+        trial can be judged at (its first evaluation)."""
+        first = max(floor, 1, round(self.first_rung * max_resource))
+        return Fidelity(min(first, max_resource), max_resource)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
@@ -61,7 +71,6 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("median", "tpe", "median", "TPE with the median pruner"),
     Strategy("random-hyperband", "random", "hyperband", "random search with Hyperband pruning"),
 )}
-AUTO = "hyperband"
 NAMES = ("auto", *STRATEGIES)
 if NAMES != config.STRATEGIES:  # pragma: no cover - a mistake in a change of either list
     raise ImportError("config.STRATEGIES must list the strategies defined here, auto first")
@@ -90,9 +99,8 @@ def resolve(strategy: str | None = "auto", *, sampler: str | None = None,
     replace its parts. Unknown names raise ConfigError."""
     name = "auto" if strategy is None else str(strategy)
     one_of("strategy", name, NAMES)
-    chosen = STRATEGIES[AUTO] if name == "auto" else STRATEGIES[name]
-    if name == "auto":
-        chosen = Strategy("auto", chosen.sampler, chosen.pruner, f"auto: {chosen.about}")
+    chosen = STRATEGIES[name] if name != "auto" else replace(
+        CANDIDATES[AUTO], name="auto", about=f"auto: {CANDIDATES[AUTO].about}")
     if sampler is not None:
         one_of("sampler", sampler, SAMPLERS)
     if pruner is not None:
@@ -156,4 +164,28 @@ def make_pruner(name: str, fidelity: Fidelity) -> optuna.pruners.BasePruner:
 def build(strategy: Strategy, seed: int | None, fidelity: Fidelity
           ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     """The sampler and pruner of ``strategy``: what a study of this strategy runs with."""
-    return make_sampler(strategy.sampler, seed), make_pruner(strategy.pruner, fidelity)
+    sampler = make_sampler(strategy.sampler, seed, n_startup_trials=strategy.startup)
+    return sampler, make_pruner(strategy.pruner, fidelity)
+
+
+def _candidates() -> dict[str, Strategy]:
+    """The defaults ``bench/replay.py --protocol loto`` chooses among: TPE with 10 random
+    start-up trials and no pruner, or the median pruner whose first judgement comes after 2%,
+    6%, 10% or 20% of the longest trial, or ASHA or Hyperband from 6%, 10% or 20%; and TPE with
+    20 start-up trials, no pruner or Hyperband (today's default: Hyperband from 20%)."""
+    grid = [(10, "none", 0.0)] + [(10, "median", r) for r in (0.02, 0.06, 0.1, 0.2)]
+    grid += [(10, p, r) for p in ("asha", "hyperband") for r in (0.06, 0.1, 0.2)]
+    grid += [(20, "none", 0.0)] + [(20, "hyperband", r) for r in (0.06, 0.1, 0.2)]
+    out = {}
+    for startup, pruner, rung in grid:
+        name = f"tpe{startup}" + (f"+{pruner}@{rung:g}" if pruner != "none" else "")
+        about = (f"TPE ({startup} start-up trials) with the {pruner} pruner from {rung:.0%} of "
+                 f"the longest trial" if pruner != "none" else
+                 f"TPE ({startup} start-up trials), no pruning")
+        out[name] = Strategy(name, "tpe", pruner, about, first_rung=rung or FIRST_RUNG,
+                             startup=startup)
+    return out
+
+
+CANDIDATES = _candidates()
+AUTO = "tpe20+hyperband@0.2"  # the candidate that ``auto`` names (see the module's docstring)

@@ -13,7 +13,7 @@ Choices made here, and why:
   at 32); epochs are. Each trial evaluates ``TuneConfig.evals_per_epoch`` (2) times an epoch so
   the pruner has points to act on. The sampler and pruner come from ``strategies`` (``--strategy``;
   ``auto`` by default), the schedule they judge on from ``planning``: no trial is judged before
-  the end of its first epoch.
+  the strategy's first rung nor before its own warmup has ended.
 * **Before the first trial** (``prepare``): a learning-rate range test (cached in plan.yaml)
   centers the default lr range and times a step; the budget plan says how many full trials fit;
   a new study queues the recipes of ``priors`` first.
@@ -300,8 +300,8 @@ def run_tune(
         if on_plan is not None:
             on_plan(plan)
         study.sampler = make_sampler(
-            strategy.sampler,
-            derive_seed(shared.train.seed, len(study.get_trials(deepcopy=False))))
+            strategy.sampler, derive_seed(shared.train.seed, len(study.get_trials(deepcopy=False))),
+            n_startup_trials=strategy.startup)
         study.pruner = make_pruner(plan.pruner, plan.fidelity)
         if tune.priors:
             lr_dim = next((d for d in dims if d.name == "lr"), None)
@@ -644,6 +644,7 @@ class _Search:
         peak = [rss_mb()]
         last: dict[str, Any] = {}
         reported: set[int] = set()
+        warm = [math.inf]  # the step its warmup ends at: no judgement before it
         seed = derive_seed(self.base.train.seed, trial.number)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -667,7 +668,7 @@ class _Search:
             reported.add(fidelity)
             trial.report(float(value), fidelity)
             if (final_pick.SEED_OF not in trial.user_attrs and not self.past_deadline()
-                    and trial.should_prune()):
+                    and fidelity >= warm[0] and trial.should_prune()):
                 raise optuna.TrialPruned(
                     f"{self.metric} {value:.4f} at {fidelity / STEPS_PER_EPOCH:g} epochs")
 
@@ -687,6 +688,7 @@ class _Search:
                 {**params, **self.pinned, "seed": seed, "data_seed": self.data_seed})
             trial.set_user_attr("settings", plain(config.flat()))
             validate(config)
+            warm[0] = planning.warmup_end(config.train)
             self._tell("trial_started", trial.number, dict(params))
             result = fit(config, None, task=self.task, on_eval=on_eval,
                          should_stop=self.past_deadline, on_step=on_step, keep_model=True,

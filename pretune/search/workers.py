@@ -40,7 +40,7 @@ import optuna
 
 from pretune.config import Budget, RunConfig, TuneConfig
 from pretune.errors import ConfigError, MissingExtraError, PretuneError
-from pretune.search import rundir, storage
+from pretune.search import rundir, storage, strategies
 from pretune.search.space import resolve_space
 from pretune.search.strategies import Fidelity, make_pruner, make_sampler
 from pretune.search.study import (
@@ -99,8 +99,9 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
             f"{record['data_fingerprint']}). Give this machine the same files at the same path."
         )
     seen = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(record["tune"]["sampler"],
-                                 derive_seed(base.train.seed, seen, os.getpid()))
+    strategy = strategies.for_run(TuneConfig(), record["tune"])  # the one the study started with
+    study.sampler = make_sampler(strategy.sampler, derive_seed(base.train.seed, seen, os.getpid()),
+                                 n_startup_trials=strategy.startup)
     plan = info["plan"]
     study.pruner = make_pruner(plan["pruner"], Fidelity(plan["min_resource"],
                                                         plan["max_resource"]))

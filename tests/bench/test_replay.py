@@ -97,7 +97,12 @@ def test_the_pretune_contender_is_built_by_pretunes_strategy_factory(replay, mon
 
     monkeypatch.setattr(strategies, "build", spy)
     replay.contender("pretune", 3)
-    assert calls == [("auto", strategies.Fidelity(replay.PRETUNE_MIN_RESOURCE, 51))]
+    auto = strategies.resolve("auto")
+    assert calls == [("auto", auto.fidelity(replay.CHECKPOINTS))]
+    assert calls[0][1].min_resource == max(1, round(auto.first_rung * replay.CHECKPOINTS))
+    name = next(iter(strategies.CANDIDATES))
+    replay.contender(name, 3)  # every candidate default is built by the same factory
+    assert calls[-1] == (name, strategies.CANDIDATES[name].fidelity(replay.CHECKPOINTS))
 
 
 def test_the_shortcut_of_an_unpruned_study_gives_the_same_picks(replay):
@@ -112,3 +117,20 @@ def test_the_shortcut_of_an_unpruned_study_gives_the_same_picks(replay):
         assert fast["trials"] <= slow["trials"]
         for key in ("regret@5", "regret@20", "regret@60", "failed", "cost_curves"):
             assert fast[key] == pytest.approx(slow[key]), (name, key)
+
+
+def test_leave_one_task_out_scores_each_task_with_the_choice_made_without_it(replay):
+    # "a" is best on tasks 1 and 2, "b" on task 3. Every fold chooses "a" (without task 1 or 2,
+    # a's mean over the other two tasks is still lower), so task 3 is scored with a's regret.
+    regrets = {("t1", "a"): 0.0, ("t1", "b"): 0.5, ("t2", "a"): 0.1, ("t2", "b"): 0.4,
+               ("t3", "a"): 0.3, ("t3", "b"): 0.0, ("t1", "anchor"): 0.2,
+               ("t2", "anchor"): 0.2, ("t3", "anchor"): 0.2}
+    rows = pd.DataFrame([{"task": t, "contender": c, "seed": s, "regret@30": r, "regret@100": r}
+                         for (t, c), r in regrets.items() for s in range(2)])
+    held, picks = replay.leave_one_task_out(rows, [30, 100], ["a", "b"])
+    assert picks == {"t1": "a", "t2": "a", "t3": "a"}
+    out = held[held.contender == replay.HELD_OUT].groupby("task")["regret@30"].mean()
+    assert out.to_dict() == {"t1": 0.0, "t2": 0.1, "t3": 0.3}  # t3: a's regret, not b's
+    assert replay.choose(rows[rows.task == "t3"], [30, 100], ["a", "b"]) == "b"
+    report = replay.loto_report(rows, [30, 100], ["anchor"], ["a", "b"])
+    assert "HELD OUT" in report and "IN SAMPLE: a" in report

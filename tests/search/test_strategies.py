@@ -32,8 +32,9 @@ def test_every_named_strategy_builds_its_sampler_and_pruner(name):
 def test_auto_is_the_measured_default_and_keeps_its_name():
     auto = resolve("auto")
     assert auto.name == "auto"
-    assert (auto.sampler, auto.pruner) == (strategies.STRATEGIES[strategies.AUTO].sampler,
-                                           strategies.STRATEGIES[strategies.AUTO].pruner)
+    chosen = strategies.CANDIDATES[strategies.AUTO]
+    assert (auto.sampler, auto.pruner, auto.first_rung, auto.startup) == (
+        chosen.sampler, chosen.pruner, chosen.first_rung, chosen.startup)
     assert resolve(None) == auto
 
 

@@ -149,9 +149,12 @@ def test_the_sampler_of_a_continued_search_is_seeded_differently():
     assert draw(first) != draw(later)
 
 
-def test_pruning_stops_a_clearly_worse_trial(tiny_model_dir, tmp_path):
-    """Trial 0 learns (lr 1e-2); trial 1 diverges (lr 3.0). ASHA judges trial 1 at its first
-    rung, the end of epoch 1, and prunes it there: not before, and not later."""
+@pytest.mark.parametrize("warmup, judged", [(0.0, 1.0), (0.6, 2.0)])
+def test_pruning_stops_a_clearly_worse_trial(tiny_model_dir, tmp_path, warmup, judged):
+    """Trial 0 learns (lr 1e-2); trial 1 diverges (lr 3.0). ASHA judges trial 1 at the first
+    evaluation from its first rung (a fifth of its 3 epochs) on and prunes it there: at the end
+    of epoch 1; or, when its warmup runs for 60% of its steps (to epoch 1.8), at the first
+    evaluation after the warmup, epoch 2. Reported, not judged, before."""
     train, valid = data_files(tmp_path / "data")
     out = tmp_path / "run"
     out.mkdir()
@@ -162,16 +165,17 @@ def test_pruning_stops_a_clearly_worse_trial(tiny_model_dir, tmp_path):
     result = pretune.tune(
         model=tiny_model_dir, train=str(train), valid=str(valid), out=out, budget="2trials",
         space={"extend": False, "lr": {"low": 1e-4, "high": 5.0, "log": True}},
-        fixed={"epochs": 3, "batch_size": 8, "schedule": "constant", "warmup_ratio": 0,
+        fixed={"epochs": 3, "batch_size": 8, "schedule": "constant", "warmup_ratio": warmup,
                "patience": None, "threads": 1},
         metric="loss", pruner="asha", precision="fp32",
     )
     good, bad = trials_of(out)
     assert good.state.name == "COMPLETE" and good.params == {"lr": 1e-2}
     assert bad.state.name == "PRUNED" and bad.params == {"lr": 3.0}
-    assert sorted(bad.intermediate_values) == [50, 100]  # reported, not judged, at half an epoch
+    steps = list(range(50, int(judged * 100) + 1, 50))
+    assert sorted(bad.intermediate_values) == steps  # every evaluation is reported
     assert bad.intermediate_values[50] > good.intermediate_values[50]
-    assert bad.user_attrs["stop_reason"] == "pruned" and bad.user_attrs["epochs"] == 1.0
+    assert bad.user_attrs["stop_reason"] == "pruned" and bad.user_attrs["epochs"] == judged
     assert max(good.intermediate_values) == 300
     assert result.best_trial == 0 and result.trials["state"].tolist() == ["COMPLETE", "PRUNED"]
 

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretune.data.collate import Batches
-from pretune.data.tokenize import Encoded, label_array
+from pretune.data.collate import Batches, batch_labels
+from pretune.data.tokenize import Encoded
 from pretune.models.heads import base_prefix
 from pretune.models.transfer import find_layers
 
@@ -227,8 +227,7 @@ class FeatureBatches(Batches):
             mask[row, :n] = 1
         batch = {"inputs_embeds": embeds, "attention_mask": mask}
         if self.encoded.labels is not None:
-            batch["labels"] = torch.from_numpy(
-                np.ascontiguousarray(label_array(self.encoded.labels[idx])))
+            batch["labels"] = batch_labels(self.encoded.labels, idx, width)
         batch["index"] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return batch
 

@@ -211,3 +211,24 @@ def token_metrics(probs: np.ndarray, labels: np.ndarray, label_names: list[str],
     }
     assert set(out) == set(TOKEN_METRICS)
     return out
+
+
+def entity_confusion(true: list[list[str]], pred: list[list[str]]
+                     ) -> tuple[list[str], list[str], list[list[int]]]:
+    """Where entities went, span by span: rows are true entity types plus "none" (predicted
+    spans no true entity has), columns predicted types plus "none" (true spans nothing was
+    predicted on); a count per (true, predicted) pair of an exact span."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    pairs: dict[tuple[str, str], int] = {}
+    for t, p in zip(true, pred):
+        spans_t = {(s, e): k for k, s, e in get_entities(t)}
+        spans_p = {(s, e): k for k, s, e in get_entities(p)}
+        for span in spans_t.keys() | spans_p.keys():
+            key = (spans_t.get(span, "none"), spans_p.get(span, "none"))
+            pairs[key] = pairs.get(key, 0) + 1
+    kinds = sorted({k for pair in pairs for k in pair} - {"none"})
+    if not kinds:
+        return [], [], []
+    axis = kinds + ["none"]
+    return axis, axis, [[pairs.get((a, b), 0) for b in axis] for a in axis]

@@ -11,7 +11,8 @@ The returned frame has a fresh ``RangeIndex`` and two entries in ``DataFrame.att
 
 - ``"first_row"``: the row number of the first example as a user counts it in the source
   (2 for CSV/TSV, where row 1 is the header; 1 otherwise), so row ``i`` is ``i + first_row``.
-- ``"class_names"``: ``{column: [names]}`` for Hugging Face ``ClassLabel`` columns.
+- ``"class_names"``: ``{column: [names]}`` for Hugging Face ``ClassLabel`` columns (and
+  sequences of ``ClassLabel``: token tags).
 """
 
 from __future__ import annotations
@@ -326,10 +327,10 @@ def _to_frame(loaded: Any, split: str | None, source: str) -> pd.DataFrame:
     elif split is not None:
         logger.debug("%s is a single dataset; split %r is ignored", source, split)
     frame = loaded.to_pandas()
-    class_names = {
-        col: list(feat.names)
+    class_names = {  # ClassLabel columns, and sequences of ClassLabel (token tags)
+        col: list(label.names)
         for col, feat in loaded.features.items()
-        if isinstance(feat, datasets.ClassLabel)
+        if isinstance(label := getattr(feat, "feature", feat), datasets.ClassLabel)
     }
     frame.attrs["first_row"] = 1
     frame.attrs["class_names"] = class_names

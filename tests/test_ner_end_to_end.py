@@ -112,8 +112,9 @@ def test_long_sentences_are_windowed_not_cut(ner_data, tiny_learner_dir, tmp_pat
 @pytest.mark.parametrize("settings", [
     {"transfer": "freeze_bottom", "freeze_layers": 1},
     {"transfer": "linear_probe", "lr": 1e-2},
+    {"transfer": "lp_ft", "probe_epochs": 2.0, "probe_lr": 1e-2},
     {"transfer": "lora", "lora_r": 4},
-], ids=["freeze_bottom", "linear_probe", "lora"])
+], ids=["freeze_bottom", "linear_probe", "lp_ft", "lora"])
 def test_transfer_strategies(settings, ner_data, tiny_learner_dir, tmp_path):
     if settings["transfer"] == "lora":
         pytest.importorskip("peft")
@@ -123,8 +124,10 @@ def test_transfer_strategies(settings, ner_data, tiny_learner_dir, tmp_path):
                            out=tmp_path / "m", **run)
     history = result.train_result.history
     assert history[-1]["loss"] < history[0]["loss"] or history[-1]["entity_f1"] > 0
-    if settings["transfer"] != "lora":
+    if settings["transfer"] in ("freeze_bottom", "linear_probe"):
         assert result.feature_depth is not None  # trained from cached frozen features
+    if settings["transfer"] == "lp_ft":
+        assert result.probe_metrics is not None and "entity_f1" in result.probe_metrics
     from transformers import AutoModelForTokenClassification
 
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "m")

@@ -107,6 +107,9 @@ class DataConfig:
     # token: sentences longer than max_length tokens are cut into windows that overlap by this
     # many tokens (each word is judged in the window where it has the most context)
     stride: int = 32
+    # token: the names of integer tags, in id order, comma-separated ("O,B-PER,I-PER,...");
+    # a Hugging Face dataset's Sequence(ClassLabel) names them without it
+    label_names: str | None = None
     # multilabel: split each label text on this (e.g. "|"); None: JSON lists like '["a", "b"]'
     label_delimiter: str | None = None
     # regression: train on (y - mean) / std of the training targets; predictions are undone
@@ -444,6 +447,11 @@ def validate(config: RunConfig) -> RunConfig:
     if d.task == "token":
         _check_token(config)
     _number("stride", d.stride, 0, 10**6, integer=True)
+    if d.label_names is not None:
+        _check(isinstance(d.label_names, str) and all(n.strip() for n in d.label_names.split(",")),
+               f"label_names must name every tag id in order, comma-separated, such as "
+               f"'O,B-PER,I-PER', but got {d.label_names!r}. Pass --label-names with no empty "
+               f"names.")
     if t.patience is not None:
         _number("patience", t.patience, 1, 10**6, integer=True)
     _number("checkpoint_soup", t.checkpoint_soup, 1, 100, integer=True)

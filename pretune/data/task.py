@@ -327,7 +327,8 @@ def _load_token_task(cfg: DataConfig, seed: int, frame: pd.DataFrame,
     """``load_task`` for token classification: sentences, tag ids, the tag scheme."""
     words_col, tags_col = columns
     logger.info("Task: token classification (words=%s, tags=%s)", words_col, tags_col)
-    words, tags = tokens.sentences(frame, words_col, tags_col, "--train")
+    names = [n.strip() for n in cfg.label_names.split(",")] if cfg.label_names else None
+    words, tags = tokens.sentences(frame, words_col, tags_col, "--train", names)
     assert tags is not None
     scheme = tokens.scheme_of(tags, "--train")
     found = {t for row in tags for t in row}
@@ -358,7 +359,7 @@ def _load_token_task(cfg: DataConfig, seed: int, frame: pd.DataFrame,
                 f"tag lists in '{tags_col}'), but got ({_listing(list(valid_frame.columns))}). "
                 f"Rename the columns or pass a token classification file."
             )
-        v_words, v_tags = tokens.sentences(valid_frame, *valid_cols, flag)
+        v_words, v_tags = tokens.sentences(valid_frame, *valid_cols, flag, names)
         assert v_tags is not None
         unknown = sorted({t for row in v_tags for t in row} - set(label2id))
         if unknown:

@@ -118,10 +118,13 @@ def _row(frame: pd.DataFrame, i: int) -> int:
 
 
 def sentences(frame: pd.DataFrame, words_column: str, tags_column: str | None,
-              flag: str) -> tuple[list[list[str]], list[list[str]] | None]:
+              flag: str, tag_names: Sequence[str] | None = None
+              ) -> tuple[list[list[str]], list[list[str]] | None]:
     """Every row's words (and tags, named), checked: non-empty lists of the same length.
-    Integer tags are named by a Hugging Face ``Sequence(ClassLabel)`` feature's names."""
-    names = frame.attrs.get("class_names", {}).get(tags_column) if tags_column else None
+    Integer tags are named by ``tag_names`` (``--label-names``), else by a Hugging Face
+    ``Sequence(ClassLabel)`` feature's names."""
+    names = tag_names or (frame.attrs.get("class_names", {}).get(tags_column)
+                          if tags_column else None)
     all_words: list[list[str]] = []
     all_tags: list[list[str]] | None = [] if tags_column else None
     for i, value in enumerate(frame[words_column].tolist()):
@@ -152,10 +155,16 @@ def _tag_name(tag: Any, names: list[str] | None, flag: str, frame, i: int, colum
         return tag.strip()
     if names is not None and isinstance(tag, (int, np.integer)) and 0 <= int(tag) < len(names):
         return str(names[int(tag)])
+    if names is not None and isinstance(tag, (int, np.integer)):
+        raise DataError(
+            f"Integer tags must be ids of the {len(names)} tag names given, but {flag} row "
+            f"{_row(frame, i)} of column '{column}' has {tag}. Pass --label-names with a name "
+            f"for every id, in order."
+        )
     raise DataError(
         f"Token classification needs tag names such as B-PER, I-PER and O, but {flag} row "
-        f"{_row(frame, i)} of column '{column}' has {tag!r}. Write the tags as names, or pass a "
-        f"Hugging Face dataset whose tag column is a Sequence of ClassLabel."
+        f"{_row(frame, i)} of column '{column}' has {tag!r}. Write the tags as names, or pass "
+        f"--label-names O,B-PER,I-PER,... to name integer tags in id order."
     )
 
 

@@ -174,3 +174,15 @@ def test_train_rows_samples_sentences(tmp_path):
     again = load_task(DataConfig(train=str(train), valid=str(valid), train_rows=20), seed=0)
     assert again.fingerprint == task.fingerprint
     assert json.dumps(again.train.words) == json.dumps(task.train.words)
+
+
+def test_integer_tags_are_named_by_label_names(tmp_path):
+    rows = [{"tokens": ["Peter", "Smith", "ran"], "tags": [1, 2, 0]},
+            {"tokens": ["Paris", "won"], "tags": [3, 0]}] * 5
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError, match="--label-names"):
+        load_task(DataConfig(train=str(train)), seed=0)
+    task = load_task(DataConfig(train=str(train), label_names="O,B-PER,I-PER,B-LOC"), seed=0)
+    assert set(task.label_names) == {"O", "B-PER", "I-PER", "B-LOC"}
+    with pytest.raises(DataError, match="ids of the 3 tag names"):
+        load_task(DataConfig(train=str(train), label_names="O,B-PER,I-PER"), seed=0)

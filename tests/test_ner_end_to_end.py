@@ -96,6 +96,11 @@ def test_predict_raw_text_splits_words(trained, tmp_path):
                                         ["ibm", "said", "mary", "visited", "berlin"]]
     assert all(len(p) == len(w) for p, w in zip(preds["prediction"], preds["tokens"]))
     assert preds["prediction"][0][:2] == ["B-PER", "I-PER"]
+    spans = pretune.predict(out, raw, entities=True)["entities"]
+    texts = raw.read_text().splitlines()
+    for text, found in zip(texts, spans):
+        assert all(text[s["start"]:s["end"]] == s["text"] and 0 < s["score"] <= 1 for s in found)
+    assert spans[0][0]["type"] == "PER" and spans[0][0]["text"] == "john smith"
 
 
 def test_long_sentences_are_windowed_not_cut(ner_data, tiny_learner_dir, tmp_path):

@@ -10,7 +10,8 @@ into such a table). Tags follow IOB1, IOB2 or BIOES (``scheme_of``); anything el
 token, the other sub-tokens are ignored by the loss (-100) unless ``all_subtokens``. Sentences
 longer than ``max_length`` tokens become windows that overlap by ``stride`` tokens; each word is
 labelled (and later read) in the one window where it has the most context on both sides, so
-scores and predictions count every word once.
+scores and predictions count every word once. ``entity_spans`` reads predicted tags back as
+entities with character offsets, for ``pretune predict --entities``.
 """
 
 from __future__ import annotations
@@ -290,3 +291,33 @@ def word_predictions(windows: Windows, probs: np.ndarray,
         positions = np.flatnonzero(at >= 0)
         out[row][at[positions]] = probs[w, positions]
     return out
+
+
+def word_offsets(text: str, words: Sequence[str]) -> list[tuple[int, int]]:
+    """(start, end) character offsets of each word in ``text``, found left to right; a word
+    that is not there in order (text changed by preprocessing) gets the end of the last one."""
+    out, position = [], 0
+    for word in words:
+        start = text.find(word, position)
+        if start < 0:
+            out.append((position, position))
+            continue
+        position = start + len(word)
+        out.append((start, position))
+    return out
+
+
+def entity_spans(text: str, words: Sequence[str], tags: Sequence[str],
+                 scores: Sequence[float]) -> list[dict[str, Any]]:
+    """The entities the ``tags`` of ``words`` make (seqeval's reading of IOB1, IOB2 and
+    BIOES), each with its type, the character offsets of its first and last word in ``text``,
+    its text, and its score: the mean probability of its words' predicted tags."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    offsets = word_offsets(text, words)
+    spans = []
+    for kind, first, last in get_entities(list(tags)):
+        start, end = offsets[first][0], offsets[last][1]
+        spans.append({"type": kind, "start": start, "end": end, "text": text[start:end],
+                      "score": round(float(np.mean(scores[first:last + 1])), 4)})
+    return spans

@@ -531,6 +531,7 @@ def predict(
     trust_remote_code: bool = False,
     precision: str = "fp32",
     on_batch: Callable[[int, int], None] | None = None,
+    entities: bool = False,
 ) -> pd.DataFrame:
     """Predict labels and per-class probabilities for every row of ``source``.
 
@@ -542,7 +543,9 @@ def predict(
     saved threshold (a JSON list in CSV and TSV files). For an
     image model, ``source`` is a folder of images or a table with a column of image paths
     (``image_column``, else the training run's, else detected). Text models apply the text
-    preprocessing they were trained with (``pretune.data.text_prep``).
+    preprocessing they were trained with (``pretune.data.text_prep``). Token classification:
+    one row per sentence with its tags in ``prediction`` (see ``_predict_tokens``), and with
+    ``entities`` its entity spans in ``entities``.
     """
     if output is not None:
         table_format(Path(output))  # a wrong extension fails before the work, not after
@@ -552,7 +555,7 @@ def predict(
     settings = meta.get("settings", {})
     if (meta.get("task") or {}).get("kind", _kind_of(model.config)) == "token":
         result = _predict_tokens(model, tokenizer, settings, str(source), batch_size,
-                                 text_column, precision, on_batch)
+                                 text_column, precision, on_batch, entities=entities)
         if output is not None:
             write_table(result, Path(output))
         return result
@@ -611,16 +614,20 @@ def _kind_of(model_config) -> str:
 
 
 def _predict_tokens(model, tokenizer, settings: dict, source: str, batch_size: int,
-                    text_column: str | None, precision: str, on_batch) -> pd.DataFrame:
+                    text_column: str | None, precision: str, on_batch, *,
+                    entities: bool = False) -> pd.DataFrame:
     """``predict`` for a token classification model: one row per sentence of ``source`` (a
     table with a column of word lists, or texts, which are split into words), with its tags
-    in ``prediction``, one per word (texts also get their words in ``tokens``)."""
+    in ``prediction``, one per word (texts also get their words in ``tokens``). ``entities``:
+    also each sentence's entities (type, character offsets and text, score) in ``entities``;
+    offsets count in the input text, or in the words joined by spaces for word lists."""
     from pretune.data.readers import read_table
 
     frame = read_table(source)
     found = tokens.token_columns(frame, text=text_column)
     if found is not None:
         words, _ = tokens.sentences(frame, found[0], None, "--input")
+        texts = [" ".join(w) for w in words]
         result = frame.reset_index(drop=True).copy()
     else:
         texts, _, frame = read_inputs(source, text_column=text_column, detect_pair=False)
@@ -648,6 +655,10 @@ def _predict_tokens(model, tokenizer, settings: dict, source: str, batch_size: i
     per_word = tokens.word_predictions(windows, probs, [len(w) for w in words])
     result["prediction"] = [[names[int(row.argmax())] if row.sum() > 0 else names[outside]
                              for row in p] for p in per_word]
+    if entities:
+        result["entities"] = [tokens.entity_spans(text, w, tags, p.max(axis=1))
+                              for text, w, tags, p in zip(texts, words, result["prediction"],
+                                                          per_word)]
     return result
 
 

@@ -186,3 +186,16 @@ def test_integer_tags_are_named_by_label_names(tmp_path):
     assert set(task.label_names) == {"O", "B-PER", "I-PER", "B-LOC"}
     with pytest.raises(DataError, match="ids of the 3 tag names"):
         load_task(DataConfig(train=str(train), label_names="O,B-PER,I-PER"), seed=0)
+
+
+def test_entity_spans_have_character_offsets_and_scores():
+    text = "Peter  Smith flew to New York."
+    words = ["Peter", "Smith", "flew", "to", "New", "York", "."]
+    tags = ["B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC", "O"]
+    spans = tokens.entity_spans(text, words, tags, [0.9, 0.7, 1, 1, 0.8, 0.6, 1])
+    assert spans == [
+        {"type": "PER", "start": 0, "end": 12, "text": "Peter  Smith", "score": 0.8},
+        {"type": "LOC", "start": 21, "end": 29, "text": "New York", "score": 0.7},
+    ]
+    bioes = tokens.entity_spans("a b c", ["a", "b", "c"], ["S-X", "B-Y", "E-Y"], [1, 1, 1])
+    assert [(s["type"], s["text"]) for s in bioes] == [("X", "a"), ("Y", "b c")]

@@ -353,6 +353,8 @@ def _load_token_task(cfg: DataConfig, seed: int, frame: pd.DataFrame,
         flag = f"The '{cfg.dataset_split_valid}' split of --train"
     if valid_frame is not None:
         valid_cols = tokens.token_columns(valid_frame, text=words_col, label=tags_col)
+        if valid_cols is None or valid_cols[1] is None:  # a .conll file beside a table, say
+            valid_cols = tokens.token_columns(valid_frame)
         if valid_cols is None or valid_cols[1] is None:
             raise DataError(
                 f"{flag} must have the same columns as --train (word lists in '{words_col}', "

@@ -199,3 +199,11 @@ def test_entity_spans_have_character_offsets_and_scores():
     ]
     bioes = tokens.entity_spans("a b c", ["a", "b", "c"], ["S-X", "B-Y", "E-Y"], [1, 1, 1])
     assert [(s["type"], s["text"]) for s in bioes] == [("X", "a"), ("Y", "b c")]
+
+
+def test_conll_valid_beside_a_table_with_other_column_names(tmp_path):
+    rows = [{"words": r["tokens"], "ner_tags": r["tags"]} for r in sentences(20, 0)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    valid = write_conll(tmp_path / "valid.conll", sentences(5, 1))
+    task = load_task(DataConfig(train=str(train), valid=str(valid)), seed=0)
+    assert len(task.valid) == 5 and task.valid_source == "file"

@@ -180,8 +180,8 @@ def test_minilm_search_on_conll_reaches_a_floor(tmp_path):
                           valid=str(valid), budget="1trials", out=tmp_path / "run",
                           lr_range_test=False, fixed={"epochs": 3})
     # Measured 0.32 (600 sentences, 3 epochs, the best of the first two recipes, 2026-12-05,
-    # under heavy load); a model that
-    # tags everything O scores 0, and misaligned tags or a broken metric score about that.
+    # under heavy load); a model that tags everything O scores 0, and misaligned tags or a
+    # broken metric score about that.
     assert result.best_metrics["entity_f1"] >= 0.2
     rows = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines()[:300]]
     test = write_jsonl(tmp_path / "test.jsonl", rows)

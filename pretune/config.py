@@ -35,16 +35,22 @@ PENALTIES = ("none", "l1", "l2", "elasticnet")
 CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Tasks: single-label classification, regression (one number per text), multi-label
-# classification (a set of labels per text). "auto" detects it from the label column.
-TASKS = ("auto", "classification", "regression", "multilabel")
+# classification (a set of labels per text), token classification (a tag per word: named-entity
+# recognition). "auto" detects it from the label column (lists of tags beside lists of words:
+# token classification, see pretune.data.tokens).
+TASKS = ("auto", "classification", "regression", "multilabel", "token")
 # Classification metrics (single-label). METRICS keeps its meaning: these, for classification.
 METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc", "log_loss", "loss")
 REGRESSION_METRICS = ("r2", "mse", "rmse", "mae", "pearson", "spearman", "loss")
 MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_samples", "precision", "recall",
                       "subset_accuracy", "hamming_loss", "roc_auc", "loss")
+# Token classification: entity-level scores (seqeval, strict: an entity counts when its type
+# and both ends are right), micro-averaged over entity types, and the share of words tagged right.
+TOKEN_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
 TASK_METRICS = {"classification": METRICS, "regression": REGRESSION_METRICS,
-                "multilabel": MULTILABEL_METRICS}
-ALL_METRICS = tuple(dict.fromkeys(METRICS + REGRESSION_METRICS + MULTILABEL_METRICS))
+                "multilabel": MULTILABEL_METRICS, "token": TOKEN_METRICS}
+ALL_METRICS = tuple(dict.fromkeys(METRICS + REGRESSION_METRICS + MULTILABEL_METRICS
+                                  + TOKEN_METRICS))
 # The metric a task is judged on when ``metric`` is left at its default ("accuracy"):
 #   regression: R2 = 1 - MSE / variance of the validation targets. On one validation set it
 #   ranks models exactly as MSE does, but it reads the same on any scale (0: no better than
@@ -52,12 +58,15 @@ ALL_METRICS = tuple(dict.fromkeys(METRICS + REGRESSION_METRICS + MULTILABEL_METR
 #   multilabel: micro-averaged F1 over every (text, label) decision, the usual headline of
 #   multi-label benchmarks; it stays stable on small validation sets where a rare label has a
 #   handful of positives (macro F1 is there to pick when rare labels matter as much).
-TASK_DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2", "multilabel": "f1_micro"}
+#   token: entity F1, the CoNLL shared tasks' headline (token accuracy is high for any model
+#   that tags every word O, since most words are outside entities).
+TASK_DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2", "multilabel": "f1_micro",
+                       "token": "entity_f1"}
 # Metrics where a lower value is better; every other metric is maximized.
 LOWER_IS_BETTER = ("log_loss", "loss", "mse", "rmse", "mae", "hamming_loss")
 # Losses each task can train with ("auto": the first of its list).
 TASK_LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "mae", "huber"),
-               "multilabel": ("bce",)}
+               "multilabel": ("bce",), "token": ("cross_entropy",)}
 LOSSES = ("auto",) + tuple(dict.fromkeys(x for v in TASK_LOSSES.values() for x in v))
 MODALITIES = ("auto", "text", "image")  # what the inputs are; auto: detected from the data
 STEMMERS = ("none", "porter", "snowball")  # nltk's stemmers (they need no downloaded data)
@@ -90,7 +99,17 @@ class DataConfig:
     data_seed: int | None = None  # seed of sampling and splitting; None: the run's seed
     unlabeled: str | None = None  # more texts for continued pretraining (tapt_steps), no labels
     # auto: detected from the label column (see pretune.data.task.detect_task)
-    task: str = "auto"  # auto | classification | regression | multilabel
+    task: str = "auto"  # auto | classification | regression | multilabel | token
+    # token: every sub-word token of a word learns the word's tag (B- becomes I- after the
+    # first); False: only the first does, the others are ignored by the loss. Scores and
+    # predictions read the first sub-token either way.
+    label_all_subtokens: bool = False
+    # token: sentences longer than max_length tokens are cut into windows that overlap by this
+    # many tokens (each word is judged in the window where it has the most context)
+    stride: int = 32
+    # token: the names of integer tags, in id order, comma-separated ("O,B-PER,I-PER,...");
+    # a Hugging Face dataset's Sequence(ClassLabel) names them without it
+    label_names: str | None = None
     # multilabel: split each label text on this (e.g. "|"); None: JSON lists like '["a", "b"]'
     label_delimiter: str | None = None
     # regression: train on (y - mean) / std of the training targets; predictions are undone
@@ -425,6 +444,14 @@ def validate(config: RunConfig) -> RunConfig:
     _number("distill_temperature", t.distill_temperature, 0.0, 100.0, lo_open=True)
     if d.task != "auto":
         _check_task(d.task, t, default_ok=True)
+    if d.task == "token":
+        _check_token(config)
+    _number("stride", d.stride, 0, 10**6, integer=True)
+    if d.label_names is not None:
+        _check(isinstance(d.label_names, str) and all(n.strip() for n in d.label_names.split(",")),
+               f"label_names must name every tag id in order, comma-separated, such as "
+               f"'O,B-PER,I-PER', but got {d.label_names!r}. Pass --label-names with no empty "
+               f"names.")
     if t.patience is not None:
         _number("patience", t.patience, 1, 10**6, integer=True)
     _number("checkpoint_soup", t.checkpoint_soup, 1, 100, integer=True)
@@ -460,6 +487,25 @@ def _check_task(task: str, t: TrainConfig, default_ok: bool = False) -> None:
         )
 
 
+# Settings that change words or the per-text head: a token task tags the words as written.
+_TOKEN_OFF = {"lowercase": False, "stopwords": False, "stem": "none", "word_delete": 0.0,
+              "word_swap": 0.0, "head_layers": 0}
+
+
+def _check_token(config: RunConfig) -> None:
+    """Token classification tags each word as written, through a linear layer per token: the
+    text preprocessing and augmentation that add, drop or change words, and MLP heads, are
+    refused."""
+    flat = config.flat()
+    on = [f"{k}={flat[k]!r}" for k, off in _TOKEN_OFF.items() if flat[k] != off]
+    if on:
+        raise ConfigError(
+            f"Token classification tags every word as written by a linear layer per token, but "
+            f"this run sets {', '.join(on)}. Leave those settings at their defaults "
+            f"(or use a sentence task)."
+        )
+
+
 def with_task(config: RunConfig, task: str) -> RunConfig:
     """``config`` with its task set to ``task`` (a detected one, not "auto") and the settings
     that follow from it: a metric left at its default ("accuracy") becomes the task's default
@@ -476,6 +522,8 @@ def with_task(config: RunConfig, task: str) -> RunConfig:
     out = replace(config, data=replace(config.data, task=task),
                   train=replace(t, metric=metric, loss=loss))
     _check_task(task, out.train)
+    if task == "token":
+        _check_token(out)
     return out
 
 

@@ -15,6 +15,7 @@ Example:
   pretune predict runs/sst2 --input data/test.csv --output preds.csv
   pretune predict runs/pets --input photos/ --output preds.csv     (an image model)
   pretune predict runs/sst2 --input data/test.csv --ensemble        (the search's ensemble)
+  pretune predict runs/ner --input sentences.txt --entities --output tags.jsonl   (NER)
 
 MODEL is a model directory written by pretune, or a run directory holding best/.
 """
@@ -28,6 +29,7 @@ def command(
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths, for an image model."),
     batch_size: int = typer.Option(64, "--batch-size"),
+    entities: bool = typer.Option(False, "--entities", help="Token classification: also each sentence's entities with character offsets and scores."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the ensemble a search selected (RUN/ensemble.yaml) instead of best/."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
@@ -44,7 +46,7 @@ def command(
             frame = api_predict(
                 model, input, output=output, batch_size=batch_size, text_column=text_column,
                 text_pair_column=text_pair_column, image_column=image_column,
-                allow_pickle=allow_pickle, ensemble=ensemble,
+                allow_pickle=allow_pickle, ensemble=ensemble, **({"entities": True} if entities else {}),
                 trust_remote_code=trust_remote_code,
                 on_batch=lambda done, total: bar.update(task, completed=done, total=total),
             )

@@ -33,7 +33,9 @@ def command(
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
-    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column), classification, regression or multilabel."),
+    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column; lists of words with lists of tags: token), classification, regression, multilabel or token."),
+    label_all_subtokens: Optional[bool] = typer.Option(None, "--label-all-subtokens/--label-first-subtoken", help="Token classification: every sub-word token of a word learns its tag (default: only the first)."),
+    label_names: Optional[str] = typer.Option(None, "--label-names", help="Token classification: names of integer tags in id order, e.g. O,B-PER,I-PER,B-LOC,I-LOC."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
@@ -62,7 +64,7 @@ def command(
             image_column=image_column, unlabeled=unlabeled,
             max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
             optimizer=optimizer, schedule=schedule, transfer=transfer, metric=metric,
-            precision=precision, seed=seed, task=task,
+            precision=precision, seed=seed, task=task, label_all_subtokens=label_all_subtokens, label_names=label_names,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)

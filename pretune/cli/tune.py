@@ -72,7 +72,9 @@ def command(
     text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
-    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column), classification, regression or multilabel."),
+    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column; lists of words with lists of tags: token), classification, regression, multilabel or token."),
+    label_all_subtokens: Optional[bool] = typer.Option(None, "--label-all-subtokens/--label-first-subtoken", help="Token classification: every sub-word token of a word learns its tag (default: only the first)."),
+    label_names: Optional[str] = typer.Option(None, "--label-names", help="Token classification: names of integer tags in id order, e.g. O,B-PER,I-PER,B-LOC,I-LOC."),
     train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
     unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
@@ -101,6 +103,7 @@ def command(
             text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
             image_column=image_column, unlabeled=unlabeled,
             max_length=max_length, metric=metric, precision=precision, seed=seed, task=task,
+            label_all_subtokens=label_all_subtokens, label_names=label_names,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)
@@ -171,6 +174,9 @@ def print_summary(result) -> None:
     console.print(
         f"[bold green]best[/]: {what}, {result.metric} {result.best_value:.4f} ({params}); "
         f"model saved to {escape(str(result.best_path))}", highlight=False, soft_wrap=True)
+    if final.get("skipped"):
+        console.print(f"final assembly {escape(final['skipped'])}", highlight=False,
+                      soft_wrap=True)
     if final.get("candidates"):
         console.print("final assembly, by validation " + result.metric + ": " + "; ".join(
             f"{c['kind']} {c.get(result.metric, float('nan')):.4f}" for c in final["candidates"]),

@@ -8,6 +8,9 @@ Examples of similar length are batched together (bucketing) so little compute go
 - Evaluation (``shuffle=False``): examples are sorted by length, longest first (so running out of
   memory shows up at once), and cut into batches.
 
+Token classification labels (one per token, an object array of arrays) are padded with -100,
+the loss's ignore_index, to the batch's width.
+
 Every batch carries an ``"index"`` tensor with the original row of each example, so callers
 can put predictions back in input order (pop it before calling the model).
 """
@@ -118,7 +121,17 @@ class Batches:
         if types is not None:
             batch["token_type_ids"] = torch.from_numpy(types)
         if enc.labels is not None:
-            labels = np.ascontiguousarray(label_array(enc.labels[idx]))
-            batch["labels"] = torch.from_numpy(labels)
+            batch["labels"] = batch_labels(enc.labels, idx, width)
         batch["index"] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return batch
+
+
+def batch_labels(labels: np.ndarray, idx: np.ndarray, width: int) -> torch.Tensor:
+    """The labels of rows ``idx``: one per example, or (token classification: an object array
+    of per-token arrays) one per token, padded with -100 to ``width``."""
+    if labels.dtype != object:
+        return torch.from_numpy(np.ascontiguousarray(label_array(labels[idx])))
+    out = np.full((len(idx), width), -100, dtype=np.int64)
+    for row, i in enumerate(idx):
+        out[row, :len(labels[i])] = labels[i]
+    return torch.from_numpy(out)

@@ -11,7 +11,8 @@ The returned frame has a fresh ``RangeIndex`` and two entries in ``DataFrame.att
 
 - ``"first_row"``: the row number of the first example as a user counts it in the source
   (2 for CSV/TSV, where row 1 is the header; 1 otherwise), so row ``i`` is ``i + first_row``.
-- ``"class_names"``: ``{column: [names]}`` for Hugging Face ``ClassLabel`` columns.
+- ``"class_names"``: ``{column: [names]}`` for Hugging Face ``ClassLabel`` columns (and
+  sequences of ``ClassLabel``: token tags).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ FORMATS = {
     ".json": "json",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".conll": "conll",  # token classification: "word ... tag" lines (pretune.data.tokens)
+    ".txt": "txt",  # CoNLL lines when every line ends in a tag, else one text per line
 }
-SUPPORTED = ".csv, .tsv, .jsonl, .json, .parquet, .pq (CSV, TSV and JSON may be .gz)"
+SUPPORTED = (".csv, .tsv, .jsonl, .json, .parquet, .pq (CSV, TSV and JSON may be .gz), .conll, "
+             ".txt")
 
 # Suffixes that mark a source as a file path even when nothing exists there.
 _FILE_SUFFIXES = set(FORMATS) | {
@@ -153,6 +157,8 @@ def _read_file(path: Path) -> pd.DataFrame:
             f"A data file must have at least one row of data, but {path} is empty. Add rows or "
             f"pass another file."
         )
+    if fmt in ("conll", "txt"):
+        return _read_text(path, fmt)
     try:
         if fmt in ("csv", "tsv"):
             frame = _read_delimited(path, "\t" if fmt == "tsv" else ",")
@@ -174,6 +180,30 @@ def _read_file(path: Path) -> pd.DataFrame:
             f"A {fmt.upper()} file must be readable as {fmt.upper()}, but {path} could not be "
             f"parsed ({_first_line(err)}). Fix the file or save it again in that format."
         ) from err
+    frame.attrs["first_row"] = 1
+    return frame
+
+
+_TAGGED_LINE = re.compile(r"^\S+(\s+\S+)*\s+(O|[BIESLU]-\S+)$")
+
+
+def _read_text(path: Path, fmt: str) -> pd.DataFrame:
+    """A .conll file, or a .txt file whose non-blank lines all end in a tag, as sentences of
+    words and tags (``pretune.data.tokens.read_conll``); any other .txt file as one text per
+    non-blank line, in a ``text`` column."""
+    from pretune.data.tokens import read_conll
+
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError:
+        raise DataError(
+            f"A data file must be UTF-8 text, but {path} is in another encoding. Save it as "
+            f"UTF-8."
+        ) from None
+    lines = [line for line in lines if line and not line.startswith("-DOCSTART-")]
+    if fmt == "conll" or (lines and all(_TAGGED_LINE.match(line) for line in lines)):
+        return read_conll(path)
+    frame = pd.DataFrame({"text": lines})
     frame.attrs["first_row"] = 1
     return frame
 
@@ -297,10 +327,10 @@ def _to_frame(loaded: Any, split: str | None, source: str) -> pd.DataFrame:
     elif split is not None:
         logger.debug("%s is a single dataset; split %r is ignored", source, split)
     frame = loaded.to_pandas()
-    class_names = {
-        col: list(feat.names)
+    class_names = {  # ClassLabel columns, and sequences of ClassLabel (token tags)
+        col: list(label.names)
         for col, feat in loaded.features.items()
-        if isinstance(feat, datasets.ClassLabel)
+        if isinstance(label := getattr(feat, "feature", feat), datasets.ClassLabel)
     }
     frame.attrs["first_row"] = 1
     frame.attrs["class_names"] = class_names

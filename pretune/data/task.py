@@ -1,8 +1,9 @@
 """From data sources to a checked task: columns, labels, train and valid splits.
 
-A task is single-label classification, regression (a number per text) or multi-label
-classification (a set of labels per text); ``detect_task`` tells them apart from the label
-column unless ``DataConfig.task`` names one.
+A task is single-label classification, regression (a number per text), multi-label
+classification (a set of labels per text) or token classification (a tag per word, see
+``pretune.data.tokens``); ``detect_task`` tells the first three apart from the label column, and
+lists of words beside lists of tags make a token task, unless ``DataConfig.task`` names one.
 
 ``load_task`` reads the training (and validation) data named by a ``DataConfig``, finds the
 text, text-pair and label columns, checks every text and label once, maps labels to ids, samples
@@ -28,6 +29,7 @@ import pandas as pd
 
 from pretune.config import DataConfig
 from pretune.errors import DataError
+from pretune.data import tokens
 from pretune.data.readers import dataset_splits, is_dataset_source, read_table
 
 logger = logging.getLogger(__name__)
@@ -49,9 +51,11 @@ PAIR_SCHEMAS = (
 
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
 
-TASK_KINDS = ("classification", "regression", "multilabel")
+TASK_KINDS = ("classification", "regression", "multilabel", "token")
+# transformers' problem_type knows no token task; "token_classification" is ours (it selects
+# AutoModelForTokenClassification and is not written into a model's config).
 PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression",
-                 "multilabel": "multi_label_classification"}
+                 "multilabel": "multi_label_classification", "token": "token_classification"}
 # Whole-number labels are class codes when they are few (at most this many distinct values) or
 # exactly 0..k-1 or 1..k; other whole numbers (counts, years, prices) are regression targets.
 MAX_CODED_CLASSES = 50
@@ -64,8 +68,10 @@ class Split:
     texts: list[str]
     pairs: list[str] | None  # second text of a pair task, else None
     # classification: int64 label ids (n,); regression: float64 targets in the data's own
-    # units (n,); multilabel: float32 0/1 indicators (n, number of labels)
+    # units (n,); multilabel: float32 0/1 indicators (n, number of labels); token: an object
+    # array of int64 tag-id arrays, one per sentence, one id per word
     labels: np.ndarray
+    words: list[list[str]] | None = None  # token: each sentence's words (texts: them joined)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -77,6 +83,7 @@ class Split:
             texts=[self.texts[i] for i in idx],
             pairs=None if self.pairs is None else [self.pairs[i] for i in idx],
             labels=self.labels[idx],
+            words=None if self.words is None else [self.words[i] for i in idx],
         )
 
 
@@ -94,7 +101,8 @@ class TaskData:
     fingerprint: str  # sha256 hex of the train+valid content (texts, pairs, labels) and columns
     valid_source: str  # "file": separate validation data (a file or a dataset split);
     # "split": held out of the training data
-    kind: str = "classification"  # classification | regression | multilabel
+    kind: str = "classification"  # classification | regression | multilabel | token
+    scheme: str | None = None  # token: the tag scheme (IOB1, IOB2, BIOES)
 
     @property
     def num_labels(self) -> int:
@@ -141,6 +149,9 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
         return images.load_image_task(cfg, seed)
     train_is_dataset = is_dataset_source(cfg.train)
     frame = read_table(cfg.train, split=cfg.dataset_split_train if train_is_dataset else None)
+    token_cols = _token_columns(frame, cfg)
+    if token_cols is not None:
+        return _load_token_task(cfg, seed, frame, token_cols)
     cols = _resolve_columns(
         frame, "--train", text=cfg.text_column, pair=cfg.text_pair_column,
         label=cfg.label_column, need_label=True,
@@ -246,6 +257,8 @@ def task_of(cfg: DataConfig) -> str:
         return "classification"  # images: a folder per class or a label column
     is_dataset = is_dataset_source(cfg.train)
     frame = read_table(cfg.train, split=cfg.dataset_split_train if is_dataset else None)
+    if _token_columns(frame, cfg) is not None:
+        return "token"
     cols = _resolve_columns(frame, "--train", text=cfg.text_column, pair=cfg.text_pair_column,
                             label=cfg.label_column, need_label=True)
     assert cols.label is not None
@@ -274,6 +287,116 @@ def read_inputs(
     texts = _texts(frame, cols.text, "--input")
     pairs = _texts(frame, cols.pair, "--input") if cols.pair else None
     return texts, pairs, frame
+
+
+# --- token classification ---------------------------------------------------------------------
+
+
+def _token_columns(frame: pd.DataFrame, cfg: DataConfig) -> tuple[str, str] | None:
+    """(words, tags) columns when ``cfg`` and the data make a token task, else None.
+    DataError for a token task without a tags column, and for word lists beside a label
+    column that holds one label per row (a classification and token file mixed)."""
+    if cfg.task not in ("auto", "token"):
+        return None
+    found = tokens.token_columns(frame, text=cfg.text_column, label=cfg.label_column)
+    if found is None:
+        if cfg.task == "token":
+            raise DataError(
+                f"Token classification needs a column of word lists, but --train has columns "
+                f"({_listing(list(frame.columns))}) and none of them holds lists. Pass "
+                f"--text-column with the column of word lists, or a .conll file."
+            )
+        return None
+    words, tags = found
+    if tags is None:
+        label = cfg.label_column or next(
+            (c for n in tokens.TAG_COLUMNS + LABEL_COLUMNS if (c := _find(list(frame.columns), n))),
+            None)
+        what = (f"its label column '{label}' holds one label per row, not a list of tags"
+                if label else "it has no column of tag lists")
+        raise DataError(
+            f"Token classification needs a list of tags beside each list of words, but --train "
+            f"has word lists in '{words}' and {what}. Give every row a tags list as long as its "
+            f"words (or pass --label-column), or use a text column for sentence labels."
+        )
+    return words, tags
+
+
+def _load_token_task(cfg: DataConfig, seed: int, frame: pd.DataFrame,
+                     columns: tuple[str, str]) -> TaskData:
+    """``load_task`` for token classification: sentences, tag ids, the tag scheme."""
+    words_col, tags_col = columns
+    logger.info("Task: token classification (words=%s, tags=%s)", words_col, tags_col)
+    names = [n.strip() for n in cfg.label_names.split(",")] if cfg.label_names else None
+    words, tags = tokens.sentences(frame, words_col, tags_col, "--train", names)
+    assert tags is not None
+    scheme = tokens.scheme_of(tags, "--train")
+    found = {t for row in tags for t in row}
+    if found == {"O"}:
+        raise DataError(
+            "Token classification needs entities to learn, but every tag of --train is O. Pass "
+            "data whose sentences tag some of their words."
+        )
+    label_names = sorted(found, key=lambda t: (t != "O", t[2:], t[:1]))
+    label2id = {name: i for i, name in enumerate(label_names)}
+    train = _token_split(words, tags, label2id)
+    if cfg.train_rows is not None and cfg.train_rows < len(train):
+        train = train.subset(_sample(train.labels, cfg.train_rows, seed))
+        logger.info("Sampled %d training sentences (seed %d)", len(train), seed)
+
+    valid_frame, flag = None, "--valid"
+    if cfg.valid:
+        valid_frame = read_table(cfg.valid, split=cfg.dataset_split_valid
+                                 if is_dataset_source(cfg.valid) else None)
+    elif is_dataset_source(cfg.train) and cfg.dataset_split_valid in dataset_splits(cfg.train):
+        valid_frame = read_table(cfg.train, split=cfg.dataset_split_valid)
+        flag = f"The '{cfg.dataset_split_valid}' split of --train"
+    if valid_frame is not None:
+        valid_cols = tokens.token_columns(valid_frame, text=words_col, label=tags_col)
+        if valid_cols is None or valid_cols[1] is None:  # a .conll file beside a table, say
+            valid_cols = tokens.token_columns(valid_frame)
+        if valid_cols is None or valid_cols[1] is None:
+            raise DataError(
+                f"{flag} must have the same columns as --train (word lists in '{words_col}', "
+                f"tag lists in '{tags_col}'), but got ({_listing(list(valid_frame.columns))}). "
+                f"Rename the columns or pass a token classification file."
+            )
+        v_words, v_tags = tokens.sentences(valid_frame, *valid_cols, flag, names)
+        assert v_tags is not None
+        unknown = sorted({t for row in v_tags for t in row} - set(label2id))
+        if unknown:
+            raise DataError(
+                f"{flag} must only have tags that --train has ({_listing(label_names, 10)}), but "
+                f"it also has {', '.join(unknown[:10])}. Remove those sentences or add examples "
+                f"of them to --train."
+            )
+        valid, valid_source = _token_split(v_words, v_tags, label2id), "file"
+    else:
+        train_idx, valid_idx = _split(train.labels, cfg.valid_fraction, seed)
+        train, valid, valid_source = train.subset(train_idx), train.subset(valid_idx), "split"
+    return TaskData(
+        train=train, valid=valid, label_names=label_names, text_column=words_col,
+        text_pair_column=None, label_column=tags_col,
+        fingerprint=_token_fingerprint(words_col, tags_col, label_names, train, valid),
+        valid_source=valid_source, kind="token", scheme=scheme,
+    )
+
+
+def _token_split(words: list[list[str]], tags: list[list[str]], label2id: dict[str, int]) -> Split:
+    labels = np.empty(len(words), dtype=object)
+    for i, row in enumerate(tags):
+        labels[i] = np.array([label2id[t] for t in row], dtype=np.int64)
+    return Split(texts=[" ".join(w) for w in words], pairs=None, labels=labels, words=words)
+
+
+def _token_fingerprint(words_col: str, tags_col: str, label_names: list[str], train: Split,
+                       valid: Split) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([words_col, tags_col, label_names, "token"]).encode())
+    for split in (train, valid):
+        h.update(json.dumps(split.words).encode())
+        h.update(json.dumps([row.tolist() for row in split.labels]).encode())
+    return h.hexdigest()
 
 
 # --- columns ----------------------------------------------------------------------------------

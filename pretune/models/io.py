@@ -256,6 +256,18 @@ def load_saved_weights(directory: Path, auto_class: Any, mapping: Any, *, allow_
     return model
 
 
+def _saved_for_tokens(directory: Path, meta: Mapping[str, Any]) -> bool:
+    """Whether the model in ``directory`` tags tokens: pretune.yaml says so, or config.json
+    names a ...ForTokenClassification architecture."""
+    if (meta.get("task") or {}).get("kind") == "token":
+        return True
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForTokenClassification") for a in config.get("architectures") or ())
+
+
 def load_model_dir(
     path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -278,8 +290,15 @@ def load_model_dir(
         model, processor = vision.load_image_model_dir(
             directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return model, processor, meta
-    model = load_saved_weights(directory, AutoModelForSequenceClassification,
-                               MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    if _saved_for_tokens(directory, meta):
+        from transformers import AutoModelForTokenClassification
+        from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
+
+        auto_class, mapping = AutoModelForTokenClassification, MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
+    else:
+        auto_class, mapping = (AutoModelForSequenceClassification,
+                               MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
+    model = load_saved_weights(directory, auto_class, mapping,
                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(str(directory), is_local=True, trust_remote_code=trust_remote_code)
     return model, tokenizer, meta

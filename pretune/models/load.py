@@ -306,6 +306,17 @@ def ensure_pad_token(model: Any, tokenizer: Any) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+# Our name of the token task (transformers' problem_type has none): a model for token
+# classification (AutoModelForTokenClassification) with no problem_type in its config.
+TOKEN_PROBLEM = "token_classification"
+
+
+def is_token_model(model: Any) -> bool:
+    """Whether ``model`` (or the model a peft wrapper holds) tags each token."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    return type(base).__name__.endswith("ForTokenClassification")
+
+
 def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str], *,
                     problem_type: str | None = None) -> tuple[Any, Any]:
     """Load ``cfg.model`` for sequence classification with ``num_labels`` labels; return
@@ -314,11 +325,12 @@ def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str], *
     The labels are named ``label_names`` (index i is label i) in the model's ``id2label`` and
     ``label2id``. A checkpoint whose head has another size loads with a new head. ``cfg.dropout``
     (when set) replaces the model's dropout probabilities. The model comes back in eval mode,
-    as from ``from_pretrained``. ``problem_type`` ("regression", "multi_label_classification")
+    as from ``from_pretrained``. ``problem_type`` "token_classification" loads the model for
+    token classification (a tag per token) instead. ``problem_type`` ("regression", "multi_label_classification")
     goes into the model's config, so ``from_pretrained`` users get the task's loss; None (single-
     label classification) leaves transformers to infer it, as a fresh checkpoint does.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     label_names = [str(n) for n in label_names]
     if len(label_names) != num_labels:
@@ -327,13 +339,16 @@ def load_pretrained(cfg: ModelConfig, num_labels: int, label_names: list[str], *
         raise ValueError(f"label names must be unique, got {label_names}")
 
     source, is_local, common, config = labelled_config(cfg, num_labels, label_names)
-    config.problem_type = None if problem_type == "single_label_classification" else problem_type
+    token = problem_type == TOKEN_PROBLEM
+    auto_class = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
+    config.problem_type = (None if problem_type in ("single_label_classification", TOKEN_PROBLEM)
+                           else problem_type)
 
     tokenizer = load_tokenizer(source, is_local=is_local, **common)
 
     try:
         with quiet_transformers():
-            model, info = AutoModelForSequenceClassification.from_pretrained(
+            model, info = auto_class.from_pretrained(
                 source,
                 config=config,
                 ignore_mismatched_sizes=True,

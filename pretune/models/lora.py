@@ -15,6 +15,7 @@ from torch import nn
 from pretune.config import ModelConfig
 from pretune.errors import MissingExtraError, ModelError
 from pretune.models.heads import head_module_names
+from pretune.models.load import is_token_model
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def apply_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
         targets = next((pair for pair in (["q_proj", "v_proj"], ["query", "value"])
                         if set(pair) <= names), None)
     config = peft.LoraConfig(
-        task_type=None if image else peft.TaskType.SEQ_CLS,
+        task_type=None if image else (peft.TaskType.TOKEN_CLS if is_token_model(model)
+                                      else peft.TaskType.SEQ_CLS),
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,

@@ -24,7 +24,7 @@ from torch import nn
 from pretune.config import ModelConfig
 from pretune.errors import ModelError
 from pretune.models.heads import base_prefix
-from pretune.models.load import resolve_source
+from pretune.models.load import is_token_model, resolve_source
 from pretune.models.mlp_head import attach_pooling
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,13 @@ def apply_pooling(model: nn.Module, cfg: ModelConfig,
     ``cfg``; the original model when ``cfg`` names an adapted copy of it). Token pooling is
     recorded in ``model.config.pretune_pooling`` so a saved model can be rebuilt."""
     wanted = cfg.pooling
+    if is_token_model(model):  # a tag per token: nothing is pooled
+        if wanted not in ("auto", "cls"):
+            raise ModelError(
+                f"Token classification tags every token and pools nothing, but pooling={wanted} "
+                f"was asked for. Leave pooling at auto."
+            )
+        return "none"
     if wanted == "auto":
         found = checkpoint_pooling(checkpoint or cfg)
         wanted = found or "cls"

@@ -230,6 +230,8 @@ class Charts:
             return self._regression(predictions)
         if self.h.task == "multilabel":
             return self._multilabel(predictions)
+        if self.h.task == "token":
+            return self._entities(predictions)
         names, matrix, table = classification_table(predictions, self.h.labels)
         totals = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, np.maximum(totals, 1))
@@ -308,6 +310,43 @@ class Charts:
         return text + ("<table class='classes'><thead><tr><th>label</th><th>precision</th>"
                        "<th>recall</th><th>F1</th><th>support</th></tr></thead>"
                        f"<tbody>{rows}</tbody></table>")
+
+    def _entities(self, predictions: pd.DataFrame) -> str:
+        """Token classification: seqeval's strict precision, recall and F1 per entity type,
+        and where the true entities went (same span and type, same span and another type, or
+        no predicted entity on their span), as a heatmap."""
+        import json
+
+        from pretune.training.metrics import entity_confusion, entity_report
+
+        try:
+            true = [json.loads(t) for t in predictions["label"].astype(str)]
+            pred = [json.loads(t) for t in predictions["prediction"].astype(str)]
+        except ValueError:
+            return _note("The best model's validation predictions could not be read as tag lists.")
+        report = entity_report(true, pred, self.h.scheme or "IOB2")
+        kinds = sorted(k for k in report if not k.endswith(" avg"))
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{report[k]['precision']:.3f}</td>"
+            f"<td>{report[k]['recall']:.3f}</td><td>{report[k]['f1-score']:.3f}</td>"
+            f"<td>{int(report[k]['support'])}</td></tr>" for k in kinds + ["micro avg"]
+            if k in report)
+        words = sum(len(t) for t in true)
+        text = _note(f"Trial {self.h.best_trial} on {len(true)} validation sentences ({words} "
+                     f"words), entities scored strictly (type and both ends right). Per entity "
+                     f"type:")
+        table = ("<table class='classes'><thead><tr><th>entity type</th><th>precision</th>"
+                 "<th>recall</th><th>F1</th><th>support</th></tr></thead>"
+                 f"<tbody>{rows}</tbody></table>")
+        rows_, cols, counts = entity_confusion(true, pred)
+        if not rows_:
+            return text + table
+        fig = self.go.Figure(self.go.Heatmap(
+            z=counts, x=cols, y=rows_, colorscale="Blues", texttemplate="%{z}",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
+        fig.update_xaxes(title="predicted on the same span", type="category")
+        fig.update_yaxes(title="true entity (or none)", type="category", autorange="reversed")
+        return text + table + self._div(fig, height=max(320, 50 * len(rows_) + 160))
 
     # -- cost --------------------------------------------------------------------------------
 

@@ -163,6 +163,20 @@ class _Clock:
         return self.left() <= 0
 
 
+# Why a task gets no final assembly (recorded in plan.yaml as ``assembly: {skipped: ...}``).
+SKIPPED = {
+    "token": "skipped for token classification: its ensemble, soups and distillation read "
+             "one output per text, and a token model has one per word; best/ keeps the best "
+             "trial's model",
+}
+
+
+def skipped_for(task) -> dict[str, str] | None:
+    """``{"skipped": reason}`` when the final assembly does not apply to ``task``, else None."""
+    reason = SKIPPED.get(getattr(task, "kind", "classification"))
+    return None if reason is None else {"skipped": reason}
+
+
 def assemble(out: Path, task, caches, *, metric: str, direction: str,
              deadline: float | None = None, distill: bool = True) -> dict[str, Any] | None:
     """Build soups, an ensemble and its distillation from the kept trials; put the best

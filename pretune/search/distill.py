@@ -214,6 +214,12 @@ def prepare(path: Path, best_meta: Mapping[str, Any], base: RunConfig, space: Ma
     validate(base)
     best_settings = best_meta.get("settings") or {}
     task_kind = (best_meta.get("task") or {}).get("kind", "classification")
+    if task_kind == "token":
+        raise ConfigError(
+            f"pretune distill teaches a student the teacher's output for each text, but "
+            f"{path / rundir.BEST_DIR} tags each word (token classification). Train a smaller "
+            f"model with pretune tune --model instead."
+        )
     task = load_task(base.data, data_seed(base))
     if task.kind != task_kind:
         raise ConfigError(

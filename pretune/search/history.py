@@ -58,7 +58,8 @@ class History:
     best_metrics: dict[str, float] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     predictions: pd.DataFrame | None = None  # best/valid-predictions.csv of the best model
-    task: str = "classification"  # classification | regression | multilabel (best/pretune.yaml)
+    task: str = "classification"  # classification | regression | multilabel | token (best/pretune.yaml)
+    scheme: str | None = None  # token: the tag scheme (IOB1, IOB2, BIOES)
     plan: str | None = None  # the budget plan of the last start, in words (plan.yaml)
     final: str | None = None  # what best/ is made of and the final assembly's candidates
 
@@ -165,6 +166,7 @@ def read_history(run: str | Path, *, importance: bool = True) -> History:
         best_metrics=best_metrics, labels=[str(x) for x in meta.get("labels") or []],
         predictions=_read_predictions(path / rundir.BEST_DIR, best_trial),
         task=str((meta.get("task") or {}).get("kind") or "classification"),
+        scheme=(meta.get("task") or {}).get("scheme"),
         plan=_plan_message(path),
         final=final_message(meta.get("made_of"), metric),
     )

@@ -144,12 +144,21 @@ HEAD_LAYERS = (1, 2, 3)  # head_layers values that build a hidden head layer
 # The task is never sampled, so this is decided once, when the space is built; "auto" (the task
 # is not known yet) counts as classification, so a space built before the data is read is the
 # one it always was. A search resolves the task first (``pretune.data.task.task_of``).
+_SENTENCE_TASKS = ("classification", "regression", "multilabel")
 TASK_SETTINGS: dict[str, tuple[str, ...]] = {
-    "label_smoothing": ("classification", "multilabel"),
-    "class_weights": ("classification", "multilabel"),
-    "loss": ("regression",),  # classification and multi-label have one loss each
+    "label_smoothing": ("classification", "multilabel", "token"),
+    "class_weights": ("classification", "multilabel", "token"),
+    "loss": ("regression",),  # classification, multi-label and token have one loss each
     "huber_delta": ("regression",),
+    # token classification tags the words as written, by a linear layer per token
+    **{name: _SENTENCE_TASKS for name in ("lowercase", "stopwords", "stem", "word_delete",
+                                          "word_swap", "text_aug_prob", "head_layers", "pooling")},
 }
+# [NER] Token classification recipes: the transformers token-classification examples and
+# model cards of CoNLL-2003 fine-tunes train 3 to 5 epochs at 2e-5 to 5e-5 (BERT-base) with
+# linear warmup and decay; small models such as MiniLM up to about 1e-4. The task's default
+# space narrows the lr and epochs there (unless a space file sets them).
+TOKEN_DEFAULTS = (Float("lr", 2e-5, 1e-4, log=True), Int("epochs", 3, 5))
 
 TEXT = {"modality": ("text",)}  # resolved from the data before a search builds its space
 IMAGE = {"modality": ("image",)}
@@ -357,6 +366,10 @@ def resolve_space(
     task = context.get("task", "auto")
     task = "classification" if task == "auto" else task
     ordered = [d for d in ordered if task in TASK_SETTINGS.get(d.name, (task,))]
+    if task == "token":
+        narrowed = {d.name: d for d in TOKEN_DEFAULTS}
+        ordered = [narrowed[d.name] if d.name in narrowed and DEFAULT.get(d.name) == d else d
+                   for d in ordered]
     return _drop_impossible(ordered, context), pinned
 
 

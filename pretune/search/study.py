@@ -269,6 +269,10 @@ def run_tune(
         from pretune.training.run import data_seed
 
         task = load_task(shared.data, data_seed(shared))  # DataErrors propagate from here
+        skipped = assemble.skipped_for(task) if tune.assemble else None
+        if skipped is not None:  # nothing is kept for an assembly that will not run
+            log.info("final assembly: %s", skipped["skipped"])
+            tune = replace(tune, assemble=False)
         caches = RunCaches(out / rundir.CACHE_DIR)  # shared by the range test and every trial
         record["data_fingerprint"] = task.fingerprint
         url = tune.storage or rundir.default_storage(out, parallel)
@@ -296,6 +300,8 @@ def run_tune(
             fraction=shared.train.data_fraction)
         plan = _with_keep(plan, tune, shared, budget, len(task.train), parallel)
         rundir.update_plan(out, plan=plan.to_dict())
+        if skipped is not None:
+            rundir.update_plan(out, assembly=skipped)
         log.info("plan: %s", plan.message())
         if on_plan is not None:
             on_plan(plan)
@@ -327,6 +333,7 @@ def run_tune(
                 result.assembly = _assemble_safely(out, task, caches, metric, direction,
                                                    distill=False)
                 _from_best(result)
+            result.assembly = result.assembly or skipped
             result.plan = plan.to_dict()
             result.lr_range = found
             return result
@@ -359,7 +366,7 @@ def run_tune(
                 built = _assemble_safely(out, task, caches, metric, direction, deadline=end)
             search.assembly = built
         result = search.result()
-        result.assembly = search.assembly
+        result.assembly = search.assembly or skipped
         result.plan = plan.to_dict()
         result.lr_range = found
         result.seed_check = search.picked

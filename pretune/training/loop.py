@@ -259,10 +259,10 @@ def predict_proba(model: nn.Module, batches, *, precision: str = "fp32", device=
     if was_training:
         _train_mode(model)
     order = torch.cat(indices).argsort()
-    probs = torch.cat(chunks)[order].numpy()
+    probs = _cat(chunks, 0.0)[order].numpy()
     if not labels:
         return probs, None, None
-    y_all = torch.cat(labels)[order].numpy()
+    y_all = _cat(labels, -100)[order].numpy()
     return probs, y_all, loss_sum / max(len(y_all), 1)
 
 
@@ -275,6 +275,16 @@ def evaluate_model(model: nn.Module, batches, *, precision: str = "fp32", device
     outputs, labels, loss = predict_proba(model, batches, precision=precision, device=device,
                                           objective=objective)
     return objective.metrics(outputs, labels, loss, settings)
+
+
+def _cat(tensors: list[torch.Tensor], fill: float) -> torch.Tensor:
+    """The batches' tensors joined along the examples; per-token ones (token classification,
+    batches padded to their own widths) padded with ``fill`` to the widest first."""
+    if not tensors or tensors[0].dim() < 2 or len({t.shape[1] for t in tensors}) == 1:
+        return torch.cat(tensors)
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]),
+                                        value=fill) for t in tensors])
 
 
 def _passes(batches, size: int):

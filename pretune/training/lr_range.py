@@ -157,7 +157,8 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS,
     from pretune.training.device import set_threads
     from pretune.config import with_task
     from pretune.training import objectives
-    from pretune.training.run import FULL_BATCH_MICRO, resolve_max_length, seed_everything
+    from pretune.training.run import (FULL_BATCH_MICRO, position_limit, resolve_max_length,
+                                      seed_everything, token_windows)
 
     set_threads(config.train.threads)
     seed_everything(config.train.seed)
@@ -178,6 +179,12 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS,
     if image:
         batches = prepare_image_data(config, task, tokenizer, caches).batches(
             micro, t.eval_batch_size, t.seed, augment=False)[0]
+    elif task.kind == "token":
+        max_length = config.data.max_length or position_limit(model) or 512
+        enc = token_windows(replace(config, data=replace(config.data, max_length=max_length)),
+                            task, tokenizer, "train", training=True).encoded
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batches = Batches(enc, micro, pad_id=pad_id, shuffle=True, seed=t.seed)
     else:
         max_length = resolve_max_length(config, task, model, tokenizer, caches)
         enc = caches.tokens.encode(task.train, tokenizer, max_length)

@@ -4,7 +4,8 @@ Every metric of a task takes the same inputs, so the objective metric is just a 
 (``TrainConfig.metric``). Classification: precision and recall are macro-averaged; ROC AUC is
 binary on the positive class, one-vs-rest macro-averaged for more classes. Regression: in the
 data's own units. Multi-label: decisions at a threshold tuned on the evaluated data
-(``tune_threshold``) unless one is given.
+(``tune_threshold``) unless one is given. Token classification: entities scored with seqeval's
+strict definition (type and both ends right) on the words' tags.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-from pretune.config import LOWER_IS_BETTER, METRICS, MULTILABEL_METRICS, REGRESSION_METRICS
+from pretune.config import (LOWER_IS_BETTER, METRICS, MULTILABEL_METRICS, REGRESSION_METRICS,
+                            TOKEN_METRICS)
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, loss: float | None = None) -> dict[str, float]:
@@ -158,3 +160,75 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, loss: float | Non
     assert set(out) == set(MULTILABEL_METRICS)
     out["threshold"] = float(threshold)
     return out
+
+
+# --- token classification --------------------------------------------------------------------------
+
+SEQEVAL_SCHEMES = {"IOB1": "IOB1", "IOB2": "IOB2", "BIOES": "IOBES"}
+
+
+def tag_sequences(probs: np.ndarray, labels: np.ndarray,
+                  label_names: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """(true, predicted) tag sequences, one per example, from per-token ``probs`` (n, tokens,
+    tags) and ``labels`` (n, tokens): the positions whose label is not -100, in order."""
+    names = np.asarray([str(n) for n in label_names], dtype=object)
+    labels = np.asarray(labels)
+    preds = np.asarray(probs).argmax(axis=-1)
+    true, pred = [], []
+    for y, p in zip(labels, preds):
+        keep = y != -100
+        if keep.any():
+            true.append(names[y[keep]].tolist())
+            pred.append(names[p[keep]].tolist())
+    return true, pred
+
+
+def entity_report(true: list[list[str]], pred: list[list[str]], scheme: str = "IOB2"
+                  ) -> dict[str, dict[str, float]]:
+    """seqeval's strict entity-level precision, recall, F1 and support per entity type, and
+    their ``micro avg``."""
+    from seqeval import scheme as schemes
+    from seqeval.metrics import classification_report
+
+    return classification_report(true, pred, mode="strict", output_dict=True, zero_division=0,
+                                 scheme=getattr(schemes, SEQEVAL_SCHEMES.get(scheme, "IOB2")))
+
+
+def token_metrics(probs: np.ndarray, labels: np.ndarray, label_names: list[str],
+                  scheme: str = "IOB2", loss: float | None = None) -> dict[str, float]:
+    """Every metric of ``TOKEN_METRICS``: strict entity-level precision, recall and F1,
+    micro-averaged over entity types (seqeval), and the share of words tagged right."""
+    true, pred = tag_sequences(probs, labels, label_names)
+    words = sum(len(t) for t in true)
+    right = sum(a == b for t, p in zip(true, pred) for a, b in zip(t, p))
+    micro = entity_report(true, pred, scheme).get("micro avg", {}) if words else {}
+    out = {
+        "entity_f1": float(micro.get("f1-score", 0.0)),
+        "entity_precision": float(micro.get("precision", 0.0)),
+        "entity_recall": float(micro.get("recall", 0.0)),
+        "token_accuracy": right / words if words else math.nan,
+        "loss": float(loss) if loss is not None else math.nan,
+    }
+    assert set(out) == set(TOKEN_METRICS)
+    return out
+
+
+def entity_confusion(true: list[list[str]], pred: list[list[str]]
+                     ) -> tuple[list[str], list[str], list[list[int]]]:
+    """Where entities went, span by span: rows are true entity types plus "none" (predicted
+    spans no true entity has), columns predicted types plus "none" (true spans nothing was
+    predicted on); a count per (true, predicted) pair of an exact span."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    pairs: dict[tuple[str, str], int] = {}
+    for t, p in zip(true, pred):
+        spans_t = {(s, e): k for k, s, e in get_entities(t)}
+        spans_p = {(s, e): k for k, s, e in get_entities(p)}
+        for span in spans_t.keys() | spans_p.keys():
+            key = (spans_t.get(span, "none"), spans_p.get(span, "none"))
+            pairs[key] = pairs.get(key, 0) + 1
+    kinds = sorted({k for pair in pairs for k in pair} - {"none"})
+    if not kinds:
+        return [], [], []
+    axis = kinds + ["none"]
+    return axis, axis, [[pairs.get((a, b), 0) for b in axis] for a in axis]

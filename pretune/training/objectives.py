@@ -11,6 +11,9 @@ The training loop is the same for every task; an ``Objective`` is the part that 
   label smoothing towards 0.5); outputs are per-label sigmoid probabilities;
   ``multilabel_metrics``, deciding at the threshold tuned on the evaluated data (or the fixed
   ``threshold`` setting).
+- ``TokenClassification``: cross-entropy over the tokens that carry a word's tag (-100
+  elsewhere; class weights against the many O tags, label smoothing); outputs are per-token
+  softmax probabilities (examples, tokens, tags); ``token_metrics`` (seqeval, strict).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 
 from pretune.config import TrainConfig
-from pretune.training.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from pretune.training.metrics import (classification_metrics, multilabel_metrics,
+                                      regression_metrics, token_metrics)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -131,6 +135,31 @@ class MultiLabel(Objective):
         return multilabel_metrics(outputs, labels, loss, metric=metric, threshold=threshold)
 
 
+class TokenClassification(Objective):
+    kind = "token"
+
+    def __init__(self, label_names: list[str], scheme: str = "IOB2",
+                 tag_counts: np.ndarray | None = None):
+        self.label_names, self.scheme, self.tag_counts = list(label_names), scheme, tag_counts
+
+    def loss_fn(self, settings: TrainConfig, device) -> LossFn:
+        fn = nn.CrossEntropyLoss(weight=class_weights(settings, self.tag_counts, device),
+                                 label_smoothing=settings.label_smoothing, ignore_index=-100)
+        return lambda logits, labels: fn(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+    def eval_loss(self, logits, labels) -> float:
+        """The mean loss of the batch's tagged tokens, counted once per example."""
+        flat = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           labels.reshape(-1), ignore_index=-100)
+        return float(flat) * len(labels) if bool((labels != -100).any()) else 0.0
+
+    def outputs(self, logits):
+        return torch.softmax(logits, dim=-1)
+
+    def metrics(self, outputs, labels, loss, settings=None):
+        return token_metrics(outputs, labels, self.label_names, self.scheme, loss)
+
+
 def regression_loss(name: str, delta: float = 1.0) -> nn.Module:
     """The regression loss called ``name`` (mse, mae, huber), averaged over examples."""
     if name in ("mse", "auto"):
@@ -161,8 +190,12 @@ def for_task(task, settings: TrainConfig, *, standardize: bool = True) -> Object
         return Regression(mean, std, settings.loss, settings.huber_delta)
     if kind == "multilabel":
         return MultiLabel(np.asarray(labels).sum(axis=0), len(labels))
+    if kind == "token":
+        counts = np.bincount(np.concatenate(list(labels)), minlength=len(task.label_names))
+        return TokenClassification(task.label_names, task.scheme or "IOB2", counts)
     return Classification(np.bincount(labels, minlength=len(task.label_names)))
 
 
-__all__ = ["Objective", "Classification", "Regression", "MultiLabel", "for_task",
+__all__ = ["Objective", "Classification", "Regression", "MultiLabel", "TokenClassification",
+           "for_task",
            "regression_loss", "class_weights"]

@@ -24,9 +24,9 @@ import torch
 
 from pretune._version import __version__
 from pretune.config import RunConfig, validate, with_task
-from pretune.errors import ConfigError
+from pretune.errors import ConfigError, DataError
 from pretune.yamlfile import plain
-from pretune.data import text_prep
+from pretune.data import text_prep, tokens
 from pretune.data.collate import Batches
 from pretune.data.images import (ImageBatches, PixelSpec, image_cache, is_image_task,
                                  prepare_images, read_image_inputs)
@@ -40,6 +40,7 @@ from pretune.training.device import pick_device, resolve_precision, set_threads
 from pretune.training.tapt import adapted_source, with_source
 from pretune.training import objectives
 from pretune.training.loop import TrainResult, predict_proba, train
+from pretune.training.metrics import tag_sequences
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,12 @@ def fit(
         config = replace(config, data=replace(config.data, modality="image",
                                               data_seed=data_seed(config)))
         data: Any = prepare_image_data(config, task, tokenizer, caches)
+    elif task.kind == "token":
+        max_length = config.data.max_length or position_limit(model) or 512
+        config = replace(config, data=replace(config.data, max_length=max_length,
+                                              data_seed=data_seed(config), modality="text"))
+        data = prepare_token_data(config, task, tokenizer,
+                                  model_fingerprint(built.model.model, built.model.revision))
     else:
         max_length = resolve_max_length(config, task, model, tokenizer, caches)
         # Record what was resolved, so a config read back from pretune.yaml repeats this run.
@@ -217,6 +224,36 @@ def _text_augment(config: RunConfig, task: TaskData, tokenizer, max_length: int)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return lambda batch_size, seed: text_prep.AugmentedTextBatches(
         task.train, augment, tokenizer, max_length, batch_size, pad_id=pad_id, seed=seed)
+
+
+def token_windows(config: RunConfig, task: TaskData, tokenizer, split: str, *,
+                  training: bool = False):
+    """``task``'s ``split`` (train or valid) as token windows (``pretune.data.tokens``), at the
+    run's max_length and stride. Windows to train on (``training``) label every sub-token when
+    the run says so; others only the first sub-token of each word (what scores read)."""
+    rows = task.train if split == "train" else task.valid
+    every = training and config.data.label_all_subtokens
+    return tokens.encode_words(rows.words, rows.labels, tokenizer, config.data.max_length,
+                               stride=config.data.stride, all_subtokens=every,
+                               inside=tokens.inside_tags(task.label_names))
+
+
+def prepare_token_data(config: RunConfig, task: TaskData, tokenizer, model_id: str) -> "_Prepared":
+    """Train and valid sentences as token windows, keyed for the feature cache by their words
+    and tags, the tokenizer and the windowing settings."""
+    from pretune.data.cache import tokenizer_fingerprint
+
+    d = config.data
+    made = {name: token_windows(config, task, tokenizer, name, training=name == "train")
+            for name in ("train", "valid")}
+    keys = {}
+    for name, split in (("train", task.train), ("valid", task.valid)):
+        parts = [split.words, [row.tolist() for row in split.labels], tokenizer_fingerprint(tokenizer),
+                 d.max_length, d.stride, d.label_all_subtokens and name == "train"]
+        keys[name] = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    return _Prepared(train=made["train"].encoded, valid=made["valid"].encoded, keys=keys,
+                     pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                     model_id=model_id)
 
 
 def prepare_image_data(config: RunConfig, task: TaskData, processor, caches: RunCaches):
@@ -351,7 +388,8 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
     else:
         task = text_prep.apply_to_task(task, config.data)  # as the run saw it
         rows = task.valid if split == "valid" else task.train
-        enc = caches.tokens.encode(rows, tokenizer, config.data.max_length)  # the run's own
+        enc = (token_windows(config, task, tokenizer, split).encoded if task.kind == "token"
+               else caches.tokens.encode(rows, tokenizer, config.data.max_length))  # the run's own
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
     device = next(model.parameters()).device
@@ -365,10 +403,15 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
 
 def predictions_frame(outputs: np.ndarray, labels: np.ndarray, label_names, kind: str,
                       threshold: float = 0.5) -> pd.DataFrame:
-    """``label``, ``prediction`` and ``prob_<label>`` per row of ``outputs``."""
+    """``label``, ``prediction`` and ``prob_<label>`` per row of ``outputs``; token
+    classification: the true and predicted tags of each sentence, as JSON lists."""
     names = [str(n) for n in label_names]
     if kind == "regression":
         return pd.DataFrame({"label": labels, "prediction": outputs})
+    if kind == "token":  # per window of tokens: the tags of the words it is read for
+        true, pred = tag_sequences(outputs, labels, names)
+        return pd.DataFrame({"label": [json.dumps(t) for t in true],
+                             "prediction": [json.dumps(p) for p in pred]})
     if kind == "multilabel":
         frame = pd.DataFrame({"label": label_sets(labels, names, 0.5),
                               "prediction": label_sets(outputs, names, threshold)})
@@ -426,6 +469,8 @@ def task_metadata(config: RunConfig, task: TaskData, metrics: dict[str, float]) 
     elif task.kind == "multilabel":
         out.update(threshold=decision_threshold(config, metrics),
                    threshold_tuned=config.train.threshold is None)
+    elif task.kind == "token":
+        out.update(scheme=task.scheme)
     return out
 
 
@@ -486,6 +531,7 @@ def predict(
     trust_remote_code: bool = False,
     precision: str = "fp32",
     on_batch: Callable[[int, int], None] | None = None,
+    entities: bool = False,
 ) -> pd.DataFrame:
     """Predict labels and per-class probabilities for every row of ``source``.
 
@@ -497,7 +543,9 @@ def predict(
     saved threshold (a JSON list in CSV and TSV files). For an
     image model, ``source`` is a folder of images or a table with a column of image paths
     (``image_column``, else the training run's, else detected). Text models apply the text
-    preprocessing they were trained with (``pretune.data.text_prep``).
+    preprocessing they were trained with (``pretune.data.text_prep``). Token classification:
+    one row per sentence with its tags in ``prediction`` (see ``_predict_tokens``), and with
+    ``entities`` its entity spans in ``entities``.
     """
     if output is not None:
         table_format(Path(output))  # a wrong extension fails before the work, not after
@@ -505,6 +553,12 @@ def predict(
                                             trust_remote_code=trust_remote_code)
     columns = meta.get("columns") or {}
     settings = meta.get("settings", {})
+    if (meta.get("task") or {}).get("kind", _kind_of(model.config)) == "token":
+        result = _predict_tokens(model, tokenizer, settings, str(source), batch_size,
+                                 text_column, precision, on_batch, entities=entities)
+        if output is not None:
+            write_table(result, Path(output))
+        return result
     if not hasattr(tokenizer, "pad_token_id"):  # an image processor: an image model
         paths, frame = read_image_inputs(str(source), image_column=image_column,
                                          prefer=columns.get("text"))
@@ -550,9 +604,62 @@ def predict(
 
 
 def _kind_of(model_config) -> str:
-    """The task of a model directory without pretune.yaml, from its config's problem_type."""
+    """The task of a model directory without pretune.yaml, from its config's architectures
+    (token classification) and problem_type."""
+    if any(str(a).endswith("ForTokenClassification")
+           for a in getattr(model_config, "architectures", None) or ()):
+        return "token"
     return {"regression": "regression", "multi_label_classification": "multilabel"}.get(
         getattr(model_config, "problem_type", None) or "", "classification")
+
+
+def _predict_tokens(model, tokenizer, settings: dict, source: str, batch_size: int,
+                    text_column: str | None, precision: str, on_batch, *,
+                    entities: bool = False) -> pd.DataFrame:
+    """``predict`` for a token classification model: one row per sentence of ``source`` (a
+    table with a column of word lists, or texts, which are split into words), with its tags
+    in ``prediction``, one per word (texts also get their words in ``tokens``). ``entities``:
+    also each sentence's entities (type, character offsets and text, score) in ``entities``;
+    offsets count in the input text, or in the words joined by spaces for word lists."""
+    from pretune.data.readers import read_table
+
+    frame = read_table(source)
+    found = tokens.token_columns(frame, text=text_column)
+    if found is not None:
+        words, _ = tokens.sentences(frame, found[0], None, "--input")
+        texts = [" ".join(w) for w in words]
+        result = frame.reset_index(drop=True).copy()
+    else:
+        texts, _, frame = read_inputs(source, text_column=text_column, detect_pair=False)
+        words = [tokens.split_words(t) for t in texts]
+        empty = next((i for i, w in enumerate(words) if not w), None)
+        if empty is not None:
+            raise DataError(
+                f"Token classification needs words to tag, but --input row "
+                f"{empty + int(frame.attrs.get('first_row', 1))} has none. Remove that row."
+            )
+        result = frame.reset_index(drop=True).copy()
+        result["tokens"] = words
+    data = settings.get("data") or {}
+    max_length = data.get("max_length") or position_limit(model) or 512
+    windows = tokens.encode_words(words, None, tokenizer, max_length, stride=data.get("stride", 32))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = _Counting(Batches(windows.encoded, batch_size, pad_id=pad_id, shuffle=False), on_batch)
+    device = pick_device()
+    model.to(device)
+    probs, _, _ = predict_proba(model, batches, precision=resolve_precision(precision, device),
+                                device=device, objective=objectives.TokenClassification([]))
+    id2label = model.config.id2label
+    names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(probs.shape[-1])]
+    outside = names.index("O") if "O" in names else 0
+    per_word = tokens.word_predictions(windows, probs, [len(w) for w in words])
+    result["prediction"] = [[names[int(row.argmax())] if row.sum() > 0 else names[outside]
+                             for row in p] for p in per_word]
+    if entities:
+        result["entities"] = [tokens.entity_spans(text, w, tags, p.max(axis=1))
+                              for text, w, tags, p in zip(texts, words, result["prediction"],
+                                                          per_word)]
+    return result
 
 
 def _objective_of(kind: str, task: dict) -> objectives.Objective:
@@ -587,7 +694,7 @@ _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jso
 
 
 def table_format(path: Path) -> str:
-    from pretune.errors import ConfigError
+    from pretune.errors import ConfigError, DataError
 
     kind = _TABLE_FORMATS.get(path.suffix.lower())
     if kind is None:

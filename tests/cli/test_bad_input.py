@@ -108,6 +108,11 @@ def remote_code_model(tmp: Path) -> Path:
     return path
 
 
+def ner_rows(*rows) -> str:
+    """JSON lines of (words, tags) sentences."""
+    return "".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in rows)
+
+
 def space(p: Paths, spec) -> Path:
     return p.file("space.yaml", spec if isinstance(spec, str) else yaml.safe_dump(spec))
 
@@ -139,6 +144,23 @@ ROWS: dict[str, Row] = {
     "single class": Row(
         lambda p: p.tune_data(p.csv("one.csv", [("good film", "pos")] * 8)),
         "at least two classes", "'pos'", "examples of two or more classes"),
+    # -- token classification (NER) --
+    "token: tags and words differ": Row(
+        lambda p: p.tune_data(p.file("ner.jsonl", ner_rows(
+            (["EU", "rejects", "it"], ["B-ORG", "O", "O"]), (["Peter", "Blackburn"], ["B-PER"])))),
+        "one tag per word", "row 2", "same length"),
+    "token: unknown tag scheme": Row(
+        lambda p: p.tune_data(p.file("ner.jsonl", ner_rows(
+            (["Peter", "ran"], ["PERSON", "O"]), (["Paris", "won"], ["B-LOC", "O"])))),
+        "must follow IOB1, IOB2 or BIOES", "'PERSON'", "Write the tags"),
+    "token: empty sentence": Row(
+        lambda p: p.tune_data(p.file("ner.jsonl", ner_rows(
+            (["Peter", "ran"], ["B-PER", "O"]), ([], [])))),
+        "a list of words in every row", "an empty sentence", "Remove that row"),
+    "token: mixed with sentence labels": Row(
+        lambda p: p.tune_data(p.file("ner.jsonl", "".join(
+            json.dumps({"tokens": ["Peter", "ran"], "label": "pos"}) + "\n" for _ in range(4)))),
+        "a list of tags beside each list of words", "'label'", "Give every row a tags list"),
     "garbage parquet": Row(
         lambda p: p.tune(train=p.file("data.parquet", b"this is not parquet at all\n" * 20)),
         "must be readable as PARQUET", "data.parquet", "save it again"),

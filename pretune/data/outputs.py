@@ -1,6 +1,6 @@
 """Writing prediction tables: the output formats by extension, list cells (multi-label
 predictions) as JSON texts, and label sets from per-label probabilities. Imports no torch, so
-that predicting with ONNX Runtime (``pretune.models.onnx_runtime``) needs none."""
+that predicting with ONNX Runtime (``pretune.deploy.runtime``) needs none."""
 
 from __future__ import annotations
 

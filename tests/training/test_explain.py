@@ -1,0 +1,65 @@
+"""pretune explain's attributions: one record per row, the row's own tokens, weights on one
+scale, complete integrals (Captum's delta), labels read and misclassified rows first."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("captum", reason="the explain extra is needed: pip install 'pretune[explain]'")
+
+from pretune.training.explain import Explained, explain, order, top_tokens  # noqa: E402
+from tests.deploy.helpers import train_case  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tiny_learner_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain")
+    return {name: train_case(name, root / name, tiny_learner_dir, "")
+            for name in ("mlp-mean-layernorm", "pair")}
+
+
+def test_each_row_gets_its_tokens_and_weights_toward_the_prediction(models, tmp_path):
+    source = tmp_path / "rows.csv"
+    pd.DataFrame({"text": ["a wonderful , moving film", "the worst film of the year", "dull"],
+                  "label": ["positive", "negative", "positive"]}).to_csv(source, index=False)
+    rows = explain(models["mlp-mean-layernorm"], source, steps=16)
+    assert [r.row for r in rows] == [0, 1, 2]
+    assert rows[0].tokens == ["a", "wonderful", ",", "moving", "film"]  # no [CLS]/[SEP]
+    for r in rows:
+        assert len(r.weights) == len(r.tokens)
+        assert max(abs(w) for w in r.weights) == pytest.approx(1.0, abs=1e-3)
+        assert r.prediction in ("negative", "positive") and 0.5 <= r.confidence <= 1.0
+        assert math.isfinite(r.delta)
+    assert [r.label for r in rows] == ["positive", "negative", "positive"]
+    assert [r.misclassified for r in rows] == [r.prediction != r.label for r in rows]
+
+
+def test_limit_and_pairs(models, tmp_path):
+    source = tmp_path / "pairs.csv"
+    pd.DataFrame({"question": ["is it good ?"] * 3, "answer": ["a wonderful film", "a dull mess", "yes"],
+                  "label": ["yes", "no", "yes"]}).to_csv(source, index=False)
+    rows = explain(models["pair"], source, limit=2, steps=8)
+    assert len(rows) == 2
+    assert rows[0].pair == "a wonderful film"
+    assert rows[0].first_tokens == 4  # "is it good ?" then the answer's tokens
+    assert rows[0].tokens[4:] == ["a", "wonderful", "film"]
+
+
+def _row(i, confidence, label, prediction="a"):
+    return Explained(i, f"t{i}", None, ["x", "y"], [0.5, -1.0], prediction, confidence, label)
+
+
+def test_order_puts_misclassified_first_then_confidence():
+    rows = [_row(0, 0.6, "a"), _row(1, 0.9, "a"), _row(2, 0.7, "b"), _row(3, 0.95, "b")]
+    assert [r.row for r in order(rows)] == [3, 2, 1, 0]
+    unlabelled = [_row(0, 0.6, None), _row(1, 0.9, None)]
+    assert [r.row for r in order(unlabelled)] == [1, 0]
+
+
+def test_top_tokens_for_and_against():
+    r = Explained(0, "t", None, ["good", "bad", "the"], [1.0, -0.8, 0.1], "pos", 0.9)
+    assert top_tokens(r) == [("good", 1.0), ("the", 0.1)]
+    assert top_tokens(r, sign=-1) == [("bad", -0.8)]

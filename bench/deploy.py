@@ -8,7 +8,8 @@ predict`` in fp32 and in bf16 autocast (where the CPU has it), and the ONNX expo
 ``pretune.deploy.runtime.predict`` in fp32 and int8. Each time is the whole call from the CSV
 to the table (reading, preprocessing, tokenizing, the model), the best of ``--repeats``; rows
 per second = 1,821 / seconds. Accuracy is each contender's on the test labels. torch and ONNX
-Runtime both use ``--threads`` threads (default 2).
+Runtime both use ``--threads`` threads (default 1: on a shared 2-core machine, torch with 2
+threads slows down by an order of magnitude whenever another process holds a core).
 
 Run it (from the repo root; the run's data paths are relative to where it was trained, so run
 it from there)::
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/demo", help="run directory with best/ (SST-2)")
     parser.add_argument("--rows", type=int, default=None, help="first N test rows only")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     check_data()
     if not (Path(args.run) / "best" / "config.json").is_file():
@@ -68,8 +69,10 @@ def main() -> None:
         "torch fp32": lambda b: torch_predict(args.run, source, batch_size=b, precision="fp32"),
         **({"torch bf16": lambda b: torch_predict(args.run, source, batch_size=b, precision="bf16")}
            if bf16 else {}),
-        "onnxruntime fp32": lambda b: onnx_predict(tmp / "onnx", source, batch_size=b),
-        "onnxruntime int8": lambda b: onnx_predict(tmp / "onnx", source, batch_size=b, int8=True),
+        "onnxruntime fp32": lambda b: onnx_predict(tmp / "onnx", source, batch_size=b,
+                                                        threads=args.threads),
+        "onnxruntime int8": lambda b: onnx_predict(tmp / "onnx", source, batch_size=b, int8=True,
+                                                        threads=args.threads),
     }
     rows = []
     for name, run in contenders.items():

@@ -178,15 +178,16 @@ def prepare_texts(info: dict[str, Any], texts: Sequence[str], pairs: Sequence[st
 def predict(directory: str | Path, source: str | Path, *, output: str | Path | None = None,
             batch_size: int = 64, text_column: str | None = None,
             text_pair_column: str | None = None, image_column: str | None = None,
-            int8: bool = False, on_batch: Callable[[int, int], None] | None = None
-            ) -> pd.DataFrame:
+            int8: bool = False, threads: int | None = None,
+            on_batch: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """``pretune predict``'s table (input columns, ``prediction``, ``prob_<label>``) from the
-    ONNX model in ``directory``; with ``output`` also written there."""
+    ONNX model in ``directory``; with ``output`` also written there. ``threads``: ONNX
+    Runtime's intra-op threads (default: its own, one per core)."""
     from pretune.data.outputs import label_sets, table_format, write_table
 
     if output is not None:
         table_format(Path(output))
-    model = OnnxModel(directory, int8=int8)
+    model = OnnxModel(directory, int8=int8, threads=threads)
     columns = model.info.get("columns") or {}
     if model.modality == "image":
         from pretune.data.images import read_image_inputs

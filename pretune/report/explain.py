@@ -1,5 +1,6 @@
-"""The page and table of ``pretune explain``: each row's tokens shaded by their weight toward
-the predicted label (green toward, red against), misclassified rows first, then by confidence.
+"""The page and table of ``pretune explain``: each row's tokens (or an image's pixels) shaded by
+their weight toward the predicted label (green toward, red against), misclassified rows first,
+then by confidence.
 
 ``explain_html`` returns one self-contained HTML page (inline CSS, no script, nothing fetched);
 ``explain_table`` a DataFrame with the top tokens of each row; ``write_explanation`` writes either
@@ -25,6 +26,9 @@ body{font:15px/1.5 system-ui,sans-serif;margin:2em auto;max-width:60em;padding:0
 .tok{border-radius:3px;padding:0 1px}
 .note{color:#555;font-size:13px}
 .sep{color:#999;padding:0 .4em}
+.pics img{width:160px;height:auto;image-rendering:pixelated;margin-right:.6em}
+.stack{position:relative;display:inline-block}
+.stack .heat{position:absolute;left:0;top:0}
 """
 
 
@@ -46,6 +50,36 @@ def _tokens_html(tokens: list[str], weights: list[float]) -> str:
     return "".join(parts)
 
 
+def _png(array) -> str:
+    """A uint8 (height, width, 3 or 4) array as a data: URI."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _image_html(r) -> str:
+    """The image the model saw, and beside it the same image under its pixel weights (green
+    toward the prediction, red against), both inline PNGs."""
+    import numpy as np
+
+    image = np.ascontiguousarray(np.asarray(r.pixels).transpose(1, 2, 0))
+    heat = np.asarray(r.heatmap, dtype=float)
+    overlay = np.zeros(heat.shape + (4,), dtype=np.uint8)
+    overlay[..., 1] = np.where(heat > 0, 150, 40)
+    overlay[..., 0] = np.where(heat > 0, 30, 210)
+    overlay[..., 3] = (np.clip(np.abs(heat), 0, 1) * 220).astype(np.uint8)
+    name = html.escape(Path(r.text).name)
+    return (f'<div class="pics"><img alt="{name}" src="{_png(image)}">'
+            f'<span class="stack"><img alt="" src="{_png(image)}">'
+            f'<img class="heat" alt="weights" src="{_png(overlay)}"></span></div>'
+            f'<div class="note">{name}</div>')
+
+
 def _row_html(r) -> str:
     wrong = r.misclassified is True
     confidence = "" if r.confidence is None else f" ({r.confidence:.1%})"
@@ -53,6 +87,9 @@ def _row_html(r) -> str:
     mark = " · <b>misclassified</b>" if wrong else ""
     head = (f'<div class="head">row {r.row + 1} · predicted <b>{html.escape(r.prediction)}</b>'
             f"{confidence}{label}{mark}</div>")
+    if r.heatmap is not None:
+        return (f'<div class="row{" wrong" if wrong else ""}" data-row="{r.row}">{head}'
+                f'{_image_html(r)}</div>')
     n_first = len(r.tokens) if r.first_tokens is None else r.first_tokens
     body = _tokens_html(r.tokens[:n_first], r.weights[:n_first])
     if r.pair is not None:
@@ -76,7 +113,7 @@ def explain_html(rows: list, title: str) -> str:
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="note">{summary}, by confidence. Each token is shaded by its integrated-gradients
+<p class="note">{summary}, by confidence. Each token (or pixel) is shaded by its integrated-gradients
 attribution toward the predicted label: <span class="tok" style="{_shade(0.8)}">toward</span>,
 <span class="tok" style="{_shade(-0.8)}">against</span>; hover a token for its weight
 (scaled to the row's largest).</p>

@@ -1,5 +1,6 @@
-"""Per-token explanations of a text model's predictions: integrated gradients (Captum's
-``LayerIntegratedGradients``) on the input embeddings, toward the predicted label.
+"""Explanations of a model's predictions: integrated gradients (Captum) toward the predicted
+label, on the input embeddings of a text model (a weight per token) or on the pixels of an
+image model (a weight per pixel, from a black baseline image).
 
 For each row, the attribution of a token is the integral of the gradient of the predicted
 label's logit along the straight path from a baseline (every token but the special ones
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pretune.errors import ConfigError, MissingExtraError
+from pretune.errors import MissingExtraError
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Explained:
     label: str | None = None  # the file's label, when it has one
     delta: float = 0.0  # Captum's convergence delta for this row
     first_tokens: int | None = None  # a pair's row: how many of ``tokens`` are the first text's
+    pixels: Any = None  # an image's row: the uint8 (3, height, width) image the model saw
+    heatmap: Any = None  # and a weight in [-1, 1] per pixel, (height, width)
 
     @property
     def misclassified(self) -> bool | None:
@@ -44,47 +47,53 @@ class Explained:
         return self.label != self.prediction
 
 
-def _captum():
+def _captum() -> None:
     try:
-        from captum.attr import LayerIntegratedGradients
+        import captum.attr  # noqa: F401
     except ImportError:
         raise MissingExtraError("captum", "explain", "pretune explain") from None
-    return LayerIntegratedGradients
 
 
 def explain(model_path: str | Path, source: str | Path, *, limit: int | None = 200,
             steps: int = 32, text_column: str | None = None, text_pair_column: str | None = None,
-            label_column: str | None = None, allow_pickle: bool = False,
-            on_row: Callable[[int, int], None] | None = None) -> list[Explained]:
+            image_column: str | None = None, label_column: str | None = None,
+            allow_pickle: bool = False, on_row: Callable[[int, int], None] | None = None
+            ) -> list[Explained]:
     """Explain the first ``limit`` rows of ``source`` with the model at ``model_path`` (a
-    model or run directory); ``steps`` points on the integration path."""
+    model or run directory); ``steps`` points on the integration path. A text model's rows get
+    token weights; an image model's get a weight per pixel (``heatmap``)."""
+    from pretune.models.io import load_model_dir, resolve_model_dir
+
+    _captum()
+    model, tokenizer, meta = load_model_dir(resolve_model_dir(model_path), allow_pickle=allow_pickle)
+    model.to("cpu").float().eval()
+    if not hasattr(tokenizer, "pad_token_id"):  # an image processor
+        return _explain_images(model, tokenizer, meta, source, limit, steps, image_column, on_row)
+    return _explain_texts(model, tokenizer, meta, source, limit, steps, text_column,
+                          text_pair_column, label_column, on_row)
+
+
+def _explain_texts(model, tokenizer, meta, source, limit, steps, text_column, text_pair_column,
+                   label_column, on_row) -> list[Explained]:
     import torch
+    from captum.attr import LayerIntegratedGradients
 
     from pretune.data import text_prep
     from pretune.data.task import read_inputs
-    from pretune.models.io import load_model_dir, resolve_model_dir
     from pretune.training.run import position_limit
 
-    LayerIntegratedGradients = _captum()
-    model, tokenizer, meta = load_model_dir(resolve_model_dir(model_path), allow_pickle=allow_pickle)
-    if not hasattr(tokenizer, "pad_token_id"):
-        raise ConfigError("pretune explain attributes predictions to tokens of a text model, but "
-                          f"{model_path} is an image model. Pass a text model's run directory.")
-    model.to("cpu").float().eval()
     columns, settings = meta.get("columns") or {}, meta.get("settings") or {}
     pair_column = text_pair_column or columns.get("text_pair")
     texts, pairs, frame = read_inputs(str(source), text_column=text_column or columns.get("text"),
                                       text_pair_column=pair_column,
                                       detect_pair=bool(pair_column) or not columns)
-    kind = (meta.get("task") or {}).get("kind") or "classification"
+    kind, task = _kind(meta), meta.get("task") or {}
     labels = _labels(frame, label_column or columns.get("label")) if kind == "classification" else None
     n = len(texts) if limit is None else min(limit, len(texts))
     options = text_prep.TextOptions.from_settings(settings)
     seen = text_prep.preprocess(texts[:n], options)
     seen_pairs = None if pairs is None else text_prep.preprocess(pairs[:n], options)
     max_length = (settings.get("data") or {}).get("max_length") or position_limit(model) or 512
-    names = [str(model.config.id2label.get(i, i)) for i in range(model.config.num_labels)]
-    task = meta.get("task") or {}
 
     def logits_of(input_ids, attention_mask, token_type_ids=None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
@@ -101,22 +110,70 @@ def explain(model_path: str | Path, source: str | Path, *, limit: int | None = 2
         types = enc.get("token_type_ids") if seen_pairs is not None else None
         with torch.no_grad():
             logits = logits_of(ids, mask, types)[0].float()
-        target, prediction, confidence = _target(kind, logits, names, task)
+        target, prediction, confidence = _target(kind, logits, _names(model), task)
         base = torch.tensor([[t if t in special else pad for t in ids[0].tolist()]])
         attr, delta = lig.attribute(ids, baselines=base, additional_forward_args=(mask, types),
                                     target=target, n_steps=steps, return_convergence_delta=True)
-        weights = attr.sum(dim=-1)[0].detach()
-        weights = (weights / weights.abs().max().clamp(min=1e-12)).tolist()
+        weights = _scaled(attr.sum(dim=-1)[0])
         keep = [j for j, t in enumerate(ids[0].tolist()) if t not in special]
         tokens = tokenizer.convert_ids_to_tokens([ids[0, j].item() for j in keep])
         first = None if seen_pairs is None else sum(enc.sequence_ids(0)[j] == 0 for j in keep)
         out.append(Explained(i, texts[i], None if pairs is None else pairs[i], tokens,
-                             [round(weights[j], 4) for j in keep], prediction, confidence,
+                             [round(float(weights[j]), 4) for j in keep], prediction, confidence,
                              None if labels is None else labels[i], float(delta.abs().max()),
                              first))
         if on_row is not None:
             on_row(i + 1, n)
     return out
+
+
+def _explain_images(model, processor, meta, source, limit, steps, image_column, on_row
+                    ) -> list[Explained]:
+    """Integrated gradients on the pixels, from a black image; one weight per pixel (summed
+    over the colour channels). Class folders named after the model's labels give the labels."""
+    import torch
+    from captum.attr import IntegratedGradients
+
+    from pretune.data.images import PixelSpec, decode, normalize, read_image_inputs
+
+    spec = PixelSpec.of(processor)
+    paths, _ = read_image_inputs(str(source), image_column=image_column,
+                                 prefer=(meta.get("columns") or {}).get("text"))
+    kind, task, names = _kind(meta), meta.get("task") or {}, _names(model)
+    n = len(paths) if limit is None else min(limit, len(paths))
+    ig = IntegratedGradients(lambda pixel_values: model(pixel_values=pixel_values).logits)
+    out: list[Explained] = []
+    for i in range(n):
+        pixels = decode(paths[i], spec)
+        x = normalize(torch.from_numpy(pixels).float().unsqueeze(0) / 255.0, spec)
+        with torch.no_grad():
+            logits = model(pixel_values=x).logits[0].float()
+        target, prediction, confidence = _target(kind, logits, names, task)
+        attr, delta = ig.attribute(x, baselines=normalize(torch.zeros_like(x), spec), target=target,
+                                   n_steps=steps, return_convergence_delta=True)
+        parent = Path(paths[i]).parent.name
+        label = parent if kind == "classification" and parent in names else None
+        out.append(Explained(i, paths[i], None, [], [], prediction, confidence, label,
+                             float(delta.abs().max()), pixels=pixels,
+                             heatmap=_scaled(attr[0].sum(dim=0)).numpy().round(4)))
+        if on_row is not None:
+            on_row(i + 1, n)
+    return out
+
+
+def _kind(meta: dict) -> str:
+    return (meta.get("task") or {}).get("kind") or "classification"
+
+
+def _names(model) -> list[str]:
+    id2label = model.config.id2label
+    return [str(id2label.get(i, id2label.get(str(i), i))) for i in range(model.config.num_labels)]
+
+
+def _scaled(weights):
+    """``weights`` (a tensor) divided by their largest absolute value, so they lie in [-1, 1]."""
+    weights = weights.detach().float()
+    return weights / weights.abs().max().clamp(min=1e-12)
 
 
 def _target(kind: str, logits, names: list[str], task: dict[str, Any]):

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,6 +24,18 @@ ROWS = [
     Explained(2, "q ? answer", "answer", ["q", "?", "answer"], [0.2, 0.1, -1.0], "negative", 0.55,
               "negative", first_tokens=2),
 ]
+
+_rng = np.random.default_rng(0)
+IMAGE_ROW = Explained(3, "/data/red/r1.png", None, [], [], "red", 0.8, "blue",
+                      pixels=_rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
+                      heatmap=_rng.uniform(-1, 1, (32, 32)))
+
+
+def test_an_image_row_shows_the_image_and_its_pixel_weights_inline():
+    page = explain_html([IMAGE_ROW], "t")
+    assert page.count('<div class="row wrong" data-row="3">') == 1
+    assert page.count('src="data:image/png;base64,') == 3  # the image, again under its weights
+    assert 'class="heat"' in page and "r1.png" in page
 
 
 def test_page_has_one_highlighted_block_per_row_misclassified_first():
@@ -60,7 +73,8 @@ window.addEventListener('load', () => {
   const rows = [...document.querySelectorAll('.row')];
   out.textContent = JSON.stringify({rows: rows.length,
     shaded: rows.filter(r => [...r.querySelectorAll('.tok')].some(
-      t => getComputedStyle(t).backgroundColor !== 'rgba(0, 0, 0, 0)')).length,
+      t => getComputedStyle(t).backgroundColor !== 'rgba(0, 0, 0, 0)')
+      || [...r.querySelectorAll('img.heat')].some(i => i.complete && i.naturalWidth === 32)).length,
     errors: window.__errors});
   document.body.appendChild(out);
 });
@@ -71,7 +85,7 @@ window.addEventListener('load', () => {
 def test_page_renders_in_chromium_one_highlighted_row_per_input_row(tmp_path):
     import json
 
-    page = explain_html(order(ROWS), "t").replace("<head>", "<head>" + PROBE, 1)
+    page = explain_html(order(ROWS + [IMAGE_ROW]), "t").replace("<head>", "<head>" + PROBE, 1)
     path = tmp_path / "explain.html"
     path.write_text(page, encoding="utf-8")
     done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -81,4 +95,4 @@ def test_page_renders_in_chromium_one_highlighted_row_per_input_row(tmp_path):
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert found, done.stderr[-2000:]
     result = json.loads(found.group(1).replace("&quot;", '"'))
-    assert result == {"rows": len(ROWS), "shaded": len(ROWS), "errors": []}
+    assert result == {"rows": len(ROWS) + 1, "shaded": len(ROWS) + 1, "errors": []}

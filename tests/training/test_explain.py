@@ -4,6 +4,7 @@ scale, complete integrals (Captum's delta), labels read and misclassified rows f
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,6 +47,21 @@ def test_limit_and_pairs(models, tmp_path):
     assert rows[0].pair == "a wonderful film"
     assert rows[0].first_tokens == 4  # "is it good ?" then the answer's tokens
     assert rows[0].tokens[4:] == ["a", "wonderful", "film"]
+
+
+def test_images_get_a_weight_per_pixel_and_labels_from_class_folders(tiny_learner_dir, tmp_path):
+    from tests.image_helpers import build_tiny_vit_dir, write_square_folder
+
+    vit = build_tiny_vit_dir(tmp_path / "vit")
+    model = train_case("image", tmp_path / "image", tiny_learner_dir, str(vit))
+    folder = write_square_folder(tmp_path / "new", per_class=2, seed=3)
+    rows = explain(model, folder, steps=8)
+    assert len(rows) == 4
+    for r in rows:
+        assert r.pixels.shape == (3, 32, 32) and r.heatmap.shape == (32, 32)
+        assert abs(r.heatmap).max() == pytest.approx(1.0, abs=1e-3)
+        assert r.label == Path(r.text).parent.name in ("red", "blue")
+        assert r.prediction in ("red", "blue") and r.tokens == []
 
 
 def _row(i, confidence, label, prediction="a"):

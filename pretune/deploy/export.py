@@ -195,7 +195,7 @@ def _plain_batches(onnx: OnnxModel, texts, pairs, paths):
         return
     for s in range(0, len(texts), CHECK_BATCH):
         yield onnx.encode(texts[s:s + CHECK_BATCH],
-                                None if pairs is None else pairs[s:s + CHECK_BATCH])
+                          None if pairs is None else pairs[s:s + CHECK_BATCH])
 
 
 def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *,

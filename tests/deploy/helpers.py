@@ -63,7 +63,32 @@ CASES = {
     "regression": (_regression, {}),
     "multilabel": (_multilabel, {}),
     "image": (_images, {}),
+    # other encoders (the MiniLM tokenizer; DistilBERT takes no token type ids)
+    "distilbert-mlp": (_sentiment, {"head_layers": 1}),
+    "roberta": (_sentiment, {}),
 }
+
+
+def build_encoder_dir(arch: str, path: Path) -> Path:
+    """A 2-layer DistilBERT or RoBERTa of width 32 with the MiniLM tokenizer, saved to ``path``."""
+    import torch
+    from transformers import (AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification,
+                              RobertaConfig, RobertaForSequenceClassification)
+
+    from tests.conftest import minilm_dir
+
+    torch.manual_seed(0)
+    if arch == "distilbert":
+        model = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+            max_position_embeddings=128, initializer_range=0.2))
+    else:
+        model = RobertaForSequenceClassification(RobertaConfig(
+            vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=130, pad_token_id=0, initializer_range=0.2))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
+    return path
 
 
 def train_case(name: str, root: Path, text_model: str, image_model: str) -> Path:
@@ -72,5 +97,7 @@ def train_case(name: str, root: Path, text_model: str, image_model: str) -> Path
     root.mkdir(parents=True, exist_ok=True)
     out = root / "model"
     model = image_model if name == "image" else text_model
+    if name.split("-")[0] in ("distilbert", "roberta"):
+        model = str(build_encoder_dir(name.split("-")[0], root / "base"))
     pretune.train(model=model, out=out, **data(root), **FAST, **settings)
     return out

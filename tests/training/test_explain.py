@@ -64,6 +64,21 @@ def test_images_get_a_weight_per_pixel_and_labels_from_class_folders(tiny_learne
         assert r.prediction in ("red", "blue") and r.tokens == []
 
 
+@pytest.mark.parametrize("name", ["regression", "multilabel"])
+def test_regression_explains_the_value_and_multilabel_its_top_label(name, tiny_learner_dir, tmp_path):
+    model = train_case(name, tmp_path / name, tiny_learner_dir, "")
+    source = tmp_path / "rows.csv"
+    pd.DataFrame({"text": ["superb good plain", "the team sang a song"]}).to_csv(source, index=False)
+    rows = explain(model, source, steps=8)
+    assert len(rows) == 2 and all(r.misclassified is None for r in rows)
+    for r in rows:
+        assert max(abs(w) for w in r.weights) == pytest.approx(1.0, abs=1e-3)
+        if name == "regression":
+            assert r.confidence is None and math.isfinite(float(r.prediction))
+        else:
+            assert r.prediction in ("sports", "music") and 0.0 < r.confidence < 1.0
+
+
 def _row(i, confidence, label, prediction="a"):
     return Explained(i, f"t{i}", None, ["x", "y"], [0.5, -1.0], prediction, confidence, label)
 

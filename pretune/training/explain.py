@@ -199,8 +199,20 @@ def order(rows: list[Explained]) -> list[Explained]:
                                        -(r.confidence if r.confidence is not None else 0.0), r.row))
 
 
-def top_tokens(row: Explained, k: int = 5, sign: int = 1) -> list[tuple[str, float]]:
-    """The ``k`` tokens weighing most toward (sign 1) or against (sign -1) the prediction."""
-    pairs = [(t, w) for t, w in zip(row.tokens, row.weights) if sign * w > 0]
-    return sorted(pairs, key=lambda p: -sign * p[1])[:k]
+def words(row: Explained) -> list[tuple[str, float]]:
+    """The row's tokens joined into words with their summed weights: a WordPiece continuation
+    (``##ing``) joins the token before it."""
+    out: list[tuple[str, float]] = []
+    for token, weight in zip(row.tokens, row.weights):
+        if token.startswith("##") and out:
+            word, total = out[-1]
+            out[-1] = (word + token[2:], total + weight)
+        else:
+            out.append((token, weight))
+    return out
 
+
+def top_tokens(row: Explained, k: int = 5, sign: int = 1) -> list[tuple[str, float]]:
+    """The ``k`` words weighing most toward (sign 1) or against (sign -1) the prediction."""
+    pairs = [(t, w) for t, w in words(row) if sign * w > 0]
+    return sorted(pairs, key=lambda p: -sign * p[1])[:k]

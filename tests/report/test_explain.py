@@ -54,7 +54,7 @@ def test_table_lists_top_tokens_and_labels(tmp_path):
     frame = explain_table(order(ROWS))
     assert list(frame["row"]) == [2, 1, 3]
     assert frame.loc[0, "top_tokens"] == "mess (+1.00)"
-    assert frame.loc[0, "top_against"].startswith("un (-0.40)")
+    assert frame.loc[0, "top_against"] == "unbearable (-0.70)"  # pieces summed into their word
     assert list(frame["misclassified"]) == [True, False, False]
     path = write_explanation(ROWS, tmp_path / "e.csv", "t")
     assert pd.read_csv(path)["text_pair"].isna().sum() == 2

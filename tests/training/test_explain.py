@@ -90,6 +90,12 @@ def test_order_puts_misclassified_first_then_confidence():
     assert [r.row for r in order(unlabelled)] == [1, 0]
 
 
+def test_top_tokens_join_word_pieces():
+    r = Explained(0, "t", None, ["un", "##bear", "##able", "film"], [-0.5, -0.25, 0.05, 1.0], "neg", 0.9)
+    assert top_tokens(r, sign=-1) == [("unbearable", pytest.approx(-0.7))]
+    assert top_tokens(r) == [("film", 1.0)]
+
+
 def test_top_tokens_for_and_against():
     r = Explained(0, "t", None, ["good", "bad", "the"], [1.0, -0.8, 0.1], "pos", 0.9)
     assert top_tokens(r) == [("good", 1.0), ("the", 0.1)]

@@ -65,7 +65,24 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
 
     ``model`` is a model directory written by pretune or a run directory holding ``best/``;
     ``ensemble=True`` (a run directory) averages the ensemble the search selected instead.
+    ``onnx=DIR`` (or ``model`` naming a directory ``pretune export --format onnx`` wrote)
+    predicts with ONNX Runtime, without torch; ``int8=True`` uses its quantized copy.
     """
+    from pretune.deploy.runtime import is_export_dir
+
+    onnx = options.pop("onnx", None)
+    int8 = options.pop("int8", False)
+    if onnx is not None or int8 or (model is not None and is_export_dir(model)):
+        from pretune.deploy.runtime import predict as onnx_predict
+
+        if options.pop("ensemble", False):
+            from pretune.errors import ConfigError
+
+            raise ConfigError("--ensemble averages a run's torch models, but an ONNX model was "
+                              "given. Drop --ensemble, or pass the run directory without --onnx.")
+        keep = ("batch_size", "text_column", "text_pair_column", "image_column", "on_batch")
+        return onnx_predict(onnx or model, input, output=output, int8=int8,
+                            **{k: v for k, v in options.items() if k in keep})
     if options.pop("ensemble", False):  # the kept models of a run, averaged (RUN/ensemble.yaml)
         from pretune.search.assemble import predict_ensemble
 

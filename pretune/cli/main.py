@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pretune._version import __version__
-from pretune.cli import distill, export, predict, report, show, train, tune, worker
+from pretune.cli import distill, explain, export, predict, report, show, train, tune, worker
 from pretune.cli.common import OneLineErrors, quiet_libraries, set_output_level
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ app.command("show")(show.command)
 app.command("export")(export.command)
 app.command("worker")(worker.command)
 app.command("distill")(distill.command)
+app.command("explain")(explain.command)
 
 
 def main() -> None:

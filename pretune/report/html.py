@@ -64,6 +64,9 @@ def render(history) -> str:
         ("Time and peak memory per trial", charts.resources()),
         ("Trials", _trials_html(history)),
     ]
+    explained = _explain_links(history.path)
+    if explained:
+        sections.insert(7, ("Explanations of the best model's predictions", explained))
     body = "\n".join(f'<section><h2>{html.escape(title)}</h2>\n{content}\n</section>'
                      for title, content in sections)
     created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -400,6 +403,13 @@ def _summary_html(history) -> str:
                         for k, v in shown.items())
         metrics = f"<p class='note'>Best model's validation metrics:</p><table class='metrics'><tr>{cells}</tr></table>"
     return f"<table class='summary'>{rows}</table>{metrics}"
+
+
+def _explain_links(run: Path) -> str:
+    """Links to the pages ``pretune explain`` wrote in the run directory (RUN/explain*.html)."""
+    pages = sorted(run.glob("explain*.html"))
+    items = "".join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>' for p in pages)
+    return f"<p class='note'>Written by pretune explain: tokens shaded by their weight toward each prediction.</p><ul>{items}</ul>" if pages else ""
 
 
 def _trials_html(history) -> str:

@@ -11,7 +11,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from pretune.data.images import (ImageBatches, PixelSpec, image_cache, is_image_
                                  prepare_images, read_image_inputs)
 from pretune.data.task import Split, TaskData, load_task, read_inputs
 from pretune.data.tokenize import Encoded, encode
+from pretune.data.outputs import label_sets, lists_as_json, table_format, write_table  # noqa: F401 (also imported from here)
 from pretune.models import apply_transfer, build_model, head_parameter_names, merge_lora
 from pretune.models.features import FeatureBatches, agrees, frozen_depth, model_fingerprint, starting_at
 from pretune.models.io import load_model_dir, resolve_model_dir, save_model
@@ -433,11 +433,6 @@ def decision_threshold(config: RunConfig, metrics: dict[str, float]) -> float:
     return float(metrics.get("threshold", 0.5))
 
 
-def label_sets(probs: np.ndarray, names: list[str], threshold: float) -> list[list[str]]:
-    """Each row's labels whose probability (or 0/1 indicator) is at least ``threshold``."""
-    return [[names[j] for j in np.flatnonzero(row >= threshold)] for row in np.asarray(probs)]
-
-
 def resolve_max_length(config: RunConfig, task: TaskData, model, tokenizer,
                        caches: RunCaches) -> int:
     """``max_length`` as given, else measured on the data (once per data and tokenizer, through
@@ -687,50 +682,3 @@ class _Counting:
             yield batch
             if self.on_batch is not None:
                 self.on_batch(i, len(self.batches))
-
-
-_TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
-                  ".parquet": "parquet", ".pq": "parquet"}
-
-
-def table_format(path: Path) -> str:
-    from pretune.errors import ConfigError, DataError
-
-    kind = _TABLE_FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise ConfigError(
-            f"--output must end in .csv, .tsv, .jsonl or .parquet, but got {path.name!r}. "
-            f"Choose one of those extensions."
-        )
-    return kind
-
-
-def lists_as_json(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with list cells (multi-label predictions) as JSON texts, as a CSV holds them
-    and ``load_task`` reads them back; the frame itself when it has none."""
-    listed = [c for c in frame.columns[frame.dtypes == object]
-              if frame[c].map(lambda v: isinstance(v, list)).any()]
-    if not listed:
-        return frame
-    frame = frame.copy()
-    for column in listed:
-        frame[column] = frame[column].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
-    return frame
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` in the format its extension names, atomically."""
-    kind = table_format(path)
-    if kind in ("csv", "tsv"):
-        frame = lists_as_json(frame)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if kind == "csv":
-        frame.to_csv(tmp, index=False)
-    elif kind == "tsv":
-        frame.to_csv(tmp, index=False, sep="\t")
-    elif kind == "jsonl":
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)

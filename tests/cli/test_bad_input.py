@@ -525,3 +525,18 @@ def test_continuing_after_the_data_changed_leaves_the_run_as_it_was(paths, tmp_p
     assert "continues only with the settings it started with" in line
     assert "the data (its content fingerprint)" in line and "pass a new --out" in line
     assert snapshot(copy.run) == before
+
+
+def test_explain_refuses_what_it_cannot_do_in_one_line(tiny_model_dir, tmp_path):
+    import pytest
+
+    pytest.importorskip("captum")
+    from tests.search.helpers import cli
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text\nfine\n")
+    r = cli("explain", tiny_model_dir, "--input", rows, "--output", tmp_path / "e.txt")
+    assert r.exit_code == 2 and "--output must end in .html or .csv" in r.output
+    r = cli("explain", tiny_model_dir, "--input", tmp_path / "none.csv", "--output", tmp_path / "e.html")
+    assert r.exit_code == 2 and "none.csv" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "e.html").exists()

@@ -41,3 +41,22 @@ def test_a_report_that_cannot_be_written_does_not_fail_the_search(monkeypatch, t
     monkeypatch.setattr(html, "write_report", missing)
     tune.write_report_safely(tmp_path)
     assert "pip install 'pretune[report]'" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_report_links_to_the_explanations_written_in_the_run(tiny_search_run, tmp_path):
+    import pytest
+
+    pytest.importorskip("captum", reason="the explain extra is needed: pip install 'pretune[explain]'")
+    from tests.search.helpers import cli
+
+    out, _, valid = tiny_search_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    assert "explain.html" not in render(read_history(copy))
+    result = cli("explain", copy, "--input", valid, "--output", copy / "explain.html",
+                 "--limit", "5", "--steps", "4")
+    assert result.exit_code == 0, result.output
+    assert "explained 5 rows" in result.output
+    page = (copy / "explain.html").read_text(encoding="utf-8")
+    assert page.count('<div class="row') == 5
+    assert '<a href="explain.html">explain.html</a>' in render(read_history(copy))

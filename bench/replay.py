@@ -296,6 +296,7 @@ def table(results: pd.DataFrame, budgets: list[int], contenders: list[str]) -> s
     """Mean normalized regret per task and budget (rows) and contender (columns). The best
     mean of each row is starred, and so is every mean tied with it: above it by no more than
     the standard error of the difference, sqrt(se_best^2 + se^2)."""
+    results = results[results.contender.isin(contenders)]
     lines = []
     header = f"{'task':<32} {'budget':>6} " + " ".join(f"{c:>17}" for c in contenders)
     lines.append(header)
@@ -310,7 +311,7 @@ def table(results: pd.DataFrame, budgets: list[int], contenders: list[str]) -> s
             cells = []
             for c in contenders:
                 m = stats.loc[c, "mean"]
-                tied = m - stats.loc[top, "mean"] <= math.hypot(stats.loc[top, "sem"],
+                tied = m - stats.loc[top, "mean"] <= 1e-12 + math.hypot(stats.loc[top, "sem"],
                                                                  stats.loc[c, "sem"])
                 star = "*" if tied else " "
                 wins[c] += tied

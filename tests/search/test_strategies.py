@@ -84,13 +84,21 @@ def test_a_continued_search_keeps_the_strategy_it_started_with():
     assert for_run(TuneConfig(), None) == resolve("auto")
 
 
-def test_the_plan_judges_from_the_first_epoch_and_auto_does_not_prune_a_few_trials():
+def test_the_plan_judges_from_the_first_rung_and_auto_does_not_prune_a_few_trials():
     context = RunConfig().flat()
     kw = dict(train_rows=1000, valid_rows=100, evals_per_epoch=2)
     many = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,
                               seconds_per_example=0.001, **kw)
     assert many.pruner == resolve("auto").pruner
-    assert (many.min_resource, many.max_resource) == (100, 500)
+    # auto's first rung (6% of 5 epochs: 30 steps) waits for the first evaluation, at half an
+    # epoch; a named strategy judges from a fifth of the longest trial, here the first epoch.
+    assert (many.min_resource, many.max_resource) == (50, 500)
+    named_rung = planning.make_plan(resolve("hyperband"), Budget(seconds=600), DEFAULT_SPACE,
+                                    context, seconds_per_example=0.001, **kw)
+    assert (named_rung.min_resource, named_rung.max_resource) == (100, 500)
+    often = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,
+                               seconds_per_example=0.001, **{**kw, "evals_per_epoch": 10})
+    assert often.min_resource == 30  # evaluated every 10 steps: the rung itself
     assert many.trial_seconds == pytest.approx(0.001 * 3 * (1000 + 2 * 100 / 3))
     assert many.full_trials == pytest.approx(600 / many.trial_seconds)
     few = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,

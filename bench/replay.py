@@ -21,12 +21,20 @@ Protocol
   is a typical (median) configuration, which on these tasks is chance level (loss ~0.693). A
   strategy with no complete trial within a budget scores 1 there.
 * Contenders: ``pretune`` is strategy ``auto`` built by the same ``strategies.build`` that
-  ``pretune tune`` calls, on a fidelity of steps 1..51 whose ``min_resource`` is the same share
-  of a curve as in a real search (one epoch of at most five: 10 of 51 checkpoints); the others
-  are Optuna as a user gets it by default: ``TPESampler()``, ``TPESampler()`` +
-  ``MedianPruner()``, ``RandomSampler()``, ``RandomSampler()`` + ``HyperbandPruner()``. Every
+  ``pretune tune`` calls, on a fidelity of steps 1..51 whose first rung is the strategy's share
+  of the longest trial (``Strategy.fidelity``), as in a real search. Optuna's bare defaults:
+  ``TPESampler()``, ``TPESampler()`` + ``MedianPruner()``, ``RandomSampler()``,
+  ``RandomSampler()`` + ``HyperbandPruner()``. Careful set-ups, as a user who read Optuna's
+  docs would pick them: TPE + ``MedianPruner(n_warmup_steps=5)``, TPE and random +
+  ``HyperbandPruner(min_resource=1)``, TPE + ``SuccessiveHalvingPruner(min_resource=1)``. Every
   contender runs the same seeds (seed s of a task seeds the sampler of every contender), and
   every study is named after its task, contender and seed (Hyperband's brackets hash it).
+* Leave one task out (``--protocol loto``): every candidate default of
+  ``strategies.CANDIDATES`` (TPE with 10 or 20 start-up trials; no pruner, or the median, ASHA
+  or Hyperband pruner from 2% to 20% of the longest trial) runs beside the anchors. For each
+  task, the candidate with the lowest mean regret on the five other tasks (seeds and budgets
+  weighted alike) is scored on it: the held-out column. The in-sample table shows the candidate
+  chosen on all six, which is what ``auto`` names. The held-out table is the one that counts.
 * Every contender runs every trial its budget pays for, however slow its sampler: nothing is
   capped. One exact shortcut: without a pruner, once all rows left fit in the cost before the
   next budget, the picks no longer depend on the order, so the study takes the best of them
@@ -36,6 +44,8 @@ Run it (from the repo root)::
 
     .venv/bin/python bench/replay.py                       # 6 tasks x 20 seeds, 2 processes
     .venv/bin/python bench/replay.py --seeds 3 --tasks 2 --budgets 100,300
+    .venv/bin/python bench/replay.py --protocol loto --csv rows.csv   # 10 seeds, 30 and 100
+    .venv/bin/python bench/replay.py --protocol loto --from-csv rows.csv  # its tables again
 
 Exit status 0, or 2 when the table is missing or an option is wrong.
 """
@@ -369,7 +379,14 @@ def loto_report(results: pd.DataFrame, budgets: list[int], anchors: list[str],
                                            for t, p in picks.items()), "",
              "HELD OUT", table(with_held, budgets, [HELD_OUT, *anchors]), "",
              f"IN SAMPLE: {everywhere}, chosen on all {results.task.nunique()} tasks",
-             table(results, budgets, [everywhere, *anchors])]
+             table(results, budgets, [everywhere, *anchors]), "",
+             "every candidate, mean regret over all tasks at " + " / ".join(map(str, budgets))
+             + " curves, best first:"]
+    cols = [f"regret@{b}" for b in budgets]
+    means = results[results.contender.isin(candidates)].groupby("contender")[cols].mean()
+    for name, row in means.assign(all=means.mean(axis=1)).sort_values("all").iterrows():
+        lines.append(f"  {name:<24} " + " / ".join(f"{row[c]:.4f}" for c in cols)
+                     + f"   (mean {row['all']:.4f})")
     return "\n".join(lines)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers or huggingface_hub is imported
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,3 +71,18 @@ def test_accuracy(model: Path | str, test_csv: Path) -> float:
     truth = pd.read_csv(test_csv)["label"].astype(str).to_numpy()
     predicted = pretune.predict(model, test_csv)["prediction"].astype(str).to_numpy()
     return float((predicted == truth).mean())
+
+
+def run_contender(script: str, name: str, label: str, out_dir: Path, options: Sequence[str]
+                  ) -> dict[str, Any] | None:
+    """Run contender ``name`` of the benchmark ``script`` in a fresh interpreter (``--only NAME
+    --json FILE --out-dir DIR`` plus ``options``); its JSON result, or None when it failed."""
+    result_file = out_dir / f"{name}.json"
+    command = [sys.executable, str(Path(script).resolve()), "--only", name, "--json",
+               str(result_file), "--out-dir", str(out_dir), *options]
+    print(f"=== {label} ===", flush=True)
+    code = subprocess.run(command, cwd=REPO).returncode
+    if code != 0 or not result_file.is_file():
+        print(f"{label} failed (exit status {code})", file=sys.stderr)
+        return None
+    return json.loads(result_file.read_text())

@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, fail, model_dir, print_table  # noqa: E402 - sets the offline switches
+from common import REPO, fail, model_dir, print_table, run_contender  # noqa: E402 - sets the offline switches
 
 DATA = REPO / ".." / "shared" / "data" / "conll2003"
 CONTENDERS = ("pretune", "hf")
@@ -155,19 +154,11 @@ def run_hf(files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
 
 
 def run_subprocess(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any] | None:
-    result_file = out_dir / f"{name}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--json",
-               str(result_file), "--budget", args.budget, "--out-dir", str(out_dir),
-               "--train-rows", str(args.train_rows)]
+    options = ["--budget", args.budget, "--train-rows", str(args.train_rows)]
     for flag, value in (("--valid-rows", args.valid_rows), ("--test-rows", args.test_rows)):
         if value:
-            command += [flag, str(value)]
-    print(f"=== {LABELS[name]} ===", flush=True)
-    code = subprocess.run(command, cwd=REPO).returncode
-    if code != 0 or not result_file.is_file():
-        print(f"{LABELS[name]} failed (exit status {code})", file=sys.stderr)
-        return None
-    return json.loads(result_file.read_text())
+            options += [flag, str(value)]
+    return run_contender(__file__, name, LABELS[name], out_dir, options)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +47,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from common import (  # noqa: E402 - bench/common.py sets the offline switches first
-    DATA_DIR, REPO, SAMPLE_SEED, TRAIN_ROWS, check_data, data_files, fail, model_dir,
-    print_table, train_sample)
+    DATA_DIR, SAMPLE_SEED, TRAIN_ROWS, check_data, data_files, fail, model_dir,
+    print_table, run_contender, train_sample)
 
 HF_MAX_TRIALS = 1000  # "as many as fit": the timeout is what ends HF's search
 HF_SEED = 42  # TrainingArguments' default seed, the same for every trial and the retrain
@@ -351,16 +350,8 @@ def run_one(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any
 
 def run_subprocess(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any] | None:
     """Run one contender in a fresh interpreter; its result, or None when it failed."""
-    result_file = out_dir / f"{name}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--only", name,
-               "--json", str(result_file), "--budget", args.budget,
-               "--threads", str(args.threads), "--out-dir", str(out_dir)]
-    print(f"=== {LABELS[name]} ===", flush=True)
-    code = subprocess.run(command, cwd=REPO).returncode
-    if code != 0 or not result_file.is_file():
-        print(f"{LABELS[name]} failed (exit status {code})", file=sys.stderr)
-        return None
-    return json.loads(result_file.read_text())
+    return run_contender(__file__, name, LABELS[name], out_dir,
+                         ["--budget", args.budget, "--threads", str(args.threads)])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,8 +22,9 @@ name                   sampler                       pruner
 TPE with 10 random start-up trials and asynchronous successive halving whose first rung is 6%
 of the longest trial. Chosen on every five of the six replayed tasks and scored on the sixth, it
 was best or tied on 11 of 12 task-budget rows held out, with mean regret 0.032 against 0.059 for
-the best careful Optuna set-up (TPE + ``MedianPruner(n_warmup_steps=5)``) and 0.077 for the
-previous default (TPE with 20 start-up trials + Hyperband from a fifth of the curve); the same
+the best careful Optuna set-up (TPE + ``MedianPruner(n_warmup_steps=5)``) and 0.067 to 0.077
+for the previous default (TPE with 20 start-up trials + Hyperband from a fifth of the curve, run
+under two study names, which Hyperband's brackets hash); the same
 choice was made in five of the six folds (the sixth chose ASHA from 10%). Numbers and protocol
 in bench/README.md. In a real search the first rung also waits for the first evaluation (half
 an epoch at two evaluations an epoch) and for the trial's own warmup (``planning``), so a

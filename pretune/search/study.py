@@ -674,8 +674,12 @@ class _Search:
                 return
             reported.add(fidelity)
             trial.report(float(value), fidelity)
-            if (final_pick.SEED_OF not in trial.user_attrs and not self.past_deadline()
-                    and fidelity >= warm[0] and trial.should_prune()):
+            # A recipe from practice (priors) or a seed check runs to its end; any other trial
+            # is judged once its warmup is over.
+            protected = (final_pick.SEED_OF in trial.user_attrs
+                         or trial.user_attrs.get("source") == priors.SOURCE)
+            if (not protected and not self.past_deadline() and fidelity >= warm[0]
+                    and trial.should_prune()):
                 raise optuna.TrialPruned(
                     f"{self.metric} {value:.4f} at {fidelity / STEPS_PER_EPOCH:g} epochs")
 

@@ -149,12 +149,13 @@ def test_the_sampler_of_a_continued_search_is_seeded_differently():
     assert draw(first) != draw(later)
 
 
-@pytest.mark.parametrize("warmup, judged", [(0.0, 1.0), (0.6, 2.0)])
+@pytest.mark.parametrize("warmup, judged", [(0.0, 0.5), (0.6, 2.0)])
 def test_pruning_stops_a_clearly_worse_trial(tiny_model_dir, tmp_path, warmup, judged):
-    """Trial 0 learns (lr 1e-2); trial 1 diverges (lr 3.0). ASHA judges trial 1 at the first
-    evaluation from its first rung (a fifth of its 3 epochs) on and prunes it there: at the end
-    of epoch 1; or, when its warmup runs for 60% of its steps (to epoch 1.8), at the first
-    evaluation after the warmup, epoch 2. Reported, not judged, before."""
+    """Trial 0 learns (lr 1e-2); trial 1 diverges (lr 3.0). ASHA (auto's pruner, from its first
+    rung: the first evaluation, half an epoch) judges trial 1 there and prunes it; when its
+    warmup runs for 60% of its 3 epochs (to epoch 1.8), not before the first evaluation after
+    the warmup, epoch 2. Every evaluation is reported. A recipe from practice (priors) with the
+    same lr is never judged."""
     train, valid = data_files(tmp_path / "data")
     out = tmp_path / "run"
     out.mkdir()
@@ -162,22 +163,25 @@ def test_pruning_stops_a_clearly_worse_trial(tiny_model_dir, tmp_path, warmup, j
                                 direction="minimize")
     study.enqueue_trial({"lr": 1e-2})
     study.enqueue_trial({"lr": 3.0})
+    study.enqueue_trial({"lr": 3.0}, user_attrs={"source": "prior"})  # the third trial
     result = pretune.tune(
-        model=tiny_model_dir, train=str(train), valid=str(valid), out=out, budget="2trials",
+        model=tiny_model_dir, train=str(train), valid=str(valid), out=out, budget="3trials",
         space={"extend": False, "lr": {"low": 1e-4, "high": 5.0, "log": True}},
         fixed={"epochs": 3, "batch_size": 8, "schedule": "constant", "warmup_ratio": warmup,
                "patience": None, "threads": 1},
         metric="loss", pruner="asha", precision="fp32",
     )
-    good, bad = trials_of(out)
+    good, bad, recipe = trials_of(out)
+    assert recipe.state.name == "COMPLETE" and recipe.params == {"lr": 3.0}  # never judged
     assert good.state.name == "COMPLETE" and good.params == {"lr": 1e-2}
     assert bad.state.name == "PRUNED" and bad.params == {"lr": 3.0}
-    steps = list(range(50, int(judged * 100) + 1, 50))
+    steps = list(range(50, round(judged * 100) + 1, 50))
     assert sorted(bad.intermediate_values) == steps  # every evaluation is reported
     assert bad.intermediate_values[50] > good.intermediate_values[50]
     assert bad.user_attrs["stop_reason"] == "pruned" and bad.user_attrs["epochs"] == judged
     assert max(good.intermediate_values) == 300
-    assert result.best_trial == 0 and result.trials["state"].tolist() == ["COMPLETE", "PRUNED"]
+    assert result.best_trial == 0
+    assert result.trials["state"].tolist() == ["COMPLETE", "PRUNED", "COMPLETE"]
 
 
 def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tiny_model_dir, tmp_path, monkeypatch):

@@ -28,7 +28,9 @@ under two study names, which Hyperband's brackets hash); the same
 choice was made in five of the six folds (the sixth chose ASHA from 10%). Numbers and protocol
 in bench/README.md. In a real search the first rung also waits for the first evaluation (half
 an epoch at two evaluations an epoch) and for the trial's own warmup (``planning``), so a
-trial is judged within its first epoch but never during the dip of its warmup. The named
+trial is judged within its first epoch but never during the dip of its warmup; the recipes of
+``priors`` are never judged (the replay has none: in real searches ASHA stopped them at half an
+epoch and starved the final assembly of complete trials). The named
 strategies keep a first rung of a fifth of the longest trial and 20 start-up trials.
 """
 

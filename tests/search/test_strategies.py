@@ -90,14 +90,14 @@ def test_the_plan_judges_from_the_first_rung_and_auto_does_not_prune_a_few_trial
     many = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,
                               seconds_per_example=0.001, **kw)
     assert many.pruner == resolve("auto").pruner
-    # auto's first rung (6% of 5 epochs: 30 steps) waits for the first evaluation, at half an
-    # epoch; a named strategy judges from a fifth of the longest trial, here the first epoch.
-    assert (many.min_resource, many.max_resource) == (50, 500)
-    named_rung = planning.make_plan(resolve("hyperband"), Budget(seconds=600), DEFAULT_SPACE,
-                                    context, seconds_per_example=0.001, **kw)
-    assert (named_rung.min_resource, named_rung.max_resource) == (100, 500)
-    often = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,
-                               seconds_per_example=0.001, **{**kw, "evals_per_epoch": 10})
+    # auto judges from a fifth of the longest trial (5 epochs): the end of epoch 1.
+    assert (many.min_resource, many.max_resource) == (100, 500)
+    early = planning.make_plan(strategies.CANDIDATES["tpe10+asha@0.06"], Budget(seconds=600),
+                               DEFAULT_SPACE, context, seconds_per_example=0.001, **kw)
+    assert early.min_resource == 50  # 6% of 500 steps waits for the first evaluation
+    often = planning.make_plan(strategies.CANDIDATES["tpe10+asha@0.06"], Budget(seconds=600),
+                               DEFAULT_SPACE, context, seconds_per_example=0.001,
+                               **{**kw, "evals_per_epoch": 10})
     assert often.min_resource == 30  # evaluated every 10 steps: the rung itself
     assert many.trial_seconds == pytest.approx(0.001 * 3 * (1000 + 2 * 100 / 3))
     assert many.full_trials == pytest.approx(600 / many.trial_seconds)

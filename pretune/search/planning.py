@@ -6,9 +6,9 @@ epochs a typical trial runs (recipe 1 of ``priors``: 3, within the space's epoch
 evaluations, and says about how many full trials the time budget allows.
 
 The fidelity is percent of an epoch (``STEPS_PER_EPOCH`` per epoch). No pruner judges a trial
-before its strategy's first rung (``Strategy.first_rung``: a share of the longest trial the space
-allows, ``max_resource``, and never before the first evaluation; for ``auto`` in the default
-space, half an epoch), and a trial is not judged before its own learning-rate warmup is over
+before its strategy's first rung (the end of epoch 1, or ``Strategy.first_rung``: a share of
+the longest trial the space allows, ``max_resource``; never before the first evaluation), and a
+trial is not judged before its own learning-rate warmup is over
 (``warmup_end``; the search asks the pruner only from then on), so the early dip of a warmup is
 never what stops a trial. Hyperband sizes its brackets from the first rung to the longest trial.
 
@@ -154,7 +154,8 @@ def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
     typical, longest = epochs_range(dims, context)
     max_resource = max(1, math.ceil(longest * STEPS_PER_EPOCH))
     first_eval = math.ceil(STEPS_PER_EPOCH / max(1, evals_per_epoch))
-    min_resource = strategy.fidelity(max_resource, floor=first_eval).min_resource
+    min_resource = strategy.fidelity(max_resource, floor=first_eval,
+                                     epoch=STEPS_PER_EPOCH).min_resource
     seconds = trial_seconds(seconds_per_example, round(fraction * train_rows), valid_rows,
                             typical, evals_per_epoch)
     full = None if seconds is None or budget.seconds is None else budget.seconds / max(seconds, 1e-9)
@@ -167,7 +168,7 @@ def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
                   "so every trial runs to its end")
     else:
         reason = (f"no trial is judged before {min_resource / STEPS_PER_EPOCH:g} epochs "
-                  f"({strategy.first_rung:.0%} of the longest trial) nor before its warmup ends")
+                  f"nor before its warmup ends")
     return Plan(trial_seconds=seconds, full_trials=full, epochs=typical, max_epochs=longest,
                 pruner=pruner, min_resource=min_resource, max_resource=max_resource,
                 reason=reason,

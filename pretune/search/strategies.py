@@ -48,7 +48,7 @@ from pretune.errors import one_of
 REDUCTION_FACTOR = 3  # Hyperband's and ASHA's: a third of the trials go on at each rung
 MEDIAN_STARTUP_TRIALS = 5  # the median pruner compares only once this many trials finished
 TPE_STARTUP_TRIALS = 20  # TPE samples at random until this many trials (of a Hyperband bracket)
-FIRST_RUNG = 0.2  # no trial is judged before a fifth of the longest trial (one epoch of five)
+FIRST_RUNG = 0.2  # one epoch of five: where a strategy judges from when epochs are unknown
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,20 @@ class Strategy:
     sampler: str  # one of SAMPLERS
     pruner: str  # one of PRUNERS
     about: str
-    # No trial is judged before this share of the longest trial the space allows.
-    first_rung: float = FIRST_RUNG
+    # No trial is judged before this share of the longest trial the space allows; None: not
+    # before one epoch (``epoch`` steps; a fifth of the longest trial where epochs are unknown).
+    first_rung: float | None = None
     startup: int = TPE_STARTUP_TRIALS  # TPE samples at random for this many trials
 
-    def fidelity(self, max_resource: int, *, floor: int = 1) -> Fidelity:
+    def fidelity(self, max_resource: int, *, floor: int = 1, epoch: int | None = None
+                 ) -> Fidelity:
         """The fidelity of this strategy on steps 1..max_resource; ``floor``: the first step a
-        trial can be judged at (its first evaluation)."""
-        first = max(floor, 1, round(self.first_rung * max_resource))
-        return Fidelity(min(first, max_resource), max_resource)
+        trial can be judged at (its first evaluation); ``epoch``: the steps of one epoch."""
+        if self.first_rung is None and epoch is not None:
+            first = epoch
+        else:
+            first = round((self.first_rung or FIRST_RUNG) * max_resource)
+        return Fidelity(min(max(floor, 1, first), max_resource), max_resource)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
@@ -187,7 +192,10 @@ def _candidates() -> dict[str, Strategy]:
         about = (f"TPE ({startup} start-up trials) with the {pruner} pruner from {rung:.0%} of "
                  f"the longest trial" if pruner != "none" else
                  f"TPE ({startup} start-up trials), no pruning")
-        out[name] = Strategy(name, "tpe", pruner, about, first_rung=rung or FIRST_RUNG,
+        # A fifth of the curve in the replay is one epoch of five in a real search: the
+        # default rule (None), which in a space of other epochs stays one epoch.
+        out[name] = Strategy(name, "tpe", pruner, about,
+                             first_rung=None if rung in (0.0, FIRST_RUNG) else rung,
                              startup=startup)
     return out
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pretune.errors import ConfigError
+from pretune.report.html import page
 
 _CSS = """
 body{font:15px/1.5 system-ui,sans-serif;margin:2em auto;max-width:60em;padding:0 1em;color:#222}
@@ -103,24 +104,12 @@ def explain_html(rows: list, title: str) -> str:
     wrong = sum(1 for r in rows if r.misclassified)
     labelled = any(r.label is not None for r in rows)
     summary = f"{len(rows)} rows" + (f", {wrong} misclassified (shown first)" if labelled else "")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>{html.escape(title)}</h1>
+    return page(title, _CSS, f"""<h1>{html.escape(title)}</h1>
 <p class="note">{summary}, by confidence. Each token (or pixel) is shaded by its integrated-gradients
 attribution toward the predicted label: <span class="tok" style="{_shade(0.8)}">toward</span>,
 <span class="tok" style="{_shade(-0.8)}">against</span>; hover a token for its weight
 (scaled to the row's largest).</p>
-{blocks}
-</body>
-</html>
-"""
+{blocks}""")
 
 
 def _listed(pairs: list[tuple[str, float]]) -> str:

@@ -71,19 +71,24 @@ def render(history) -> str:
                      for title, content in sections)
     created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     title = f"pretune report: {history.path.name}"
+    return page(title, _CSS, f"""<header><h1>{html.escape(title)}</h1>
+<p class="note">written {html.escape(created)} by pretune {html.escape(__version__)} from
+{html.escape(str(history.path))} ({html.escape(_storage_label(history.storage))})</p></header>
+{body}""", head=f"<script>{get_plotlyjs()}</script>\n")
+
+
+def page(title: str, css: str, body: str, *, head: str = "") -> str:
+    """A self-contained HTML page: ``title``, the style ``css``, anything else for its head
+    (``head``), then ``body``."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>{_CSS}</style>
-<script>{get_plotlyjs()}</script>
-</head>
+<style>{css}</style>
+{head}</head>
 <body>
-<header><h1>{html.escape(title)}</h1>
-<p class="note">written {html.escape(created)} by pretune {html.escape(__version__)} from
-{html.escape(str(history.path))} ({html.escape(_storage_label(history.storage))})</p></header>
 {body}
 </body>
 </html>

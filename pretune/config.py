@@ -159,6 +159,7 @@ class ModelConfig:
     lora_r: int = 8  # LoRA rank (transfer="lora"; Hu et al., 2021)
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
+    load_in_4bit: bool = False  # LoRA on a 4-bit model (CUDA and bitsandbytes only)
     lora_targets: str | None = None  # comma-separated module names; None: attention query/value
     # lp_ft: a linear probe first, then full fine-tuning from the probed head (Kumar et al., 2022)
     probe_epochs: float = 3.0
@@ -187,6 +188,8 @@ class TrainConfig:
     l1_ratio: float = 0.5  # elasticnet: share of L1 in the penalty
     batch_size: int | str = 32  # or "full": the whole training set per step (gradient descent)
     grad_accum: int = 1
+    gradient_checkpointing: str = "auto"  # auto: only when the run would not fit otherwise
+    optimizer_bits: int = 32  # 8: AdamW with 8-bit state (CUDA and bitsandbytes only)
     epochs: float = 3.0
     # An epoch runs on this part of the training rows (the next part of a reshuffled pass each
     # time), with the schedule fitted to that length (pretune tune --data-fraction).
@@ -419,6 +422,7 @@ def validate(config: RunConfig) -> RunConfig:
     if t.batch_size != "full":
         _number("batch_size", t.batch_size, 1, 1 << 20, integer=True)
     _number("grad_accum", t.grad_accum, 1, 1 << 16, integer=True)
+    one_of("gradient_checkpointing", str(t.gradient_checkpointing).lower(), ("auto", "true", "false"))
     _number("epochs", t.epochs, 0.0, 10**5, lo_open=True)
     _number("data_fraction", t.data_fraction, 0.0, 1.0, lo_open=True)
     if t.max_steps is not None:

@@ -69,6 +69,7 @@ class Plan:
     keep: int = 0  # trials whose models are kept for the final assembly
     keep_mb: float | None = None  # what keeping them takes on disk, in MB (None: not known)
     assembly_seconds: float = 0.0  # the time the search keeps for building the final model
+    memory: str | None = None  # the largest trial's memory estimate (search.memory_plan)
 
     @property
     def fidelity(self) -> Fidelity:
@@ -104,6 +105,8 @@ class Plan:
                     f"{self.train_rows:,})" if self.train_rows else "")
             text += (f". Each epoch of a trial runs on {self.data_fraction:.3g} of the training "
                      f"rows{rows}")
+        if self.memory:
+            text += f". Memory: {self.memory}"
         return text
 
 

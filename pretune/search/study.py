@@ -57,11 +57,12 @@ from pretune.config import (
 )
 from pretune.data.images import detect_modality
 from pretune.errors import ConfigError, PretuneError
-from pretune.search import (assemble, final_pick, planning, prepare, priors, rundir, storage,
-                            strategies)
+from pretune.search import (assemble, final_pick, memory_plan, planning, prepare, priors, rundir,
+                            storage, strategies)
 from pretune.search.planning import STEPS_PER_EPOCH, Plan
 from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
+from pretune.training import memory
 from pretune.search.space import Dimension, resolve_space, resolve_task, space_to_dict, suggest
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,7 @@ def run_tune(
             evals_per_epoch=tune.evals_per_epoch, lr_test=found,
             fraction=shared.train.data_fraction)
         plan = _with_keep(plan, tune, shared, budget, len(task.train), parallel)
+        plan = replace(plan, memory=memory_plan.line(shared, dims, task, caches))
         rundir.update_plan(out, plan=plan.to_dict())
         if skipped is not None:
             rundir.update_plan(out, assembly=skipped)
@@ -701,9 +703,16 @@ class _Search:
             validate(config)
             warm[0] = planning.warmup_end(config.train)
             self._tell("trial_started", trial.number, dict(params))
-            result = fit(config, None, task=self.task, on_eval=on_eval,
-                         should_stop=self.past_deadline, on_step=on_step, keep_model=True,
-                         caches=self.caches)
+            # Out of memory anyway: once more at half the micro-batch (training.memory).
+            result = memory.retry_on_oom(
+                lambda c: fit(c, None, task=self.task, on_eval=on_eval,
+                              should_stop=self.past_deadline, on_step=on_step, keep_model=True,
+                              caches=self.caches),
+                config, on_retry=lambda note: trial.set_user_attr("memory_retry", note))
+        except memory.DoesNotFit as err:  # the sampler hears it as pruned, with the reason
+            record("memory")
+            trial.set_user_attr("memory_refused", str(err))
+            raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             record(PRUNED)
             raise
@@ -728,6 +737,7 @@ class _Search:
         record(stop_reason)
         trial.set_user_attr("timings", plain(result.timings))
         trial.set_user_attr("feature_depth", result.feature_depth)
+        memory_plan.record(trial, result.memory)
         trial.set_user_attr("metrics", plain(dict(result.metrics)))
         trial.set_user_attr("settings", plain(result.config.flat()))  # max_length resolved
         self.pending = (trial.number, result)

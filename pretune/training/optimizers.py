@@ -135,4 +135,8 @@ def build_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Opti
         raise ValueError("the model has no trainable parameters")
     for group in groups:
         group["lr"] = settings.lr * group["lr_scale"]
+    if getattr(settings, "optimizer_bits", 32) == 8:  # checked for CUDA before training
+        from pretune.training.memory import eight_bit_adamw
+
+        return eight_bit_adamw(groups, settings)
     return REGISTRY[settings.optimizer](groups, settings)

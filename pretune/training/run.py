@@ -38,7 +38,7 @@ from pretune.models.io import load_model_dir, resolve_model_dir, save_model
 from pretune.training.caches import RunCaches
 from pretune.training.device import pick_device, resolve_precision, set_threads
 from pretune.training.tapt import adapted_source, with_source
-from pretune.training import objectives
+from pretune.training import memory, objectives
 from pretune.training.loop import TrainResult, predict_proba, train
 from pretune.training.metrics import tag_sequences
 
@@ -62,6 +62,7 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)
     feature_depth: int | None = None  # the frozen layers the feature cache stood in for
     probe_metrics: dict[str, float] | None = None  # lp_ft: validation metrics of the probe
+    memory: dict[str, Any] | None = None  # estimate against measured peak (training.memory)
 
 
 def data_seed(config: RunConfig) -> int:
@@ -184,11 +185,15 @@ def fit(
         seed_everything(t.seed)
         clock = _lap(timings, "probe", clock)
 
+    # Fit the run to memory: a smaller micro-batch with accumulation, or checkpointing.
+    config, micro, fitted = memory.fit_run(model, config, micro, device, frozen_depth=depth)
+    t = config.train
     train_batches, valid_batches = _batches(model, caches, data, depth, micro, t.eval_batch_size,
                                             t.seed, augment=True)
     with starting_at(model, depth) if depth is not None else contextlib.nullcontext():
         result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
-                       should_stop=should_stop, on_step=on_step, objective=objective)
+                       should_stop=should_stop, on_step=fitted.watch(on_step), objective=objective)
+    fitted.finish(device)
     clock = _lap(timings, "train", clock)
 
     model = merge_lora(model)  # a plain transformers model from here on
@@ -200,6 +205,7 @@ def fit(
         label_names=list(task.label_names), path=path,
         model=model if keep_model else None, tokenizer=tokenizer if keep_model else None,
         timings=timings, feature_depth=depth, probe_metrics=probe_metrics,
+        memory=fitted.to_dict(),
     )
 
 

@@ -832,10 +832,12 @@ class _Search:
     def _watch_failures(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Stop when trials keep failing the same way: the cause is then not the sample."""
         reason = trial.user_attrs.get("fail_reason")
-        if trial.state != TrialState.FAIL or reason == INTERRUPTED or reason is None:
+        refused = trial.user_attrs.get("memory_refused")  # pruned, for want of memory
+        if refused is None and (trial.state != TrialState.FAIL or reason in (INTERRUPTED, None)):
             self.fails.clear()
             return
-        self.fails.append(reason)
+        reason = refused or reason
+        self.fails.append("memory" if refused else reason)
         if len(self.fails) >= FAIL_STREAK and len(set(self.fails[-FAIL_STREAK:])) == 1:
             self.stop_error = PretuneError(
                 f"A search stops when its trials keep failing the same way, but the last "

@@ -4,7 +4,7 @@ recover from running out anyway.
 **The estimate** adds up what a training run holds at its peak: the weights; a gradient for
 each trainable parameter; the optimizer's state (Adam keeps two numbers per trainable
 parameter, momentum one); the activations autograd keeps for the backward pass of every layer
-from the lowest trainable one up (per token and layer about ``8h + 2i`` numbers for hidden size
+from the lowest trainable one up (per token and layer about ``13h + 2i`` numbers for hidden size
 ``h`` and feed-forward size ``i``, plus ``2as`` attention probabilities for ``a`` heads at
 sequence length ``s``), and a workspace of about two layers' worth while the backward pass runs;
 on the CPU also the copies of the trainable weights the loop keeps of its best evaluations
@@ -187,22 +187,28 @@ class Estimate:
     gradients: int
     optimizer: int
     activations: int
-    workspace: int
-    checkpoints: int  # CPU copies of the best evaluations' trainable weights
+    workspace: int  # the backward pass's gradients of activations
+    checkpoints: int  # CPU copies of the best evaluations' trainable weights (all of them)
+    evaluation: int = 0  # an evaluation's activations (no gradients: one layer at a time)
+    kept: int = 1  # how many copies ``checkpoints`` holds
     device: str = "cpu"
 
     @property
     def total(self) -> int:
+        """All parts added up, the larger of the training step's workspace and an evaluation's
+        counted once. Adding (rather than taking the higher of a step and an evaluation) is what
+        the measured peaks agree with: the allocator does not hand freed memory back at once."""
         return (self.base + self.weights + self.gradients + self.optimizer + self.activations
-                + self.workspace + self.checkpoints)
+                + max(self.workspace, self.evaluation) + self.checkpoints)
 
     def to_dict(self) -> dict[str, float]:
-        parts = {k: round(v / MB, 1) for k, v in asdict(self).items() if k != "device"}
+        parts = {k: round(v / MB, 1) for k, v in asdict(self).items()
+                 if k not in ("device", "kept")}
         return {**parts, "total": round(self.total / MB, 1)}
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {gib(v)}" for k, v in asdict(self).items()
-                          if k not in ("device", "base") and v >= 0.05 * GIB)
+                          if k not in ("device", "base", "kept") and v >= 0.05 * GIB)
         return f"{gib(self.total)} ({parts or 'all small'})"
 
 
@@ -215,7 +221,10 @@ def estimate(shape: Shape, *, micro_batch: int, seq_len: int, precision: str = "
     h, i, a, s = shape.hidden, shape.intermediate, shape.heads, seq_len
     half = precision in ("bf16", "fp16")
     elt = 3 if half else 4  # mixed precision keeps some tensors (norms, softmax) in fp32
-    per_token_layer = elt * (8 * h + 2 * i + 2 * a * s) + (a * s + 2 * h)  # + dropout masks
+    # The layer's input, Q, K, V and their per-head copies, the context, the norms' inputs,
+    # the feed-forward's two activations, the attention probabilities before and after
+    # dropout, and the dropout masks (a byte each).
+    per_token_layer = elt * (13 * h + 2 * i + 2 * a * s) + (a * s + 2 * h)
     per_token_layer += shape.lora_modules * (2 * elt * h + h)  # an adapter's input and mask
     tokens = micro_batch * s
     if checkpointing:  # each layer's input, and one layer recomputed at a time
@@ -232,11 +241,12 @@ def estimate(shape: Shape, *, micro_batch: int, seq_len: int, precision: str = "
     optimizer_bytes = states * (1 if optimizer_bits == 8 else 4)
     if half:  # autocast keeps a half-precision copy of each trainable weight during a step
         optimizer_bytes += 2 * shape.trainable
-    checkpoints = 4 * shape.trainable * max(1, kept_checkpoints) if device == "cpu" else 0
+    kept = max(1, kept_checkpoints)
+    checkpoints = 4 * shape.trainable * kept if device == "cpu" else 0
     return Estimate(base=int(base), weights=shape.param_bytes, gradients=gradients,
                     optimizer=optimizer_bytes, activations=int(activations),
-                    workspace=int(max(train_work, eval_work - activations - gradients, 0)),
-                    checkpoints=checkpoints, device=device)
+                    workspace=int(train_work), checkpoints=checkpoints,
+                    evaluation=int(eval_work), kept=kept, device=device)
 
 
 # --- what the process may use -------------------------------------------------------------------
@@ -498,7 +508,9 @@ def fit_run(model: nn.Module, config: Any, micro: int, device: torch.device, *,
     held = (torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes())
     base = max(0, held - shape.param_bytes)  # the weights are there already
     seq_len = config.data.max_length or 512
-    fitted = plan_run(shape, t, micro, seq_len=seq_len,
+    evals = (math.ceil(t.epochs * t.evals_per_epoch) if not t.eval_steps else t.checkpoint_soup)
+    planned = replace(t, checkpoint_soup=max(1, min(t.checkpoint_soup, evals)))  # copies kept
+    fitted = plan_run(shape, planned, micro, seq_len=seq_len,
                       precision=resolve_precision(t.precision, device), lim=limit(device),
                       base=base, device=device.type, checkpoint_ok=can_checkpoint(model),
                       full_batch=t.batch_size == "full")

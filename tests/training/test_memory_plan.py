@@ -116,20 +116,21 @@ def test_a_run_that_cannot_fit_is_refused_with_what_would():
 def test_fit_run_adapts_the_config_and_turns_checkpointing_on(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
+    held = 500 * memory.MB  # what the process holds, fixed so that the limits below are exact
+    monkeypatch.setattr(memory, "rss_bytes", lambda: held)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     config = _config(tiny_model_dir, tmp_path, batch_size=16, max_length=64,
                      gradient_checkpointing="true")
-    held = memory.rss_bytes()
     monkeypatch.setattr(memory, "limit", lambda device=None: Limit(held + 2**40, "test"))
     config2, micro, fitted = memory.fit_run(model, config, 16, torch.device("cpu"))
     assert model.is_gradient_checkpointing and fitted.checkpointing and micro == 16
-    # A limit just above what micro-batch 4 needs: the run takes 4 x 4.
-    shape = memory.shape_of(model)
-    need = memory.estimate(shape, micro_batch=4, seq_len=64, eval_batch=16, checkpointing=False,
-                           kept_checkpoints=config.train.checkpoint_soup)
-    room = held - shape.param_bytes + need.total + 1024
-    monkeypatch.setattr(memory, "limit", lambda device=None: Limit(int(room / memory.HEADROOM), "t"))
+    # A limit between what micro-batches 4 and 8 need: the run takes 4 x 4.
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    shape = memory.shape_of(model)
+    need = {m: memory.estimate(shape, micro_batch=m, seq_len=64, eval_batch=16,
+                               base=held - shape.param_bytes).total for m in (4, 8)}
+    room = (need[4] + need[8]) / 2 / memory.HEADROOM
+    monkeypatch.setattr(memory, "limit", lambda device=None: Limit(int(room), "test"))
     config = _config(tiny_model_dir, tmp_path, batch_size=16, max_length=64)
     config2, micro, fitted = memory.fit_run(model, config, 16, torch.device("cpu"))
     assert micro == 4 and (config2.train.batch_size, config2.train.grad_accum) == (4, 4)

@@ -47,6 +47,7 @@ def line(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any = None) 
 
     dims = tuple(dims)
     m, t = shared.model, shared.train
+    memory.check_device_settings(shared, pick_device())  # before any trial: one clear line
     try:
         source, local = resolve_source(m.model)
         config = load_config(source, is_local=local, revision=m.revision,

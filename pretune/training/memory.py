@@ -503,7 +503,6 @@ def fit_run(model: nn.Module, config: Any, micro: int, device: torch.device, *,
     from pretune.training.device import resolve_precision
 
     t = config.train
-    check_device_settings(config, device)
     shape = shape_of(model, frozen_depth)
     held = (torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes())
     base = max(0, held - shape.param_bytes)  # the weights are there already
@@ -549,6 +548,9 @@ def check_device_settings(config: Any, device: torch.device) -> None:
         except ImportError as err:
             raise ConfigError(f"{name} needs bitsandbytes, which is not installed. "
                               f"Run pip install bitsandbytes.") from err
+    if four:  # loading is not wired in yet: refused rather than silently loading 32-bit
+        raise ConfigError("load_in_4bit is not supported by this version of pretune, even on "
+                          "CUDA. Use transfer=lora with optimizer_bits=8 instead.")
 
 
 def eight_bit_adamw(groups: list[dict], settings: Any):

@@ -97,6 +97,7 @@ def fit(
     and frozen features for this run only.
     """
     validate(config)
+    memory.check_device_settings(config, pick_device())  # 8-bit and 4-bit need CUDA
     set_threads(config.train.threads)
     lp_ft = config.model.transfer == "lp_ft"
     # An lp_ft model is built (its head initialized) and probed under the data's seed, so that

@@ -193,3 +193,19 @@ def test_the_cap_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(memory.ENV_LIMIT, "lots")
     with pytest.raises(ConfigError, match=memory.ENV_LIMIT):
         memory.limit(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("setting", ["optimizer_bits=8", "gradient_checkpointing=maybe"])
+def test_the_command_refuses_in_one_line(tiny_model_dir, sentiment_csv, tmp_path, setting):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pretune.cli.main", "train", "--model", tiny_model_dir,
+         "--train", str(sentiment_csv), "--out", str(tmp_path / "model"), "--set", setting],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PRETUNE_DEBUG": ""})
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert setting.split("=")[0] in lines[0] and not (tmp_path / "model").exists()

@@ -17,7 +17,10 @@ Protocol
   learning-rate range test, the recipes from practice, the seed check or the final assembly
   (all of which would only add full-model trials), and ``checkpoint_soup=1`` (one CPU copy of
   the best weights, 1.3 GB here). The table prints each trial's estimated and measured peak.
-* The HF Trainer: ``Trainer.train()`` at batch 64 on the same rows, fp32, 1 epoch, no saving.
+* The HF Trainer: ``Trainer.train()`` at batch 64 on the same rows, fp32, two optimizer steps
+  (``max_steps=2``, two passes over 64 rows), no saving. Two, because the first step runs before
+  Adam holds any state: with one step (64 rows, one epoch) its activations never meet the
+  optimizer's 2.5 GiB and the Trainer stays under the cap (6.4 GiB measured).
 
 Run it (from the repo root)::
 
@@ -45,6 +48,7 @@ from common import REPO, check_data, data_files, print_table  # noqa: E402 - off
 
 GIB = 2**30
 BATCHES = [8, 16, 32, 64]
+HF_STEPS = 2
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
              intermediate_size=4096, max_position_embeddings=512, vocab_size=30522)
 
@@ -57,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="64 rows of 16 tokens")
     p.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "pretune-big-model"))
+    p.add_argument("--sides", default="pretune,hf", help="which sides to run (default both)")
     p.add_argument("--only", choices=["build", "pretune", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -145,8 +150,9 @@ def run_hf(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     padding="max_length")
     ds = Dataset.from_dict({**enc, "labels": np.asarray(frame["label"], dtype=np.int64)})
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    # Two steps: the first runs before Adam has any state, so its activations never meet it.
     targs = TrainingArguments(output_dir=str(work / "hf-out"), per_device_train_batch_size=64,
-                              num_train_epochs=1, use_cpu=True, report_to=[],
+                              max_steps=HF_STEPS, use_cpu=True, report_to=[],
                               save_strategy="no", eval_strategy="no", logging_strategy="no",
                               dataloader_num_workers=0, seed=0)
     started = time.perf_counter()
@@ -220,14 +226,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{args.rows} rows of {args.max_length} tokens, cap {cap / GIB:.1f} GiB of resident "
           f"memory per side (killed past it)")
-    side = watched("pretune", args, cap)
-    report_pretune(side, cap)
-    hf = watched("hf", args, cap)
-    print(f"\nHF Trainer at batch 64: {hf['outcome']} after {hf['seconds']}s "
-          f"({hf.get('why', 'trained')}; highest resident memory {hf['max_rss'] / GIB:.2f} GiB)")
-    trials = side.get("trials") or []
-    ok = (side["outcome"] == "finished" and len(trials) == 3
-          and all(t["state"] == "COMPLETE" for t in trials))
+    sides = args.sides.split(",")
+    ok = True
+    if "pretune" in sides:
+        side = watched("pretune", args, cap)
+        report_pretune(side, cap)
+        trials = side.get("trials") or []
+        ok = (side["outcome"] == "finished" and len(trials) == 3
+              and all(t["state"] == "COMPLETE" for t in trials))
+    if "hf" in sides:
+        hf = watched("hf", args, cap)
+        print(f"\nHF Trainer at batch 64, {HF_STEPS} steps: {hf['outcome']} after {hf['seconds']}s "
+              f"({hf.get('why', 'trained')}; highest resident memory {hf['max_rss'] / GIB:.2f} GiB)")
     return 0 if ok else 1
 
 

@@ -258,7 +258,7 @@ ROWS: dict[str, Row] = {
         "must hold a mapping", "list.yaml", "lines"),
     "--config unknown key": Row(
         lambda p: p.tune("--config", p.file("unknown.yaml", "learning_rat: 3e-5\n")),
-        "no setting named", "learning_rat", "settings table"),
+        "no setting named", "learning_rat", "docs/settings.md"),
     # -- space file --
     "space file not YAML": Row(
         lambda p: p.tune("--space", space(p, "lr: {low: 1e-5, high\n")),

@@ -131,6 +131,9 @@ ROWS: dict[str, Row] = {
     "header only": Row(
         lambda p: p.tune(train=p.file("header.csv", "text,label\n")),
         "at least one row", "header.csv", "Add rows"),
+    "repeated column name": Row(
+        lambda p: p.tune(train=p.file("dup.csv", "text,text,label\n" + "a,b,pos\nc,d,neg\n" * 4)),
+        "header must name each column once", "'text' 2 times", "Rename or remove the repeated"),
     "no text column": Row(
         lambda p: p.tune_data(p.csv("t.csv", [(1, 2, "pos"), (3, 4, "neg")] * 4,
                                     ("count", "stars", "label"))),

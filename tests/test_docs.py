@@ -55,3 +55,16 @@ def test_unknown_setting_error_points_to_a_page_that_exists():
         config.locate("learning_rat")
     assert "docs/settings.md" in str(err.value)
     assert (ROOT / "docs" / "settings.md").is_file()
+
+
+@pytest.mark.parametrize("page", ["README.md", "bench/README.md"])
+def test_links_of_pages_outside_the_site_lead_to_files_that_exist(page):
+    """`make docs` checks the links of docs/; these pages are read on GitHub, outside it."""
+    import re
+
+    source = ROOT / page
+    links = re.findall(r"\]\(([^)\s]+)\)", source.read_text(encoding="utf-8"))
+    local = [l.split("#")[0] for l in links if "://" not in l and not l.startswith("#")]
+    assert local or page != "README.md"
+    missing = [l for l in local if l and not (source.parent / l).exists()]
+    assert not missing, f"{page} links to files that do not exist: {missing}"

@@ -62,17 +62,27 @@ def field_comments(source: str, class_name: str) -> dict[str, str]:
     return out
 
 
-def accepted(group: str, name: str, default) -> str:
-    """What ``validate`` accepts for one setting, in its own words: the rule of the error it
+def _check_run_setting(group: str, name: str, value) -> None:
+    base = config.RunConfig()
+    section = dataclasses.replace(getattr(base, group), **{name: value})
+    config.validate(dataclasses.replace(base, **{group: section}))
+
+
+def _check_tune_setting(group: str, name: str, value) -> None:
+    config.validate_tune(dataclasses.replace(config.TuneConfig(), **{name: value}))
+
+
+def accepted(group: str, name: str, default, check=_check_run_setting) -> str:
+    """What validation accepts for one setting, in its own words: the rule of the error it
     raises for a value it refuses (an unknown name for text choices, a far-off number else)."""
     if isinstance(default, bool):
         return "true, false"
-    base = config.RunConfig()
     probes = ("no-such-value",) if isinstance(default, str) else (-(10**30), -1e30)
+    if name == "budget":  # checked by its own parser, whose rule is on the Search page
+        return ""
     for probe in probes:
-        section = dataclasses.replace(getattr(base, group), **{name: probe})
         try:
-            config.validate(dataclasses.replace(base, **{group: section}))
+            check(group, name, probe)
         except ConfigError as err:
             rule = str(err).split(", but got")[0]
             prefix = f"{name} must be "
@@ -131,10 +141,12 @@ def group_table(group: str, cls, source: str) -> list[str]:
 
 def tune_table(source: str) -> list[str]:
     notes = field_comments(source, "TuneConfig")
-    rows = ["| setting | default | what it does |", "|---|---|---|"]
+    rows = ["| setting | default | accepted | what it does |", "|---|---|---|---|"]
     for f in dataclasses.fields(config.TuneConfig):
         default = getattr(config.TuneConfig(), f.name)
-        rows.append(f"| `{f.name}` | `{_value(default)}` | {_cell(notes.get(f.name, ''))} |")
+        allowed = accepted("tune", f.name, default, _check_tune_setting)
+        rows.append(f"| `{f.name}` | `{_value(default)}` | {_cell(allowed)} "
+                    f"| {_cell(notes.get(f.name, ''))} |")
     return rows
 
 

@@ -159,7 +159,7 @@ class ModelConfig:
     lora_r: int = 8  # LoRA rank (transfer="lora"; Hu et al., 2021)
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
-    load_in_4bit: bool = False  # LoRA on a 4-bit model (CUDA and bitsandbytes only)
+    load_in_4bit: bool = False  # LoRA on a 4-bit model; refused for now (docs/memory.md)
     lora_targets: str | None = None  # comma-separated module names; None: attention query/value
     # lp_ft: a linear probe first, then full fine-tuning from the probed head (Kumar et al., 2022)
     probe_epochs: float = 3.0
@@ -298,8 +298,8 @@ def locate(key: str) -> tuple[str, str]:
     close = [n for n in setting_names() if n.startswith(key.split(".")[-1][:3])][:5]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
-        f"There is no setting named '{key}'.{hint} Use a name from the settings table in "
-        f"docs/guide.md (the fields of pretune.config)."
+        f"There is no setting named '{key}'.{hint} Use a name from the settings reference, "
+        f"docs/settings.md (the fields of pretune.config)."
     )
 
 

@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
     if args.only:
-        done = {"build": lambda: {"model": str(build(work))}, "pretune": lambda: run_pretune(args, work),
+        done = {"build": lambda: {"model": str(build(work))},
+                "pretune": lambda: run_pretune(args, work),
                 "hf": lambda: run_hf(args, work)}[args.only]()
         Path(args.json).write_text(json.dumps(done, default=str))
         return 0
@@ -236,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
               and all(t["state"] == "COMPLETE" for t in trials))
     if "hf" in sides:
         hf = watched("hf", args, cap)
-        print(f"\nHF Trainer at batch 64, {HF_STEPS} steps: {hf['outcome']} after {hf['seconds']}s "
-              f"({hf.get('why', 'trained')}; highest resident memory {hf['max_rss'] / GIB:.2f} GiB)")
+        print(f"\nHF Trainer at batch 64, {HF_STEPS} steps: {hf['outcome']} after "
+              f"{hf['seconds']}s ({hf.get('why', 'trained')}; highest resident memory "
+              f"{hf['max_rss'] / GIB:.2f} GiB)")
     return 0 if ok else 1
 
 

@@ -16,7 +16,6 @@ import statistics
 from typing import Any, Iterable, Mapping
 
 from pretune.config import RunConfig
-from pretune.training import memory
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,22 @@ def _largest(dims: Iterable[Any], name: str, default: Any) -> Any:
     return dim.high
 
 
-def line(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any = None) -> str | None:
+def line(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any = None,
+         trials: Iterable[Any] = ()) -> str | None:
     """One sentence on the memory of the largest trial, or None when it cannot be estimated
-    (a model pretune cannot read the shape of, images)."""
+    (a model pretune cannot read the shape of, images); with how close the estimates of the
+    study's earlier ``trials`` came to their measured peaks, when it has any."""
+    text = _largest_trial(shared, dims, task, caches)
+    seen = calibration(trials)
+    if text and seen:
+        text += (f"; the estimates of {seen['trials']} earlier trials were {seen['min']:g} to "
+                 f"{seen['max']:g} times their measured peaks")
+    return text
+
+
+def _largest_trial(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any) -> str | None:
     from pretune.models.load import load_config, load_tokenizer, resolve_source
+    from pretune.training import memory  # torch: not imported until a search plans
     from pretune.training.device import pick_device, resolve_precision
 
     dims = tuple(dims)

@@ -62,7 +62,6 @@ from pretune.search import (assemble, final_pick, memory_plan, planning, prepare
 from pretune.search.planning import STEPS_PER_EPOCH, Plan
 from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.yamlfile import plain
-from pretune.training import memory
 from pretune.search.space import Dimension, resolve_space, resolve_task, space_to_dict, suggest
 
 log = logging.getLogger(__name__)
@@ -300,7 +299,8 @@ def run_tune(
             evals_per_epoch=tune.evals_per_epoch, lr_test=found,
             fraction=shared.train.data_fraction)
         plan = _with_keep(plan, tune, shared, budget, len(task.train), parallel)
-        plan = replace(plan, memory=memory_plan.line(shared, dims, task, caches))
+        plan = replace(plan, memory=memory_plan.line(shared, dims, task, caches,
+                                                     study.get_trials(deepcopy=False)))
         rundir.update_plan(out, plan=plan.to_dict())
         if skipped is not None:
             rundir.update_plan(out, assembly=skipped)
@@ -647,6 +647,7 @@ class _Search:
     # -- one trial --------------------------------------------------------------------------
 
     def objective(self, trial: optuna.Trial) -> float:
+        from pretune.training import memory
         from pretune.training.run import fit
 
         started = time.perf_counter()

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -377,7 +377,6 @@ class Fitted:
     adapted: str | None = None  # a sentence when the run was changed to fit
     device: str = "cpu"
     measured: int | None = None  # peak bytes of the run (set by ``finish``)
-    started: dict[str, Any] = field(default_factory=dict)
 
     def watch(self, on_step: Callable | None) -> Callable | None:
         """``on_step`` that also raises ``OutOfMemory`` once the peak resident memory passed
@@ -424,10 +423,10 @@ def checkpointing_setting(value: Any) -> str:
 
 
 def can_checkpoint(model: nn.Module) -> bool:
-    base = getattr(model, "base_model", model)  # a LoRA model wraps the transformers one
-    return bool(getattr(model, "supports_gradient_checkpointing", False)
-                or getattr(getattr(base, "model", None), "supports_gradient_checkpointing", False)) \
-        and hasattr(model, "gradient_checkpointing_enable")
+    base = getattr(getattr(model, "base_model", model), "model", None)  # LoRA wraps the model
+    supports = (getattr(model, "supports_gradient_checkpointing", False)
+                or getattr(base, "supports_gradient_checkpointing", False))
+    return bool(supports) and hasattr(model, "gradient_checkpointing_enable")
 
 
 def _divisors(n: int) -> list[int]:

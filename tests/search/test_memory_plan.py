@@ -93,3 +93,15 @@ def test_a_search_where_nothing_fits_stops_with_the_reason(tiny_model_dir, tmp_p
 
     trials = pd.read_csv(tmp_path / "run" / "trials.csv")
     assert len(trials) == 5 and (trials["state"] == "PRUNED").all()
+
+
+def test_the_plan_says_how_close_earlier_estimates_came():
+    from types import SimpleNamespace
+
+    from pretune.search import memory_plan
+
+    trials = [SimpleNamespace(user_attrs={"memory": {"ratio": r}}) for r in (1.1, 0.95, 1.02)]
+    trials.append(SimpleNamespace(user_attrs={}))  # a trial that recorded nothing
+    assert memory_plan.calibration(trials) == {"trials": 3, "median": 1.02, "min": 0.95,
+                                               "max": 1.1}
+    assert memory_plan.calibration([]) is None

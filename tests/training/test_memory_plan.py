@@ -26,8 +26,9 @@ def _model_dir(path: Path, hidden: int, layers: int) -> str:
 
     if not path.exists():
         torch.manual_seed(0)
-        config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=4 * hidden,
-                            num_attention_heads=max(2, hidden // 64), max_position_embeddings=256)
+        config = BertConfig(hidden_size=hidden, num_hidden_layers=layers,
+                            intermediate_size=4 * hidden, num_attention_heads=max(2, hidden // 64),
+                            max_position_embeddings=256)
         BertForSequenceClassification(config).save_pretrained(path)
         AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
     return str(path)
@@ -113,7 +114,8 @@ def test_a_run_that_cannot_fit_is_refused_with_what_would():
     assert "transfer=lora" in text  # LoRA keeps no gradients nor Adam state for the body
 
 
-def test_fit_run_adapts_the_config_and_turns_checkpointing_on(tiny_model_dir, tmp_path, monkeypatch):
+def test_fit_run_adapts_the_config_and_turns_checkpointing_on(tiny_model_dir, tmp_path,
+                                                             monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
     held = 500 * memory.MB  # what the process holds, fixed so that the limits below are exact

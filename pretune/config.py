@@ -122,6 +122,9 @@ class DataConfig:
     lowercase: bool = False
     stopwords: bool = False  # remove English stop words (scikit-learn's list)
     stem: str = "none"  # none | porter | snowball
+    # Replace e-mail addresses, URLs, phone numbers and long digit runs by [EMAIL], [URL],
+    # [PHONE], [NUMBER] before tokenizing, at training and prediction (pretune.data.masking).
+    mask_pii: bool = False
     # Text augmentation of training texts, drawn anew each epoch (EDA without synonyms).
     text_aug_prob: float = 0.5  # share of training texts edited in an epoch
     word_delete: float = 0.0  # each word of an edited text is deleted with this probability
@@ -226,6 +229,12 @@ class TrainConfig:
     feature_cache: bool = True  # run frozen bottom layers once per data set, not every step
     threads: int | None = None  # torch threads; None: all cores
     seed: int = 0
+    # Differential privacy (DP-SGD through Opacus; see pretune.training.privacy): the run's
+    # budget epsilon (None: off), its delta (None: 1 / training rows) and the per-example
+    # gradient clipping norm.
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_max_grad_norm: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -438,6 +447,11 @@ def validate(config: RunConfig) -> RunConfig:
     one_of("metric", t.metric, ALL_METRICS)
     one_of("loss", t.loss, LOSSES)
     _number("huber_delta", t.huber_delta, 0.0, 1e6, lo_open=True)
+    if t.dp_epsilon is not None:
+        _number("dp_epsilon", t.dp_epsilon, 0.0, 1e6, lo_open=True)
+    if t.dp_delta is not None:
+        _number("dp_delta", t.dp_delta, 0.0, 1.0, lo_open=True)
+    _number("dp_max_grad_norm", t.dp_max_grad_norm, 0.0, 1e9, lo_open=True)
     if t.threshold is not None:
         _number("threshold", t.threshold, 0.0, 1.0, lo_open=True)
     _number("distill_alpha", t.distill_alpha, 0.0, 1.0)

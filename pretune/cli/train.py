@@ -48,6 +48,10 @@ def command(
     metric: Optional[str] = typer.Option(None, "--metric"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="Train with differential privacy (DP-SGD, needs opacus) within this epsilon."),
+    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="Delta of --dp-epsilon (default 1 / training rows)."),
+    dp_max_grad_norm: Optional[float] = typer.Option(None, "--dp-max-grad-norm", help="Per-example gradient clipping norm of --dp-epsilon (default 1.0)."),
+    mask_pii: Optional[bool] = typer.Option(None, "--mask-pii/--no-mask-pii", help="Replace e-mail addresses, URLs, phone numbers and long numbers by [EMAIL], [URL], [PHONE], [NUMBER] before tokenizing, here and at predict."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any setting, NAME=VALUE; repeatable."),
@@ -65,6 +69,8 @@ def command(
             max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
             optimizer=optimizer, schedule=schedule, transfer=transfer, metric=metric,
             precision=precision, seed=seed, task=task, label_all_subtokens=label_all_subtokens, label_names=label_names,
+            dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm,
+            mask_pii=mask_pii,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)
@@ -82,6 +88,11 @@ def command(
             f"{result.train_result.seconds:.0f}s); model saved to {result.path}",
             highlight=False,
         )
+        if result.train_result.privacy:
+            from pretune.training.privacy import describe
+
+            console.print(describe(result.train_result.privacy), highlight=False)
+            print(f"dp_epsilon_spent={result.train_result.privacy['epsilon']:.4f}")
         shown = "accuracy" if "accuracy" in m else judged
         print(f"validation_{shown}={m.get(shown, float('nan')):.4f}")
 

@@ -79,6 +79,10 @@ def command(
     unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
+    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="Train with differential privacy (DP-SGD, needs opacus) within this epsilon per trial."),
+    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="Delta of --dp-epsilon (default 1 / training rows)."),
+    dp_max_grad_norm: Optional[float] = typer.Option(None, "--dp-max-grad-norm", help="Per-example gradient clipping norm of --dp-epsilon (default 1.0)."),
+    mask_pii: Optional[bool] = typer.Option(None, "--mask-pii/--no-mask-pii", help="Replace e-mail addresses, URLs, phone numbers and long numbers by [EMAIL], [URL], [PHONE], [NUMBER] before tokenizing, here and at predict."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result: no progress, no line per trial."),
@@ -104,6 +108,8 @@ def command(
             image_column=image_column, unlabeled=unlabeled,
             max_length=max_length, metric=metric, precision=precision, seed=seed, task=task,
             label_all_subtokens=label_all_subtokens, label_names=label_names,
+            dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm,
+            mask_pii=mask_pii,
         )
         settings = given_settings(flags, allow_pickle=allow_pickle,
                                   trust_remote_code=trust_remote_code)

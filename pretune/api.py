@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from pretune.config import RunConfig, validate
+from pretune.permissions import private_files
 
 
 def build_config(base: Mapping[str, Any] | RunConfig | None = None,
@@ -47,7 +48,8 @@ def train(
         from pretune.models.io import check_save_room
 
         check_save_room(out, config.model, 1, "the trained model")
-    result = fit(config, out, on_step=on_step, on_eval=on_eval)
+    with private_files():  # the model directory is for its owner only (pretune.permissions)
+        result = fit(config, out, on_step=on_step, on_eval=on_eval)
     if result.train_result.failed:
         raise PretuneError(
             f"Training must reach one evaluation to give a model, but it stopped at step "
@@ -181,12 +183,20 @@ def tune(
     tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
+    if base.train.dp_epsilon is not None:  # DP: per trial; no range test, no ensemble
+        from dataclasses import replace
+
+        from pretune.training.privacy import search_options
+
+        lr_range_test, assemble = search_options(base, lr_range_test, assemble)
+        tune_config = replace(tune_config, lr_range_test=lr_range_test, assemble=assemble)
     names = [log_to] if isinstance(log_to, str) else list(log_to or [])
     trackers = make_trackers(names, out, tune_config.study_name)
     progress, on_trial = with_trackers(trackers, progress, on_trial)
-    return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
-                    on_trial=on_trial, on_plan=on_plan, progress=progress,
-                    space_source=source)
+    with private_files():  # the run directory is for its owner only (pretune.permissions)
+        return run_tune(base, tune_config, out, space=space_spec,
+                        fixed={**searched, **(fixed or {})}, on_trial=on_trial, on_plan=on_plan,
+                        progress=progress, space_source=source)
 
 
 def distill(run: str | Path, *, student: str = "layers:3", budget: str | None = "5m",
@@ -202,4 +212,5 @@ def distill(run: str | Path, *, student: str = "layers:3", budget: str | None = 
     """
     from pretune.search.distill import distill as run_distill
 
-    return run_distill(run, student=student, budget=budget, out=out, **options)
+    with private_files():
+        return run_distill(run, student=student, budget=budget, out=out, **options)

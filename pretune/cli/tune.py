@@ -190,5 +190,11 @@ def print_summary(result) -> None:
     if result.ended_early:
         console.print(f"stopped with time left: {escape(result.ended_early)}", highlight=False,
                       soft_wrap=True)
+    epsilon = result.best_settings.get("dp_epsilon")
+    if epsilon is not None:  # DP: the per-trial budget, and what the whole search spent
+        from pretune.training.privacy import SEARCH_NOTE, search_bound
+
+        console.print(search_bound(epsilon, len(result.trials)), highlight=False, soft_wrap=True)
+        console.print(SEARCH_NOTE, highlight=False, soft_wrap=True)
     print(f"best_trial={result.best_trial}")
     print(f"best_{result.metric}={result.best_value:.4f}")

@@ -47,8 +47,11 @@ def command(
             console.print(f"trial {report.number}: {report.state.lower()} {report.metric} "
                           f"{value}{best}", highlight=False, soft_wrap=True)
 
-        result = join(storage, study, out=out, budget=budget, threads=threads,
-                      heartbeat=heartbeat, on_trial=on_trial)
+        from pretune.permissions import private_files
+
+        with private_files():  # the run directory is for its owner only
+            result = join(storage, study, out=out, budget=budget, threads=threads,
+                          heartbeat=heartbeat, on_trial=on_trial)
         console.print(f"worker done: {result.trials_run} trials run here; best so far: trial "
                       f"{result.best_trial} in {escape(str(result.path))}", highlight=False,
                       soft_wrap=True)

@@ -306,6 +306,32 @@ SEARCH_NOTE = (
 )
 
 
+def search_options(config: Any, lr_range_test: bool | None, assemble: bool | None
+                   ) -> tuple[bool | None, bool | None]:
+    """The ``lr_range_test`` and ``assemble`` options of a search of ``config``: both off under
+    DP (the range test trains without DP; an ensemble joins several trials' budgets); asking
+    for either under DP is refused."""
+    if not enabled(config.train):
+        return lr_range_test, assemble
+    check(config)
+    for name, value, flag in (("the learning-rate range test", lr_range_test, "--no-lr-range-test"),
+                              ("the final assembly", assemble, "--no-assemble")):
+        if value:
+            raise ConfigError(
+                f"--dp-epsilon keeps each trial private, but {name} was asked for, which learns "
+                f"from the training rows outside DP-SGD (or joins several trials). Pass {flag}."
+            )
+    return False, False
+
+
+def search_bound(epsilon: float, trials: int) -> str:
+    """One line: the per-trial budget, and the bound on a whole search of ``trials`` runs."""
+    total, _ = composed([epsilon] * trials, [])
+    return (f"differential privacy: each trial within epsilon {epsilon:g}; the search as a whole "
+            f"(the choice of the best among {trials} trials included) within epsilon "
+            f"{total:g} and {trials} x delta, by basic composition")
+
+
 def composed(epsilons: list[float], deltas: list[float]) -> tuple[float, float]:
     """(sum of epsilons, sum of deltas): the basic-composition bound of several DP runs on the
     same rows, which covers any choice made from all of them."""
@@ -313,4 +339,4 @@ def composed(epsilons: list[float], deltas: list[float]) -> tuple[float, float]:
 
 
 __all__ = ["enabled", "refusal", "check", "attach", "PrivateTraining", "PoissonBatches",
-           "noise_multiplier", "spent_epsilon", "describe", "composed", "SEARCH_NOTE"]
+           "noise_multiplier", "spent_epsilon", "describe", "composed", "search_options", "search_bound", "SEARCH_NOTE"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-pytest.importorskip("opacus", reason="DP tests need the 'dp' extra (opacus)")
+pytest.importorskip("opacus", reason="the dp extra is needed: pip install 'pretune[dp]'")
 
 from pretune.api import build_config  # noqa: E402
 from pretune.config import TrainConfig  # noqa: E402

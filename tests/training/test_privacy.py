@@ -129,3 +129,18 @@ def test_dp_trains_with_frozen_parts_and_lora(transfer, tiny_model_dir, sentimen
     result = fit(config)
     assert result.train_result.privacy["epsilon"] <= 8.0
     assert result.train_result.steps > 0
+
+
+def test_the_command_refuses_in_one_line_with_exit_status_2(tiny_model_dir, sentiment_csv,
+                                                            tmp_path):
+    from typer.testing import CliRunner
+
+    from pretune.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--model", tiny_model_dir, "--train",
+                                      str(sentiment_csv), "--out", str(tmp_path / "m"),
+                                      "--dp-epsilon", "1", "--batch-size", "full"])
+    assert result.exit_code == 2
+    assert "--dp-epsilon 1" in result.output and "--batch-size" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "m").exists()

@@ -107,6 +107,7 @@ def train(
         if privacy.enabled(settings) else None
     if private is not None:
         optimizer, train_batches = private.optimizer, private.batches
+        passes = _passes(train_batches, accum) if passes is not None else None
     scheduler = build_schedule(optimizer, settings, total_steps)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     weights = penalized_weights(model)

@@ -144,3 +144,12 @@ def test_the_command_refuses_in_one_line_with_exit_status_2(tiny_model_dir, sent
     assert "--dp-epsilon 1" in result.output and "--batch-size" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_a_data_fraction_draws_its_steps_by_poisson_sampling_too():
+    enc = encoded(64)
+    result = train(tiny_bert(), Batches(enc, 16, pad_id=0, shuffle=True),
+                   Batches(enc, 64, pad_id=0, shuffle=False),
+                   dp_settings(data_fraction=0.5, epochs=2))
+    # Half of the 4 batches an epoch, 2 epochs: 4 draws, all Poisson-sampled.
+    assert result.privacy["steps"] == result.privacy["planned_steps"] == 4

@@ -3,9 +3,9 @@
 A run directory holds what a model was trained on in other forms: tokenized texts and cached
 features, validation predictions, a study's records. ``private_files`` makes everything pretune
 creates while it is active readable by its owner only, by setting the process' umask to 077
-(added to the umask already set, so a stricter one stays) and restoring it at the end. The
-commands that write run directories (``train``, ``tune``, ``worker``, ``distill``) run inside
-it, through the Python API as well as the CLI.
+(added to the umask already set, so a stricter one stays) and restoring it at the end. Every
+command of the CLI runs inside it (so reports, explanations, exports and prediction files are
+private too), and so do the Python API's ``train``, ``tune`` and ``distill`` and the report.
 
 Folders and files that already existed keep their permissions: a run directory made beforehand
 by its user stays as it was made, only what pretune creates in it is private. To share a run,

@@ -74,9 +74,14 @@ def quiet_libraries(verbose: bool = False) -> None:
 
 
 def run_command(fn: Callable[[], Any]) -> Any:
-    """Run a command body; a PretuneError becomes one line on stderr and exit code 2."""
+    """Run a command body; a PretuneError becomes one line on stderr and exit code 2. What a
+    command writes (run directories, reports, predictions) is for its owner only
+    (``pretune.permissions``)."""
+    from pretune.permissions import private_files
+
     try:
-        return fn()
+        with private_files():
+            return fn()
     except PretuneError as err:
         if os.environ.get("PRETUNE_DEBUG"):
             raise

@@ -43,9 +43,12 @@ def write_report(run: str | Path, output: str | Path | None = None) -> Path:
     from pretune.search.history import read_history
     from pretune.search.rundir import write_atomic
 
+    from pretune.permissions import private_files
+
     history = read_history(run)
     path = Path(output) if output is not None else history.path / REPORT_FILE
-    write_atomic(path, render(history))
+    with private_files():  # the report shows the run's data: for its owner only
+        write_atomic(path, render(history))
     return path
 
 

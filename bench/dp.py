@@ -9,8 +9,8 @@ Protocol
 * Runs: ``pretune train`` (the command, in a subprocess each) with one recipe for every run:
   ``--transfer`` (default ``linear_probe``: the head alone trains on the frozen encoder's
   features, the setting where DP-SGD's noise is smallest next to the signal), AdamW at
-  ``--lr`` (default 5e-3: DP-SGD wants a larger rate than plain fine-tuning), ``--batch-size``
-  (default 256: larger batches average the noise down), ``--epochs`` (default 5), a linear
+  ``--lr`` (default 2e-2: DP-SGD wants a larger rate than plain fine-tuning), ``--batch-size``
+  (default 256: larger batches average the noise down), ``--epochs`` (default 10), a linear
   schedule without warm-up, fp32, seed 0. Once without DP, then with ``--dp-epsilon`` at each of
   ``--epsilons`` (default 1 3 8), delta 1 / rows and per-example clipping norm 1.0.
 * Reported per run: validation and test accuracy, the epsilon spent (from the model's
@@ -18,7 +18,7 @@ Protocol
 
 Run it (from the repo root)::
 
-    .venv/bin/python bench/dp.py --rows 2000 --epochs 5
+    .venv/bin/python bench/dp.py --rows 2000 --epochs 10 --lr 2e-2
 
 Exit status: 0 when every run finished, 1 when one failed, 2 when the data is missing or an
 option is wrong.
@@ -70,14 +70,15 @@ def one_run(train_csv: Path, epsilon: float | None, args: argparse.Namespace, ou
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=2000, help="training rows (default 2000)")
-    parser.add_argument("--epochs", type=float, default=5.0, help="epochs of every run (default 5)")
+    parser.add_argument("--epochs", type=float, default=10.0,
+                        help="epochs of every run (default 10)")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0],
                         help="DP budgets to run besides the run without DP (default 1 3 8)")
     parser.add_argument("--transfer", default="linear_probe",
                         choices=["linear_probe", "freeze_bottom", "full", "lora"])
     parser.add_argument("--freeze-layers", type=int, default=5,
                         help="with --transfer freeze_bottom: frozen layers (default 5 of 6)")
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=2e-2, help="learning rate (default 2e-2)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out-dir", type=Path, default=None,

@@ -35,7 +35,6 @@ from the training rows outside DP-SGD), and batch-norm heads (they mix examples)
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +239,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, set
     try:
         module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
     except NotImplementedError as err:
+        for handle in handles:
+            handle.remove()
         raise ConfigError(
             f"--dp-epsilon needs per-example gradients of every trained layer, but Opacus cannot "
             f"compute them for this model ({err}). Freeze that layer (--transfer freeze_bottom "
@@ -247,9 +248,10 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, set
         ) from None
     generator = torch.Generator(device=next(model.parameters()).device)
     generator.manual_seed(int(settings.seed))
-    private = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=settings.dp_max_grad_norm,
-                          expected_batch_size=max(1, round(rate * rows)), loss_reduction="mean",
-                          generator=generator)
+    private = DPOptimizer(optimizer, noise_multiplier=sigma,
+                          max_grad_norm=settings.dp_max_grad_norm,
+                          expected_batch_size=max(1, round(rate * rows)),
+                          loss_reduction="mean", generator=generator)
     log.info("DP-SGD: epsilon %g, delta %.3g, noise multiplier %.4f, sample rate %.4f, %d steps",
              settings.dp_epsilon, delta, sigma, rate, total_steps)
     return PrivateTraining(optimizer=private, batches=PoissonBatches(batches, rate, settings.seed),
@@ -339,4 +341,5 @@ def composed(epsilons: list[float], deltas: list[float]) -> tuple[float, float]:
 
 
 __all__ = ["enabled", "refusal", "check", "attach", "PrivateTraining", "PoissonBatches",
-           "noise_multiplier", "spent_epsilon", "describe", "composed", "search_options", "search_bound", "SEARCH_NOTE"]
+           "noise_multiplier", "spent_epsilon", "describe", "composed", "search_options",
+           "search_bound", "SEARCH_NOTE"]

@@ -153,3 +153,13 @@ def test_a_data_fraction_draws_its_steps_by_poisson_sampling_too():
                    dp_settings(data_fraction=0.5, epochs=2))
     # Half of the 4 batches an epoch, 2 epochs: 4 draws, all Poisson-sampled.
     assert result.privacy["steps"] == result.privacy["planned_steps"] == 4
+
+
+def test_a_layer_opacus_cannot_clip_is_a_config_error_naming_the_fix():
+    model = tiny_bert()
+    model.classifier = torch.nn.Sequential(torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="--transfer freeze_bottom"):
+        privacy.attach(model, optimizer, Batches(encoded(), 16, pad_id=0, shuffle=True),
+                       dp_settings(), 10)
+    assert not any(m._forward_pre_hooks for m in model.modules())  # nothing left behind

@@ -122,8 +122,8 @@ class DataConfig:
     lowercase: bool = False
     stopwords: bool = False  # remove English stop words (scikit-learn's list)
     stem: str = "none"  # none | porter | snowball
-    # Replace e-mail addresses, URLs, phone numbers and long digit runs by [EMAIL], [URL],
-    # [PHONE], [NUMBER] before tokenizing, at training and prediction (pretune.data.masking).
+    # Before tokenizing, at training and prediction (pretune.data.masking): e-mail addresses,
+    # URLs, phone numbers and runs of 5+ digits become [EMAIL], [URL], [PHONE], [NUMBER].
     mask_pii: bool = False
     # Text augmentation of training texts, drawn anew each epoch (EDA without synonyms).
     text_aug_prob: float = 0.5  # share of training texts edited in an epoch
@@ -229,12 +229,11 @@ class TrainConfig:
     feature_cache: bool = True  # run frozen bottom layers once per data set, not every step
     threads: int | None = None  # torch threads; None: all cores
     seed: int = 0
-    # Differential privacy (DP-SGD through Opacus; see pretune.training.privacy): the run's
-    # budget epsilon (None: off), its delta (None: 1 / training rows) and the per-example
-    # gradient clipping norm.
+    # Differential privacy (DP-SGD through Opacus, pretune.training.privacy): the run's budget
+    # epsilon; None: no DP.
     dp_epsilon: float | None = None
-    dp_delta: float | None = None
-    dp_max_grad_norm: float = 1.0
+    dp_delta: float | None = None  # delta of dp_epsilon; None: 1 / training rows
+    dp_max_grad_norm: float = 1.0  # DP: each example's gradient is clipped to this norm
 
 
 @dataclass(frozen=True)
@@ -304,8 +303,8 @@ def locate(key: str) -> tuple[str, str]:
     close = [n for n in setting_names() if n.startswith(key.split(".")[-1][:3])][:5]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
-        f"There is no setting named '{key}'.{hint} Use a name from the settings table in "
-        f"docs/guide.md (the fields of pretune.config)."
+        f"There is no setting named '{key}'.{hint} Use a name from the settings reference, "
+        f"docs/settings.md (the fields of pretune.config)."
     )
 
 

@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - Typer on the Click package
     from click.exceptions import UsageError
 
 from pretune.errors import ConfigError, PretuneError
+from pretune.yamlfile import read_mapping
 
 console = Console(stderr=True)
 
@@ -68,7 +69,7 @@ def quiet_libraries(verbose: bool = False) -> None:
         pass
     for name in ("datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from pretune.search.study import quiet_optuna
+    from pretune.search.trials import quiet_optuna
 
     quiet_optuna()
 
@@ -149,7 +150,6 @@ def given_settings(flags: dict[str, Any], *, allow_pickle: bool = False,
 
 def read_yaml(path: str | Path, flag: str = "--config") -> dict:
     """A YAML mapping of settings from ``path``, with clear errors for a missing or bad file."""
-    from pretune.yamlfile import read_mapping
 
     return read_mapping(path, flag)
 

@@ -23,6 +23,7 @@ from pretune.models.load import (
     log_loading_info,
     quiet_transformers,
 )
+from pretune.models.weights import load_saved_weights
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ def load_image_model_dir(directory: Path, *, allow_pickle: bool = False,
     """A saved image model and its processor; every weight must be in the checkpoint."""
     from transformers import AutoModelForImageClassification
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
-
-    from pretune.models.io import load_saved_weights
 
     model = load_saved_weights(directory, AutoModelForImageClassification,
                                MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,

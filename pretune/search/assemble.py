@@ -36,6 +36,11 @@ import yaml
 from pretune.config import Budget, RunConfig
 from pretune.search import rundir
 from pretune.training.metrics import is_better
+from pretune.data import text_prep
+from pretune.data.images import is_image_task
+from pretune.data.unlabeled import read_unlabeled
+from pretune.data.task import Split
+from pretune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +308,6 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
     rows and as many ``--unlabeled`` texts as the time left allows, for fewer epochs when the
     time left is shorter than the lead trial took (``student_epochs``); None when the data are
     images or not even that fits."""
-    from pretune.data import text_prep
-    from pretune.data.images import is_image_task
     from pretune.training import objectives
     from pretune.training.run import fit
 
@@ -359,7 +362,6 @@ def _unlabeled(config: RunConfig, task, took: float, clock: _Clock) -> list[str]
     epoch grows with its rows); none for text pairs, which an unlabeled file cannot give."""
     if not config.data.unlabeled or task.train.pairs is not None:
         return []
-    from pretune.data.unlabeled import read_unlabeled
 
     texts = read_unlabeled(config.data.unlabeled, config.data.text_column)
     room = clock.left() / max(took, 1e-9) - 1.0 - SOUP_SHARE
@@ -374,8 +376,6 @@ def _with_rows(task, texts: list[str], labels: np.ndarray | None = None):
     """``task`` whose training split is followed by ``texts`` (labelled ``labels``, else by
     zeros: only their texts are read)."""
     from dataclasses import replace as with_fields
-
-    from pretune.data.task import Split
 
     if not texts:
         return task
@@ -521,7 +521,6 @@ def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path 
     ensemble's weights: probabilities for classes and labels, values for regression."""
     import pandas as pd
 
-    from pretune.errors import ConfigError
     from pretune.training.run import label_sets, predict, table_format, write_table
 
     run = Path(run).expanduser()

@@ -34,8 +34,13 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pretune.config import RunConfig, TuneConfig, validate
+from pretune.data import text_prep
+from pretune.data.task import load_task
+from pretune.data.tokenize import encode
 from pretune.errors import ConfigError
 from pretune.search import rundir
+from pretune.search.space import resolve_space
+from pretune.search.study import run_tune
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +154,6 @@ def distill(
     ConfigError before any work. Returns a ``DistillResult``; ``out/distill.yaml`` holds the
     comparison.
     """
-    from pretune.search.study import run_tune
     from pretune.training import distill as kd
 
     kind, value = kd.parse_student(student)
@@ -206,9 +210,6 @@ def prepare(path: Path, best_meta: Mapping[str, Any], base: RunConfig, space: Ma
     preprocessing), and the data as each side sees it: ``{"teacher": ..., "student": ...}``,
     the training and validation texts preprocessed as the teacher was trained, and as the
     student will be (its base settings with ``fixed`` pinned)."""
-    from pretune.data import text_prep
-    from pretune.data.task import load_task
-    from pretune.search.space import resolve_space
     from pretune.training.run import data_seed
 
     validate(base)
@@ -310,9 +311,7 @@ def score(model, tokenizer, meta: Mapping[str, Any], settings: RunConfig, task, 
           batch_size: int):
     """The validation split as ``model`` reads it (its preprocessing) and every validation
     metric of the model on it: ``(split, metrics)``."""
-    from pretune.data import text_prep
     from pretune.data.collate import Batches
-    from pretune.data.tokenize import encode
     from pretune.training.loop import evaluate_model
     from pretune.training.run import _objective_of
 

@@ -23,7 +23,9 @@ from optuna.trial import TrialState
 
 from pretune.errors import ConfigError
 from pretune.search import rundir
-from pretune.search.study import PREDICTIONS_FILE, STEPS_PER_EPOCH
+from pretune.search.planning import Plan, STEPS_PER_EPOCH
+from pretune.search.trials import PREDICTIONS_FILE
+from pretune.search.storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +201,6 @@ def _plan_message(path: Path) -> str | None:
     can read)."""
     from dataclasses import fields
 
-    from pretune.search.planning import Plan
-
     saved = rundir.read_plan(path).get("plan")
     if not isinstance(saved, dict):
         return None
@@ -259,8 +259,6 @@ def _read_record(path: Path) -> dict:
 
 def _load_study(storage: str, name: str, path: Path) -> optuna.Study:
     try:
-        from pretune.search.storage import open_storage
-
         return optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         raise ConfigError(

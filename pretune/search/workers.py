@@ -1,7 +1,7 @@
 """Several trials at once: worker processes that share one study through its storage.
 
 A **worker** (``join``, the ``pretune worker`` command) is a process that opens a study that
-``pretune tune`` started, reads from the study itself what the search is (``study.publish``:
+``pretune tune`` started, reads from the study itself what the search is (``handoff.publish``:
 settings with absolute data and model paths, space, pins, metric, pruner schedule, trial budget,
 deadline, run directory), loads the data and runs trials until the budget is spent. So a worker
 needs only ``--storage`` and ``--study``; on another machine the data and model must be at the
@@ -43,8 +43,10 @@ from pretune.errors import ConfigError, MissingExtraError, PretuneError
 from pretune.search import rundir, storage, strategies
 from pretune.search.space import resolve_space
 from pretune.search.strategies import Fidelity, make_pruner, make_sampler
-from pretune.search.study import (
-    STUDY_ATTR, TuneResult, _Search, derive_seed, quiet_optuna, trial_report)
+from pretune.search.handoff import STUDY_ATTR
+from pretune.search.results import TuneResult, trial_report
+from pretune.search.runner import Search
+from pretune.search.trials import derive_seed, quiet_optuna
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     plan = info["plan"]
     study.pruner = make_pruner(plan["pruner"], Fidelity(plan["min_resource"],
                                                         plan["max_resource"]))
-    search = _Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
+    search = Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
                      metric=record["metric"], direction=record["direction"], out=run_dir,
                      budget=worker_budget(info, budget), on_trial=on_trial, progress=progress,
                      caches=RunCaches(run_dir / rundir.CACHE_DIR))
@@ -189,7 +191,7 @@ def run_workers(study: optuna.Study, url: str, tune: TuneConfig, out: Path, *,
     else:
         launched = _LocalWorkers(url, tune, out, local_workers(workers))
     log.info("started %d %s workers", launched.count, tune.executor)
-    follower = _Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
+    follower = Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
                        metric=metric, direction=direction, out=out, budget=budget,
                        on_trial=None, progress=None, caches=None)
     method = getattr(progress, "search_started", None)
@@ -225,7 +227,7 @@ def run_workers(study: optuna.Study, url: str, tune: TuneConfig, out: Path, *,
     return result
 
 
-def _report_new(study: optuna.Study, follower: _Search, reported: set[int], on_trial) -> None:
+def _report_new(study: optuna.Study, follower: Search, reported: set[int], on_trial) -> None:
     finished = [t for t in study.get_trials(deepcopy=False)
                 if t.state.is_finished() and t.number not in reported]
     if not finished:

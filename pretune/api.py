@@ -7,7 +7,8 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from pretune.config import RunConfig, validate
+from pretune.config import RunConfig, TuneConfig, validate
+from pretune.errors import ConfigError, PretuneError
 
 
 def build_config(base: Mapping[str, Any] | RunConfig | None = None,
@@ -39,7 +40,6 @@ def train(
 
     Any setting of ``pretune.config`` can be passed by name.
     """
-    from pretune.errors import PretuneError
     from pretune.training.run import fit
 
     config = build_config(config, settings)
@@ -76,8 +76,6 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
         from pretune.deploy.runtime import predict as onnx_predict
 
         if options.pop("ensemble", False):
-            from pretune.errors import ConfigError
-
             raise ConfigError("--ensemble averages a run's torch models, but an ONNX model was "
                               "given. Drop --ensemble, or pass the run directory without --onnx.")
         keep = ("batch_size", "text_column", "text_pair_column", "image_column", "on_batch")
@@ -155,7 +153,6 @@ def tune(
     (``pretune.search.workers.join``). Running trials send a heartbeat every ``heartbeat``
     seconds; a trial whose worker died is failed and retried once.
     """
-    from pretune.config import TuneConfig
     from pretune.search.space import FULL
     from pretune.search.study import run_tune
     from pretune.search.trackers import make_trackers, with_trackers

@@ -361,7 +361,15 @@ def _number(name: str, value: Any, lo: float, hi: float, *, lo_open=False, integ
 
 def validate(config: RunConfig) -> RunConfig:
     """Check every setting once; return the config unchanged or raise ConfigError."""
-    d, m, t = config.data, config.model, config.train
+    _validate_data(config.data)
+    _validate_model(config.model)
+    _validate_train(config.train)
+    _validate_task_and_stopping(config)
+    return config
+
+
+def _validate_data(d: DataConfig) -> None:
+    """The data settings: sizes, seeds, task, text and image augmentation."""
     _number("valid_fraction", d.valid_fraction, 0.0, 0.9, lo_open=True)
     if d.train_rows is not None:
         _number("train_rows", d.train_rows, 2, 10**12, integer=True)
@@ -383,6 +391,9 @@ def validate(config: RunConfig) -> RunConfig:
         _number(name, getattr(d, name), 0.0, hi)
     _number("crop_scale", d.crop_scale, 0.0, 1.0, lo_open=True)
 
+
+def _validate_model(m: ModelConfig) -> None:
+    """The model settings: transfer strategy, head, pooling, LoRA, probing."""
     _check(bool(m.model), "model must name a Hugging Face model id or a local directory, "
                           "but got nothing. Pass --model.")
     one_of("transfer", m.transfer, TRANSFERS)
@@ -405,6 +416,9 @@ def validate(config: RunConfig) -> RunConfig:
     _number("probe_lr", m.probe_lr, 0.0, 10.0, lo_open=True)
     _number("tapt_steps", m.tapt_steps, 0, 10**6, integer=True)
 
+
+def _validate_train(t: TrainConfig) -> None:
+    """The training settings: optimizer, batches, schedule, loss and metric."""
     one_of("optimizer", t.optimizer, OPTIMIZERS)
     _number("lr", t.lr, 0.0, 10.0, lo_open=True)
     _number("momentum", t.momentum, 0.0, 0.9999)
@@ -442,6 +456,11 @@ def validate(config: RunConfig) -> RunConfig:
         _number("threshold", t.threshold, 0.0, 1.0, lo_open=True)
     _number("distill_alpha", t.distill_alpha, 0.0, 1.0)
     _number("distill_temperature", t.distill_temperature, 0.0, 100.0, lo_open=True)
+
+
+def _validate_task_and_stopping(config: RunConfig) -> None:
+    """The settings that depend on the task, then early stopping, evaluation and the run."""
+    d, t = config.data, config.train
     if d.task != "auto":
         _check_task(d.task, t, default_ok=True)
     if d.task == "token":
@@ -461,7 +480,6 @@ def validate(config: RunConfig) -> RunConfig:
     if t.threads is not None:
         _number("threads", t.threads, 1, 4096, integer=True)
     _number("seed", t.seed, 0, 2**32 - 1, integer=True)
-    return config
 
 
 def _check_task(task: str, t: TrainConfig, default_ok: bool = False) -> None:

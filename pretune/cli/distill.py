@@ -8,7 +8,11 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from pretune.cli.common import console, parse_sets, run_command, with_example
+from pretune.cli.common import (
+    console, output_level, parse_sets, run_command, set_verbose, with_example,
+)
+from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
+from pretune.cli.tune import print_summary, write_report_safely
 
 EXAMPLE = """
 Example:
@@ -41,9 +45,6 @@ def command(
 
     def body():
         from pretune.api import distill as api_distill
-        from pretune.cli.common import output_level, set_verbose
-        from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
-        from pretune.cli.tune import print_summary, write_report_safely
 
         if verbose:
             set_verbose()

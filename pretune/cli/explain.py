@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from pretune.cli.common import console, run_command, with_example
+from pretune.errors import ConfigError
 
 EXAMPLE = """
 Example:
@@ -46,8 +47,6 @@ def command(
         from pretune.training.explain import explain, order
 
         if output.suffix.lower() not in (".html", ".htm", ".csv"):
-            from pretune.errors import ConfigError
-
             raise ConfigError(f"--output must end in .html or .csv, but got {output.name!r}. "
                               f"Choose one of those extensions.")
         with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:

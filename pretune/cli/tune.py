@@ -9,8 +9,10 @@ import typer
 from rich.markup import escape
 
 from pretune.cli.common import (
-    console, given_settings, parse_sets, read_yaml, run_command, with_example)
-from pretune.cli.progress import short
+    console, given_settings, output_level, parse_sets, read_yaml, run_command, set_verbose,
+    with_example)
+from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode, short
+from pretune.errors import MissingExtraError, PretuneError
 
 EXAMPLE = """
 Example:
@@ -90,8 +92,6 @@ def command(
 
     def body():
         from pretune.api import tune as api_tune
-        from pretune.cli.common import output_level, set_verbose
-        from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
 
         if verbose:
             set_verbose()
@@ -132,7 +132,6 @@ def command(
 def write_report_safely(run: Path, *, quiet: bool = False) -> None:
     """The report at the end of a search: a failure to write it is a warning, never an error
     (the search's results are already on disk)."""
-    from pretune.errors import MissingExtraError
     from pretune.report.html import write_report
 
     try:
@@ -158,8 +157,6 @@ def print_summary(result) -> None:
     console.print(f"{len(result.trials)} trials in {escape(str(result.path))} ({tally or 'none'}); "
                   f"{result.trials_run} run now", highlight=False, soft_wrap=True)
     if result.best_trial is None:
-        from pretune.errors import PretuneError
-
         reasons = result.trials["fail_reason"].dropna() if len(result.trials) else []
         why = f" The last failure: {reasons.iloc[-1]}" if len(reasons) else ""
         raise PretuneError(

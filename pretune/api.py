@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -90,6 +91,24 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
     return run_predict(model, input, output=output, **options)
 
 
+# The parameters of ``tune`` named other than the TuneConfig field they set.
+_PARAMETER_OF_FIELD = {"study_name": "study"}
+
+
+def tune_parameters() -> tuple[str, ...]:
+    """The parameters of ``tune`` that set a TuneConfig field (``study`` sets ``study_name``),
+    by the names ``tune`` takes them."""
+    return tuple(_PARAMETER_OF_FIELD.get(f.name, f.name) for f in fields(TuneConfig))
+
+
+def tune_config_of(given: Mapping[str, Any]) -> TuneConfig:
+    """A TuneConfig from ``tune``'s arguments by name: the fields given as None keep their
+    defaults, and names that are not fields are left out."""
+    values = {field: given.get(_PARAMETER_OF_FIELD.get(field, field))
+              for field in (f.name for f in fields(TuneConfig))}
+    return TuneConfig(**{k: v for k, v in values.items() if v is not None})
+
+
 def tune(
     config: RunConfig | Mapping[str, Any] | None = None,
     *,
@@ -153,29 +172,13 @@ def tune(
     (``pretune.search.workers.join``). Running trials send a heartbeat every ``heartbeat``
     seconds; a trial whose worker died is failed and retried once.
     """
-    from pretune.search.space import FULL
+    given = dict(locals())  # the TuneConfig fields among them make the search's settings
+    from pretune.search.space import FULL  # the search layer loads optuna
     from pretune.search.study import run_tune
     from pretune.search.trackers import make_trackers, with_trackers
 
-    space_spec: Mapping[str, Any] | None = None
-    space_file: str | None = None
-    source = "the search space"
-    if isinstance(space, Mapping):
-        space_spec = space
-    elif space is not None:
-        from pretune.search.space import read_space_file
-
-        space_file = str(space)
-        space_spec = read_space_file(space_file)
-        source = Path(space_file).name
-    options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
-                   storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
-                   data_fraction=data_fraction, space=space_file, priors=priors,
-                   lr_range_test=lr_range_test, seed_check=seed_check, keep=keep,
-                   assemble=assemble, workers=workers,
-                   executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
-                   heartbeat=heartbeat)
-    tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
+    space_spec, space_file, source = _read_space(space)
+    tune_config = tune_config_of({**given, "space": space_file})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
     names = [log_to] if isinstance(log_to, str) else list(log_to or [])
@@ -184,6 +187,18 @@ def tune(
     return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
                     on_trial=on_trial, on_plan=on_plan, progress=progress,
                     space_source=source)
+
+
+def _read_space(space: str | Path | Mapping[str, Any] | None
+                ) -> tuple[Mapping[str, Any] | None, str | None, str]:
+    """(the space's content, its file, how messages name it) for ``tune``'s ``space``."""
+    if isinstance(space, Mapping):
+        return space, None, "the search space"
+    if space is None:
+        return None, None, "the search space"
+    from pretune.search.space import read_space_file  # the search layer loads optuna
+
+    return read_space_file(str(space)), str(space), Path(str(space)).name
 
 
 def distill(run: str | Path, *, student: str = "layers:3", budget: str | None = "5m",

@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -146,6 +146,57 @@ def given_settings(flags: dict[str, Any], *, allow_pickle: bool = False,
     if trust_remote_code:
         settings["trust_remote_code"] = True
     return settings
+
+
+# --- options that `pretune train` and `pretune tune` share ---------------------------------------
+# Declared once here; a command takes one as ``train: TrainOption = None``.
+
+TrainOption = Annotated[Optional[str], typer.Option(
+    "--train", help="Training data: CSV, TSV, JSONL, Parquet, or a Hugging Face dataset.")]
+ValidOption = Annotated[Optional[str], typer.Option(
+    "--valid", help="Validation data; without it, a stratified split of --train.")]
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", help="Hugging Face model id or local directory.")]
+TextColumnOption = Annotated[Optional[str], typer.Option("--text-column")]
+TextPairColumnOption = Annotated[Optional[str], typer.Option("--text-pair-column")]
+LabelColumnOption = Annotated[Optional[str], typer.Option("--label-column")]
+ImageColumnOption = Annotated[Optional[str], typer.Option(
+    "--image-column", help="Column of image paths (images are detected without it).")]
+TaskOption = Annotated[Optional[str], typer.Option(
+    "--task", help="auto (default: detected from the label column; lists of words with lists of "
+                   "tags: token), classification, regression, multilabel or token.")]
+LabelAllSubtokensOption = Annotated[Optional[bool], typer.Option(
+    "--label-all-subtokens/--label-first-subtoken",
+    help="Token classification: every sub-word token of a word learns its tag (default: only "
+         "the first).")]
+LabelNamesOption = Annotated[Optional[str], typer.Option(
+    "--label-names", help="Token classification: names of integer tags in id order, e.g. "
+                          "O,B-PER,I-PER,B-LOC,I-LOC.")]
+TrainRowsOption = Annotated[Optional[int], typer.Option(
+    "--train-rows", help="Sample this many training rows (stratified).")]
+UnlabeledOption = Annotated[Optional[str], typer.Option(
+    "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM "
+                        "pretraining on the task before fine-tuning (tapt_steps).")]
+MaxLengthOption = Annotated[Optional[int], typer.Option("--max-length")]
+PrecisionOption = Annotated[Optional[str], typer.Option(
+    "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32.")]
+AllowPickleOption = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Allow loading pickle weights (can run code).")]
+TrustRemoteCodeOption = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Allow a model's own Python code.")]
+
+# The settings of a RunConfig that both commands take as flags of the same name.
+DATA_FLAGS = ("train", "valid", "model", "text_column", "text_pair_column", "label_column",
+              "train_rows", "image_column", "unlabeled", "max_length", "metric", "precision",
+              "seed", "task", "label_all_subtokens", "label_names")
+
+
+def flag_settings(given: dict[str, Any], names: tuple[str, ...] = DATA_FLAGS) -> dict[str, Any]:
+    """The settings among a command's arguments ``given`` (its ``locals()``): ``names`` not
+    left at None, plus the safety opt-ins (see ``given_settings``)."""
+    return given_settings({name: given[name] for name in names},
+                          allow_pickle=given.get("allow_pickle", False),
+                          trust_remote_code=given.get("trust_remote_code", False))
 
 
 def read_yaml(path: str | Path, flag: str = "--config") -> dict:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from pretune.errors import DataError, MissingExtraError
+from pretune.outdir import atomic_write
 from pretune.data.readers import is_hub_name, read_table
 from pretune.data.columns import (
     LABEL_COLUMNS, find_column, given_column, is_missing, listing, row_number,
@@ -411,17 +412,14 @@ class ImageCache:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file, since np.save adds .npy to a path without it
             np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except OSError as err:  # a full or read-only disk costs speed, not the run
         log.warning("could not write the image cache %s (%s)", path, err)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 _CACHES: dict[str | None, ImageCache] = {}

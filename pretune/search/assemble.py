@@ -41,6 +41,7 @@ from pretune.data.images import is_image_task
 from pretune.data.unlabeled import read_unlabeled
 from pretune.data.task import Split
 from pretune.errors import ConfigError
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def _write_ensemble(out: Path, kept: list[Kept], candidate: Candidate, metric: s
     text = yaml.safe_dump({"task": kind, "metric": metric,
                            "metrics": {k: float(v) for k, v in candidate.metrics.items()},
                            "members": members}, sort_keys=False)
-    rundir.write_atomic(Path(out) / ENSEMBLE_FILE, text)
+    atomic_write(Path(out) / ENSEMBLE_FILE, text)
 
 
 def _groups(kept: list[Kept]) -> list[list[Kept]]:
@@ -434,7 +435,7 @@ def _mark(path: Path, made_of: dict[str, Any], **fields: Any) -> None:
 
     meta = read_meta(path)
     meta.update(fields, made_of=made_of)
-    rundir.write_atomic(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    atomic_write(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
 
 
 def _load(path: Path):
@@ -506,7 +507,7 @@ def _write_predictions(directory: Path, chosen: Candidate, task) -> None:
         frame = predictions_frame(outputs, labels, task.label_names, task.kind,
                                   decision_threshold(config, chosen.metrics))
         frame.insert(0, "trial", chosen.members[0])
-        rundir.write_atomic(directory / "valid-predictions.csv", frame.to_csv(index=False))
+        atomic_write(directory / "valid-predictions.csv", frame.to_csv(index=False))
     except Exception as err:  # noqa: BLE001 - a report detail must not stop a search
         log.warning("could not write the final model's validation predictions: %s", err)
 

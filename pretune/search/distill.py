@@ -41,6 +41,7 @@ from pretune.errors import ConfigError
 from pretune.search import rundir
 from pretune.search.space import resolve_space
 from pretune.search.study import run_tune
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def distill(
                   teacher_logits=str(Path(logits_path).resolve()),
                   student_settings={k: v for k, v in result.best_params.items()},
                   student_trial=result.best_trial)
-    rundir.write_atomic(out / REPORT_FILE, yaml.safe_dump(report, sort_keys=False))
+    atomic_write(out / REPORT_FILE, yaml.safe_dump(report, sort_keys=False))
     return DistillResult(teacher=report["teacher"], student=report["student"],
                          ratios=report["ratios"], report=report, **done)
 

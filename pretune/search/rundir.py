@@ -26,19 +26,18 @@ up later ends the search with one line naming the disk, and best/ keeps the prev
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import yaml
 
 from pretune.config import ALL_METRICS, GROUPS, METRICS, PACKAGED_MODEL_ID, RunConfig, TuneConfig
 from pretune.errors import ConfigError, PretuneError
-from pretune.outdir import check_writable, disk_full
+from pretune.outdir import atomic_write, check_writable, disk_full
 from pretune.yamlfile import plain
 
 META_FILE = "pretune.yaml"
@@ -247,25 +246,6 @@ def replace_best(out: Path, source: Path) -> None:
     swap_in(Path(source), Path(out) / BEST_DIR)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _full_disk_is_an_error(tmp, path):
-        tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _full_disk_is_an_error(tmp: Path, path: Path) -> Iterator[None]:
-    """Around a write to ``tmp`` (then renamed to ``path``): on a full disk, remove ``tmp`` and
-    raise the one-line error of ``outdir.disk_full``; other errors pass unchanged."""
-    try:
-        yield
-    except OSError as err:
-        full = disk_full(err, path)
-        if full is None:
-            raise
-        tmp.unlink(missing_ok=True)
-        raise full from None
 
 
 # --- pretune.yaml: what the search was started with ------------------------------------------
@@ -324,7 +304,7 @@ def update_plan(out: Path, **sections: Any) -> None:
     """Replace sections of ``out/plan.yaml`` (``lr_range=...``, ``plan=...``), keeping the rest."""
     plan = read_plan(out)
     plan.update(plain(sections))
-    write_atomic(Path(out) / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
+    atomic_write(Path(out) / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -339,7 +319,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def write_record(out: Path, record: Mapping[str, Any]) -> None:
     text = yaml.safe_dump(plain(record), sort_keys=False, allow_unicode=True)
-    write_atomic(Path(out) / META_FILE, text)
+    atomic_write(Path(out) / META_FILE, text)
 
 
 class _Absent:
@@ -465,8 +445,4 @@ def _metric_columns(trials: list[Any]) -> list[str]:
 
 
 def write_trials(out: Path, frame: pd.DataFrame) -> None:
-    path = Path(out) / TRIALS_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _full_disk_is_an_error(tmp, path):
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(Path(out) / TRIALS_FILE, lambda tmp: frame.to_csv(tmp, index=False))

@@ -28,6 +28,7 @@ from pretune.search.space import Dimension
 from pretune.search.trials import (
     DEADLINE, FAIL_STREAK, INTERRUPTED, PREDICTIONS_FILE, WAIT_SECONDS, counted,
 )
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ class Search:
         try:
             frame = valid_predictions(result, self.task, self.caches)
             frame.insert(0, "trial", number)
-            rundir.write_atomic(best / PREDICTIONS_FILE, frame.to_csv(index=False))
+            atomic_write(best / PREDICTIONS_FILE, frame.to_csv(index=False))
         except Exception as err:  # noqa: BLE001 - a report detail must not stop a search
             log.warning("could not write the best model's validation predictions: %s", err)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import weakref
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -359,12 +360,22 @@ def _number(name: str, value: Any, lo: float, hi: float, *, lo_open=False, integ
         )
 
 
+# The configs that passed ``validate``, by id (a RunConfig is frozen, so one that passed stays
+# valid): the boundary (the API, the CLI, the search's start) checks a config, and the layers it
+# hands that config to may call ``validate`` again at no cost.
+_VALID: weakref.WeakValueDictionary[int, RunConfig] = weakref.WeakValueDictionary()
+
+
 def validate(config: RunConfig) -> RunConfig:
-    """Check every setting once; return the config unchanged or raise ConfigError."""
+    """Check every setting once; return the config unchanged or raise ConfigError. A config
+    that passed before is not checked again."""
+    if _VALID.get(id(config)) is config:
+        return config
     _validate_data(config.data)
     _validate_model(config.model)
     _validate_train(config.train)
     _validate_task_and_stopping(config)
+    _VALID[id(config)] = config
     return config
 
 

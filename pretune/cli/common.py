@@ -69,7 +69,7 @@ def quiet_libraries(verbose: bool = False) -> None:
         pass
     for name in ("datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from pretune.search.trials import quiet_optuna
+    from pretune.search.records import quiet_optuna
 
     quiet_optuna()
 

@@ -34,14 +34,14 @@ import numpy as np
 import yaml
 
 from pretune.config import Budget, RunConfig
-from pretune.search import rundir
-from pretune.training.metrics import is_better
 from pretune.data import text_prep
 from pretune.data.images import is_image_task
-from pretune.data.unlabeled import read_unlabeled
 from pretune.data.task import Split
+from pretune.data.unlabeled import read_unlabeled
 from pretune.errors import ConfigError
 from pretune.outdir import atomic_write
+from pretune.search import rundir
+from pretune.training.metrics import is_better
 
 log = logging.getLogger(__name__)
 

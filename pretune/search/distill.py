@@ -38,10 +38,10 @@ from pretune.data import text_prep
 from pretune.data.task import load_task
 from pretune.data.tokenize import encode
 from pretune.errors import ConfigError
+from pretune.outdir import atomic_write
 from pretune.search import rundir
 from pretune.search.space import resolve_space
 from pretune.search.study import run_tune
-from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pretune.config import Budget
 from pretune.errors import ConfigError
 from pretune.search import storage
 from pretune.search.planning import Plan
-from pretune.search.trials import INTERRUPTED
+from pretune.search.records import INTERRUPTED
 from pretune.yamlfile import plain
 
 log = logging.getLogger(__name__)

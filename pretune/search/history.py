@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from pretune.errors import ConfigError
 from pretune.search import rundir
 from pretune.search.planning import Plan, STEPS_PER_EPOCH
-from pretune.search.trials import PREDICTIONS_FILE
+from pretune.search.records import PREDICTIONS_FILE
 from pretune.search.storage import open_storage
 
 log = logging.getLogger(__name__)

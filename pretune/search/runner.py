@@ -1,6 +1,6 @@
 """Running the trials of one start of a search in this process, and the bookkeeping after each.
 
-``Search`` drives Optuna one trial at a time (``objective.run_trial``) until the budget is
+``Search`` drives Optuna one trial at a time (``trial.run_trial``) until the budget is
 spent, runs the seed check of the final pick, keeps best/ holding the best trial's model (under
 ``rundir.BestLock``, since workers share it), writes trials.csv after every trial, keeps the
 best few models for the final assembly, and stops a search whose trials keep failing the same
@@ -21,14 +21,15 @@ from optuna.trial import TrialState
 
 from pretune.config import Budget, RunConfig
 from pretune.errors import PretuneError
-from pretune.search import assemble, final_pick, objective, rundir, storage
+from pretune.outdir import atomic_write
+from pretune.search import assemble, final_pick, rundir, storage
 from pretune.search.memory import release_memory
-from pretune.search.results import TuneResult, from_best, trial_report
-from pretune.search.space import Dimension
-from pretune.search.trials import (
+from pretune.search.records import (
     DEADLINE, FAIL_STREAK, INTERRUPTED, PREDICTIONS_FILE, WAIT_SECONDS, counted,
 )
-from pretune.outdir import atomic_write
+from pretune.search.results import TuneResult, from_best, trial_report
+from pretune.search.space import Dimension
+from pretune.search.trial import run_trial
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,8 @@ class Search:
     # -- one trial --------------------------------------------------------------------------
 
     def objective(self, trial: optuna.Trial) -> float:
-        """The Optuna objective: one trial (``objective.run_trial``)."""
-        return objective.run_trial(self, trial)
+        """The Optuna objective: one trial (``trial.run_trial``)."""
+        return run_trial(self, trial)
 
     def tell(self, event: str, *args: Any) -> None:
         """Call ``progress``'s method ``event``, when it has one."""

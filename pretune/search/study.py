@@ -2,7 +2,7 @@
 
 ``run_tune`` opens (or continues) an Optuna study in a run directory, prepares it step by step
 (settings, record, data, study, plan, sampler and pruner) and runs its trials in this process
-(``runner.Search``) or in workers (``workers``). Each trial (``objective.run_trial``) samples the
+(``runner.Search``) or in workers (``workers``). Each trial (``trial.run_trial``) samples the
 space, builds its ``RunConfig`` from the base settings, the pinned values and the sample, and
 calls ``training.run.fit`` on data loaded once for the whole search. Its ``on_eval`` callback
 reports the objective metric to Optuna after every evaluation and raises ``optuna.TrialPruned``
@@ -61,7 +61,7 @@ from pretune.search.results import TrialReport, TuneResult, from_best, trial_rep
 from pretune.search.runner import Search
 from pretune.search.space import Dimension, resolve_space, resolve_task, space_to_dict
 from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
-from pretune.search.trials import (  # noqa: F401 - public here too
+from pretune.search.records import (  # noqa: F401 - public here too
     DEADLINE, FAIL_STREAK, INTERRUPTED, PREDICTIONS_FILE, PRUNED, WAIT_SECONDS, counted,
     derive_seed, quiet_optuna,
 )

@@ -46,7 +46,7 @@ from pretune.search.strategies import Fidelity, make_pruner, make_sampler
 from pretune.search.handoff import STUDY_ATTR
 from pretune.search.results import TuneResult, trial_report
 from pretune.search.runner import Search
-from pretune.search.trials import derive_seed, quiet_optuna
+from pretune.search.records import derive_seed, quiet_optuna
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pretune.search import final_pick, planning, priors
 from pretune.search.memory import rss_mb
 from pretune.search.planning import STEPS_PER_EPOCH
 from pretune.search.space import suggest
-from pretune.search.trials import DEADLINE, INTERRUPTED, PRUNED, derive_seed
+from pretune.search.records import DEADLINE, INTERRUPTED, PRUNED, derive_seed
 from pretune.yamlfile import plain
 
 

@@ -40,17 +40,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # recognition). "auto" detects it from the label column (lists of tags beside lists of words:
 # token classification, see pretune.data.tokens).
 TASKS = ("auto", "classification", "regression", "multilabel", "token")
-# Classification metrics (single-label). METRICS keeps its meaning: these, for classification.
-METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc", "log_loss", "loss")
+# Classification metrics (single-label). METRICS is their older name, kept for code that uses it.
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc",
+                          "log_loss", "loss")
+METRICS = CLASSIFICATION_METRICS
 REGRESSION_METRICS = ("r2", "mse", "rmse", "mae", "pearson", "spearman", "loss")
 MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_samples", "precision", "recall",
                       "subset_accuracy", "hamming_loss", "roc_auc", "loss")
 # Token classification: entity-level scores (seqeval, strict: an entity counts when its type
 # and both ends are right), micro-averaged over entity types, and the share of words tagged right.
 TOKEN_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
-TASK_METRICS = {"classification": METRICS, "regression": REGRESSION_METRICS,
+TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS,
                 "multilabel": MULTILABEL_METRICS, "token": TOKEN_METRICS}
-ALL_METRICS = tuple(dict.fromkeys(METRICS + REGRESSION_METRICS + MULTILABEL_METRICS
+ALL_METRICS = tuple(dict.fromkeys(CLASSIFICATION_METRICS + REGRESSION_METRICS + MULTILABEL_METRICS
                                   + TOKEN_METRICS))
 # The metric a task is judged on when ``metric`` is left at its default ("accuracy"):
 #   regression: R2 = 1 - MSE / variance of the validation targets. On one validation set it

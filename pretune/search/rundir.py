@@ -35,7 +35,9 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 import yaml
 
-from pretune.config import ALL_METRICS, GROUPS, METRICS, PACKAGED_MODEL_ID, RunConfig, TuneConfig
+from pretune.config import (
+    ALL_METRICS, CLASSIFICATION_METRICS, GROUPS, PACKAGED_MODEL_ID, RunConfig, TuneConfig,
+)
 from pretune.errors import ConfigError, PretuneError
 from pretune.outdir import atomic_write, check_writable, disk_full
 from pretune.yamlfile import plain
@@ -439,8 +441,8 @@ def _metric_columns(trials: list[Any]) -> list[str]:
     """The classification metrics, or, when the trials have a regression or multi-label
     metric, the metrics they have (and a multi-label search's tuned threshold)."""
     present = {m for t in trials for m in (t.user_attrs.get("metrics") or {})}
-    if not present & (set(ALL_METRICS) - set(METRICS)):
-        return list(METRICS)
+    if not present & (set(ALL_METRICS) - set(CLASSIFICATION_METRICS)):
+        return list(CLASSIFICATION_METRICS)
     return [m for m in (*ALL_METRICS, "threshold") if m in present]
 
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from pretune.config import RunConfig, TuneConfig, validate
+from pretune.deploy.runtime import is_export_dir, predict as onnx_predict
 from pretune.errors import ConfigError, PretuneError
 
 
@@ -69,13 +70,10 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
     ``onnx=DIR`` (or ``model`` naming a directory ``pretune export --format onnx`` wrote)
     predicts with ONNX Runtime, without torch; ``int8=True`` uses its quantized copy.
     """
-    from pretune.deploy.runtime import is_export_dir
 
     onnx = options.pop("onnx", None)
     int8 = options.pop("int8", False)
     if onnx is not None or int8 or (model is not None and is_export_dir(model)):
-        from pretune.deploy.runtime import predict as onnx_predict
-
         if options.pop("ensemble", False):
             raise ConfigError("--ensemble averages a run's torch models, but an ONNX model was "
                               "given. Drop --ensemble, or pass the run directory without --onnx.")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
 try:  # recent Typer carries its own copy of Click; its exceptions are the ones raised
@@ -222,8 +223,6 @@ class training_progress:
     """
 
     def __init__(self, label: str = "training"):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.label = label
         self.bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

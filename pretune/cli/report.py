@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from pretune.cli.common import console, run_command, with_example
+from pretune.report.html import write_report
 
 EXAMPLE = """
 Example:
@@ -26,8 +27,6 @@ def command(
     """Write RUN/report.html: summary, curves, importance, best model's confusion matrix."""
 
     def body():
-        from pretune.report.html import write_report
-
         path = write_report(run, output)
         console.print(f"report written to {escape(str(path))}", highlight=False, soft_wrap=True)
 

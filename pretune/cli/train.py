@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from pretune.api import build_config, train as api_train
 from pretune.cli.common import (
     AllowPickleOption, ImageColumnOption, LabelAllSubtokensOption, LabelColumnOption,
     LabelNamesOption, MaxLengthOption, ModelOption, PrecisionOption, TaskOption,
@@ -64,8 +65,6 @@ def command(
     given = dict(locals())
 
     def body():
-        from pretune.api import build_config, train as api_train
-
         base = read_yaml(config) if config else None
         settings = flag_settings(given, DATA_FLAGS + RUN_FLAGS)
         settings.update(parse_sets(set_))

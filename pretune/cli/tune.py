@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from pretune.api import tune_parameters
+from pretune.api import tune as api_tune, tune_parameters
 from pretune.cli.common import (
     AllowPickleOption, ImageColumnOption, LabelAllSubtokensOption, LabelColumnOption,
     LabelNamesOption, MaxLengthOption, ModelOption, PrecisionOption, TaskOption,
@@ -19,6 +19,7 @@ from pretune.cli.common import (
 )
 from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode, short
 from pretune.errors import MissingExtraError, PretuneError
+from pretune.report.html import write_report
 
 EXAMPLE = """
 Example:
@@ -98,8 +99,6 @@ def command(
     given = dict(locals())
 
     def body():
-        from pretune.api import tune as api_tune
-
         if verbose:
             set_verbose()
         level = output_level()
@@ -133,7 +132,6 @@ def search_options(given: dict[str, Any]) -> dict[str, Any]:
 def write_report_safely(run: Path, *, quiet: bool = False) -> None:
     """The report at the end of a search: a failure to write it is a warning, never an error
     (the search's results are already on disk)."""
-    from pretune.report.html import write_report
 
     try:
         path = write_report(run)

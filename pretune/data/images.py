@@ -35,15 +35,15 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from pretune.errors import DataError, MissingExtraError
-from pretune.outdir import atomic_write
-from pretune.data.readers import is_hub_name, read_table
 from pretune.data.columns import (
     LABEL_COLUMNS, find_column, given_column, is_missing, listing, row_number,
 )
 from pretune.data.examples import Split, TaskData
 from pretune.data.labels import class_names
+from pretune.data.readers import is_hub_name, read_table
 from pretune.data.sampling import holdout, sample_rows
+from pretune.errors import DataError, MissingExtraError
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pretune.errors import DataError
 from pretune.data.columns import is_missing, row_number
+from pretune.errors import DataError
 
 INT_TEXT = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
 # Whole-number labels are class codes when they are few (at most this many distinct values) or

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from pretune.config import DataConfig
-from pretune.errors import DataError
 from pretune.data import images, tokens
 from pretune.data.columns import (  # noqa: F401 - the column names are public here too
     LABEL_COLUMNS, PAIR_COLUMNS, PAIR_SCHEMAS, TEXT_COLUMNS, Columns, find_column, listing,
@@ -39,6 +38,7 @@ from pretune.data.labels import (  # noqa: F401 - detect_task is public here too
 from pretune.data.readers import dataset_splits, is_dataset_source, read_table
 from pretune.data.sampling import holdout, sample_rows
 from pretune.data.unlabeled import read_unlabeled
+from pretune.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from pretune.errors import DataError, ModelError
 from pretune.data.tokenize import Encoded
+from pretune.errors import DataError, ModelError
 
 WORD_COLUMNS = ("tokens", "words")
 TAG_COLUMNS = ("tags", "ner_tags", "labels", "label")

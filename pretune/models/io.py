@@ -26,14 +26,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from pretune.yamlfile import plain
 from pretune.errors import ModelError
-from pretune.outdir import check_room, check_writable, disk_full
 from pretune.models import mlp_head, vision
 from pretune.models.load import load_tokenizer, weights_bytes
 from pretune.models.weights import (  # noqa: F401 - public here too
     has_pretune_parts, load_saved_weights, mlp_class,
 )
+from pretune.outdir import check_room, check_writable, disk_full
+from pretune.yamlfile import plain
 
 logger = logging.getLogger(__name__)
 

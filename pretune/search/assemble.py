@@ -26,11 +26,12 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as with_fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from pretune.config import Budget, RunConfig
@@ -376,7 +377,6 @@ def _unlabeled(config: RunConfig, task, took: float, clock: _Clock) -> list[str]
 def _with_rows(task, texts: list[str], labels: np.ndarray | None = None):
     """``task`` whose training split is followed by ``texts`` (labelled ``labels``, else by
     zeros: only their texts are read)."""
-    from dataclasses import replace as with_fields
 
     if not texts:
         return task
@@ -520,7 +520,6 @@ def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path 
     """``pretune predict RUN --ensemble``: each member of ``RUN/ensemble.yaml`` predicts
     ``source`` (as ``training.run.predict`` does) and their outputs are averaged with the
     ensemble's weights: probabilities for classes and labels, values for regression."""
-    import pandas as pd
 
     from pretune.training.run import label_sets, predict, table_format, write_table
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,6 @@ def final_message(made_of: Any, metric: str) -> str | None:
 def _plan_message(path: Path) -> str | None:
     """The plan in plan.yaml in words; None when there is none (or it is not one this version
     can read)."""
-    from dataclasses import fields
 
     saved = rundir.read_plan(path).get("plan")
     if not isinstance(saved, dict):

@@ -37,7 +37,7 @@ and what follows them, run to their end. A strategy the user named is run as nam
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from pretune.config import Budget
@@ -196,7 +196,6 @@ def lr_is_free(dims: Iterable[Dimension], spec: Mapping[str, Any] | None,
 def center_lr(dims: Iterable[Dimension], suggested: float | None) -> tuple[Dimension, ...]:
     """``dims`` with the lr range moved to [suggested / LR_SPAN, suggested * LR_SPAN] (log
     scale), kept inside the full space's lr range; unchanged when there is no suggestion."""
-    from dataclasses import replace
 
     dims = tuple(dims)
     if suggested is None or not math.isfinite(suggested) or suggested <= 0:

@@ -64,9 +64,9 @@ from pretune.config import (
     validate,
     with_task,
 )
+from pretune.data.task import task_of
 from pretune.errors import ConfigError, PretuneError
 from pretune.yamlfile import read_mapping
-from pretune.data.task import task_of
 
 KINDS = ("float", "int", "categorical")
 SPEC_KEYS = ("low", "high", "log", "step", "int", "choices", "when")

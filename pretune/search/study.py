@@ -57,14 +57,14 @@ from pretune.search import (assemble, final_pick, planning, prepare, priors, run
 from pretune.search.handoff import STUDY_ATTR, open_study, publish, recover_interrupted  # noqa: F401
 from pretune.search.memory import release_memory, rss_mb  # noqa: F401 - public here too
 from pretune.search.planning import STEPS_PER_EPOCH, Plan  # noqa: F401
-from pretune.search.results import TrialReport, TuneResult, from_best, trial_report  # noqa: F401
-from pretune.search.runner import Search
-from pretune.search.space import Dimension, resolve_space, resolve_task, space_to_dict
-from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 from pretune.search.records import (  # noqa: F401 - public here too
     DEADLINE, FAIL_STREAK, INTERRUPTED, PREDICTIONS_FILE, PRUNED, WAIT_SECONDS, counted,
     derive_seed, quiet_optuna,
 )
+from pretune.search.results import TrialReport, TuneResult, from_best, trial_report  # noqa: F401
+from pretune.search.runner import Search
+from pretune.search.space import Dimension, resolve_space, resolve_task, space_to_dict
+from pretune.search.strategies import make_pruner, make_sampler  # noqa: F401 - public here too
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pretune.config import RunConfig, validate
 from pretune.search import final_pick, planning, priors
 from pretune.search.memory import rss_mb
 from pretune.search.planning import STEPS_PER_EPOCH
-from pretune.search.space import suggest
 from pretune.search.records import DEADLINE, INTERRUPTED, PRUNED, derive_seed
+from pretune.search.space import suggest
 from pretune.yamlfile import plain
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,14 +40,15 @@ from typing import Any, Callable, Mapping
 import optuna
 
 from pretune.config import Budget, RunConfig, TuneConfig
+from pretune.data.task import load_task
 from pretune.errors import ConfigError, MissingExtraError, PretuneError
 from pretune.search import rundir, storage, strategies
-from pretune.search.space import resolve_space
-from pretune.search.strategies import Fidelity, make_pruner, make_sampler
 from pretune.search.handoff import STUDY_ATTR
+from pretune.search.records import derive_seed, quiet_optuna
 from pretune.search.results import TuneResult, trial_report
 from pretune.search.runner import Search
-from pretune.search.records import derive_seed, quiet_optuna
+from pretune.search.space import resolve_space
+from pretune.search.strategies import Fidelity, make_pruner, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,6 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
             f"--out DIR."
         ) from None
 
-    from pretune.data.task import load_task
     from pretune.training.caches import RunCaches
     from pretune.training.run import data_seed
 
@@ -332,7 +333,6 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail fast on a Ray address nothing listens at (Ray itself retries for minutes)."""
     if not address or address == "auto":
         return
-    import socket
 
     host_port = address.split("://", 1)[-1].rstrip("/")
     host, _, port = host_port.rpartition(":")

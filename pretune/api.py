@@ -42,11 +42,11 @@ def train(
 
     Any setting of ``pretune.config`` can be passed by name.
     """
-    from pretune.training.run import fit
+    from pretune.training.run import fit  # torch loads only when this runs
 
     config = build_config(config, settings)
     if out is not None:  # an --out that cannot take the model fails now, not after training
-        from pretune.models.io import check_save_room
+        from pretune.models.io import check_save_room  # torch loads only when this runs
 
         check_save_room(out, config.model, 1, "the trained model")
     result = fit(config, out, on_step=on_step, on_eval=on_eval)
@@ -81,10 +81,10 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
         return onnx_predict(onnx or model, input, output=output, int8=int8,
                             **{k: v for k, v in options.items() if k in keep})
     if options.pop("ensemble", False):  # the kept models of a run, averaged (RUN/ensemble.yaml)
-        from pretune.search.assemble import predict_ensemble
+        from pretune.search.assemble import predict_ensemble  # optuna loads only when this runs
 
         return predict_ensemble(model, input, output=output, **options)
-    from pretune.training.run import predict as run_predict
+    from pretune.training.run import predict as run_predict  # torch loads only when this runs
 
     return run_predict(model, input, output=output, **options)
 
@@ -210,6 +210,6 @@ def distill(run: str | Path, *, student: str = "layers:3", budget: str | None = 
     ``student`` is ``layers:N`` (the teacher's encoder with N of its layers) or a model id or
     directory; ``out`` defaults to ``run/distill``. See ``pretune.search.distill.distill``.
     """
-    from pretune.search.distill import distill as run_distill
+    from pretune.search.distill import distill as run_distill  # optuna loads only when this runs
 
     return run_distill(run, student=student, budget=budget, out=out, **options)

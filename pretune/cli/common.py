@@ -43,7 +43,7 @@ def set_verbose() -> None:
     logging.getLogger().setLevel(logging.INFO)
     warnings.resetwarnings()
     try:
-        import transformers
+        import transformers  # transformers loads only when this runs
 
         transformers.logging.set_verbosity_warning()
     except Exception:  # pragma: no cover - transformers is a core dependency
@@ -62,7 +62,7 @@ def quiet_libraries(verbose: bool = False) -> None:
         return
     warnings.filterwarnings("ignore")
     try:
-        import transformers
+        import transformers  # transformers loads only when this runs
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
@@ -70,7 +70,7 @@ def quiet_libraries(verbose: bool = False) -> None:
         pass
     for name in ("datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from pretune.search.records import quiet_optuna
+    from pretune.search.records import quiet_optuna  # optuna loads only when this runs
 
     quiet_optuna()
 

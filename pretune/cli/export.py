@@ -46,7 +46,7 @@ def command(
         if quantize is not None:
             raise ConfigError(f"--quantize applies to --format onnx only, but --format is {format}. "
                               f"Pass --format onnx or drop --quantize.")
-        from pretune.search.history import read_history
+        from pretune.search.history import read_history  # optuna loads only when this runs
 
         history = read_history(run, importance=False)
         text = export_trials(history, kind, output)

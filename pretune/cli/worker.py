@@ -36,7 +36,7 @@ def command(
     """Run trials of an existing study until its budget is spent."""
 
     def body():
-        from pretune.search.workers import join
+        from pretune.search.workers import join  # optuna loads only when this runs
 
         def on_trial(report) -> None:
             if output_level() < 0:

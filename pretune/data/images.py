@@ -341,7 +341,7 @@ class PixelSpec:
 def decode(path: str, spec: PixelSpec) -> np.ndarray:
     """One image as uint8 (3, height, width): RGB, resized as ``spec`` says."""
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError  # an optional extra, imported when used
     except ImportError:
         raise MissingExtraError("pillow", "images", "Reading images") from None
 
@@ -463,7 +463,7 @@ class ImageBatches:
         return (1 if n else 0) if self.batch_size is None else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
-        import torch
+        import torch  # torch loads only when this runs
 
         n = len(self.pixels)
         if n == 0:
@@ -486,7 +486,7 @@ class ImageBatches:
 
 def normalize(x, spec: PixelSpec):
     """[0, 1] pixels to what the processor gives the model: rescaled, then (x - mean) / std."""
-    import torch
+    import torch  # torch loads only when this runs
 
     x = x * (255.0 * spec.rescale) if spec.rescale is not None else x * 255.0
     if spec.mean is not None:

@@ -78,7 +78,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 def head_code(model: Any) -> str | None:
     """The text of ``pretune_head.py`` for ``model``, or None when its class cannot be imported
     by name from transformers (a remote-code model)."""
-    import transformers
+    import transformers  # transformers loads only when this runs
 
     base = getattr(type(model), "_pretune_base", type(model))
     if getattr(transformers, base.__name__, None) is not base:
@@ -213,6 +213,7 @@ def load_model_dir(
     trained head is refused. An MLP head is rebuilt from config.json's ``pretune_head`` without
     remote code. The model comes back in eval mode.
     """
+    # transformers loads only when this runs
     from transformers import AutoModelForSequenceClassification
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
@@ -223,6 +224,7 @@ def load_model_dir(
             directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return model, processor, meta
     if _saved_for_tokens(directory, meta):
+        # transformers loads only when this runs
         from transformers import AutoModelForTokenClassification
         from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
 

@@ -82,7 +82,7 @@ class Kept:
 
 def kept_models(out: Path, metric: str, direction: str) -> list[Kept]:
     """The kept trials' models, best first (a directory without its outputs is skipped)."""
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     found = []
     for path in sorted((Path(out) / KEPT_DIR).glob("trial-*")):
@@ -98,7 +98,7 @@ def keep_trial(out: Path, number: int, result, task, caches, *, metric: str, dir
                keep: int) -> bool:
     """Save trial ``number``'s model (a ``FitResult``) and its validation outputs under
     ``RUN/kept/`` when it is among the ``keep`` best; drop the models it pushes out."""
-    from pretune.models.io import save_model
+    from pretune.models.io import save_model  # torch loads only when this runs
     from pretune.training.run import run_metadata, valid_outputs
 
     value = result.metrics.get(metric)
@@ -189,7 +189,7 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
     """Build soups, an ensemble and its distillation from the kept trials; put the best
     single model in ``best/``. ``deadline`` is a ``time.monotonic()`` time. Returns what
     ``plan.yaml`` records (None when fewer than two models were kept)."""
-    from pretune.training import objectives
+    from pretune.training import objectives  # torch loads only when this runs
 
     clock = _Clock(deadline)
     kept = kept_models(out, metric, direction)
@@ -240,7 +240,7 @@ def _step(what: str, build, *args):
 
 
 def _ensemble(kept: list[Kept], outputs, labels, objective, config: RunConfig) -> Candidate:
-    from pretune.training import ensemble
+    from pretune.training import ensemble  # torch loads only when this runs
 
     picked = ensemble.select(outputs, labels, objective, config.train)
     members = [k.trial for k, w in zip(kept, picked.weights) if w]
@@ -270,7 +270,7 @@ def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
           ) -> Candidate | None:
     """The greedy soup of ``group`` (best first), saved under ``RUN/assembly/``; None when no
     second model joined."""
-    from pretune.models.io import save_model
+    from pretune.models.io import save_model  # torch loads only when this runs
     from pretune.training.run import model_outputs
     from pretune.training import ensemble as ens, objectives
     from pretune.training.soup import MAX_SOUP_BYTES, Ingredient, greedy_soup
@@ -310,7 +310,7 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
     rows and as many ``--unlabeled`` texts as the time left allows, for fewer epochs when the
     time left is shorter than the lead trial took (``student_epochs``); None when the data are
     images or not even that fits."""
-    from pretune.training import objectives
+    from pretune.training import objectives  # torch loads only when this runs
     from pretune.training.run import fit
 
     lead = kept[0]
@@ -399,7 +399,7 @@ def _labels_of(objective, outputs: np.ndarray) -> np.ndarray:
 def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
     """The weighted mean of the members' outputs on ``wide``'s training rows, each read as
     it was trained on ``task`` (a regression model's values in ``task``'s units)."""
-    from pretune.training import ensemble as ens, objectives
+    from pretune.training import ensemble as ens, objectives  # torch loads only when this runs
     from pretune.training.run import model_outputs
 
     outputs, used = [], []
@@ -416,7 +416,7 @@ def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
 def _teacher_file(out: Path, objective, outputs: np.ndarray, student_task) -> Path:
     """The ensemble's logits on the student's training rows, as ``training.distill`` reads
     them."""
-    import torch
+    import torch  # torch loads only when this runs
 
     from pretune.training import ensemble as ens
     from pretune.training.distill import write_logits
@@ -431,7 +431,7 @@ def _teacher_file(out: Path, objective, outputs: np.ndarray, student_task) -> Pa
 
 def _mark(path: Path, made_of: dict[str, Any], **fields: Any) -> None:
     """Add ``made_of`` (and ``fields``) to the pretune.yaml of the model in ``path``."""
-    from pretune.models.io import META_FILE, read_meta
+    from pretune.models.io import META_FILE, read_meta  # torch loads only when this runs
 
     meta = read_meta(path)
     meta.update(fields, made_of=made_of)
@@ -440,7 +440,7 @@ def _mark(path: Path, made_of: dict[str, Any], **fields: Any) -> None:
 
 def _load(path: Path):
     """A saved model (and its tokenizer, pretune.yaml) on the device trials run on."""
-    from pretune.models.io import load_model_dir
+    from pretune.models.io import load_model_dir  # torch loads only when this runs
     from pretune.training.device import pick_device
 
     model, tokenizer, meta = load_model_dir(path)
@@ -453,7 +453,7 @@ def _weights_size(path: Path) -> int:
 
 def _weights(path: Path) -> dict[str, Any]:
     """Every tensor of a saved model (one safetensors file or shards)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch loads only when this runs
 
     state: dict[str, Any] = {}
     for file in sorted(path.glob("*.safetensors")):
@@ -464,7 +464,7 @@ def _weights(path: Path) -> dict[str, Any]:
 def _adopt(out: Path, candidates: list[Candidate], metric: str, task) -> Candidate:
     """Put the best single-model candidate in ``best/`` when it beats what is there; return
     the candidate ``best/`` holds."""
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     chosen = candidates[0]
     for c in candidates[1:]:
@@ -496,6 +496,7 @@ def _adopt(out: Path, candidates: list[Candidate], metric: str, task) -> Candida
 
 def _write_predictions(directory: Path, chosen: Candidate, task) -> None:
     """valid-predictions.csv for the new best/ (the report's confusion matrix)."""
+    # torch loads only when this runs
     from pretune.training.run import (_objective_of, decision_threshold, model_outputs,
                                       predictions_frame)
 
@@ -521,6 +522,7 @@ def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path 
     ``source`` (as ``training.run.predict`` does) and their outputs are averaged with the
     ensemble's weights: probabilities for classes and labels, values for regression."""
 
+    # torch loads only when this runs
     from pretune.training.run import label_sets, predict, table_format, write_table
 
     run = Path(run).expanduser()

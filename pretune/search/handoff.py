@@ -47,7 +47,7 @@ def publish(study: optuna.Study, record: Mapping[str, Any], *, out: Path, plan: 
 def open_study(url: str, name: str, direction: str, *, heartbeat: int | None = None
                 ) -> optuna.Study:
     try:
-        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.exc import SQLAlchemyError  # an optional extra, imported when used
     except ImportError:  # pragma: no cover - optuna's RDB storage needs sqlalchemy
         SQLAlchemyError = OSError  # type: ignore[assignment,misc]  # noqa: N806
     try:

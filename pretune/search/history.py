@@ -154,7 +154,7 @@ def read_history(run: str | Path, *, importance: bool = True) -> History:
     else:
         scores, note = None, "not computed"
 
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     meta = read_meta(path / rundir.BEST_DIR)
     best_trial = meta.get("trial")

@@ -13,7 +13,7 @@ def rss_mb() -> float:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-        import resource
+        import resource  # Unix only
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

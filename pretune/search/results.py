@@ -77,7 +77,7 @@ class TuneResult:
                     f"A best model exists once a trial completes, but no trial of the search in "
                     f"{self.path} has completed. Run the search with a larger budget."
                 )
-            from pretune.models.io import load_model_dir
+            from pretune.models.io import load_model_dir  # torch loads only when this runs
 
             self._loaded = load_model_dir(self.best_path)
         return self._loaded
@@ -93,7 +93,7 @@ class TuneResult:
 
 def from_best(result: TuneResult) -> None:
     """``result``'s score and metrics from best/ when the assembly put a model of its own there."""
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     meta = read_meta(result.best_path)
     if (meta.get("made_of") or {}).get("kind", "trial") != "trial":

@@ -98,7 +98,7 @@ class RunLock:
                 f"permissions."
             ) from None
         try:
-            import fcntl
+            import fcntl  # Unix only
 
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - not POSIX: no lock
@@ -153,7 +153,7 @@ def preflight(out: Path, config: RunConfig, tune: TuneConfig) -> None:
     written; the model can be loaded as asked (``models.load.check_source``); the disk of
     ``out`` has room for the best model, the new copy written beside it while it is replaced,
     and the seed check's kept re-runs, plus a margin (``models.io.check_save_room``)."""
-    from pretune.models.io import check_save_room
+    from pretune.models.io import check_save_room  # torch loads only when this runs
     from pretune.models.load import check_source
 
     check_writable(out)
@@ -179,7 +179,7 @@ class BestLock:
     def __enter__(self) -> "BestLock":
         self.handle = open(self.path, "a+")
         try:
-            import fcntl
+            import fcntl  # Unix only
 
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - not POSIX: no lock
@@ -243,7 +243,7 @@ def clean_leftovers(out: Path) -> list[Path]:
 def replace_best(out: Path, source: Path) -> None:
     """Make the model directory ``source`` the run's best/ (renames only; a kill in between
     leaves best.old-*, which ``clean_leftovers`` puts back)."""
-    from pretune.models.io import swap_in
+    from pretune.models.io import swap_in  # torch loads only when this runs
 
     swap_in(Path(source), Path(out) / BEST_DIR)
 

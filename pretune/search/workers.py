@@ -91,7 +91,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
             f"--out DIR."
         ) from None
 
-    from pretune.training.caches import RunCaches
+    from pretune.training.caches import RunCaches  # torch loads only when this runs
     from pretune.training.run import data_seed
 
     task = load_task(base.data, data_seed(base))
@@ -125,7 +125,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
 def load(url: str, study_name: str, *, heartbeat: int | None = None) -> optuna.Study:
     """The study a worker joins; ConfigError when it is not there or not a pretune search."""
     try:
-        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.exc import SQLAlchemyError  # an optional extra, imported when used
     except ImportError:  # pragma: no cover
         SQLAlchemyError = OSError  # type: ignore[assignment,misc]  # noqa: N806
     if not storage.shared(url):
@@ -243,13 +243,13 @@ def _report_new(study: optuna.Study, follower: Search, reported: set[int], on_tr
 
 def cores_each(workers: int, cores: int | None = None) -> int:
     """torch threads for each of ``workers`` processes sharing this machine's cores."""
-    from pretune.training.device import available_cores
+    from pretune.training.device import available_cores  # torch loads only when this runs
 
     return max(1, (cores or available_cores()) // max(1, workers))
 
 
 def gpu_count() -> int:
-    import torch
+    import torch  # torch loads only when this runs
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -356,7 +356,7 @@ class _RayWorkers:
 
     def __init__(self, url: str, tune: TuneConfig, out: Path, count: int | None):
         try:
-            import ray
+            import ray  # an optional extra, imported when used
         except ImportError:
             raise MissingExtraError("ray", "ray", "--executor ray") from None
         if not storage.shared(url):  # pragma: no cover - run_tune refuses it before

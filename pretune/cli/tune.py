@@ -19,7 +19,7 @@ from pretune.cli.common import (
 )
 from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode, short
 from pretune.errors import MissingExtraError, PretuneError
-from pretune.report.html import write_report
+from pretune.report import html as report_html
 
 EXAMPLE = """
 Example:
@@ -134,7 +134,7 @@ def write_report_safely(run: Path, *, quiet: bool = False) -> None:
     (the search's results are already on disk)."""
 
     try:
-        path = write_report(run)
+        path = report_html.write_report(run)
     except MissingExtraError as err:
         console.print(f"[yellow]no report:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from pretune.cli.common import console, run_command, with_example
+from pretune.cli.common import console, output_level, run_command, with_example
 
 EXAMPLE = """
 Example:
@@ -36,8 +36,7 @@ def command(
     """Run trials of an existing study until its budget is spent."""
 
     def body():
-        from pretune.cli.common import output_level
-        from pretune.search.workers import join
+        from pretune.search.workers import join  # optuna loads only when this runs
 
         def on_trial(report) -> None:
             if output_level() < 0:

@@ -41,14 +41,13 @@ def write_report(run: str | Path, output: str | Path | None = None) -> Path:
     """Read the search in ``run`` and write its report (``run/report.html`` by default)."""
     _plotly()  # a missing extra fails before the study is read
     from pretune.search.history import read_history
-    from pretune.search.rundir import write_atomic
-
+    from pretune.outdir import atomic_write
     from pretune.permissions import private_files
 
     history = read_history(run)
     path = Path(output) if output is not None else history.path / REPORT_FILE
     with private_files():  # the report shows the run's data: for its owner only
-        write_atomic(path, render(history))
+        atomic_write(path, render(history))
     return path
 
 

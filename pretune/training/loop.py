@@ -24,6 +24,7 @@ from pretune.models.transfer import frozen_blocks
 from pretune.training.device import autocast, pick_device, resolve_precision
 from pretune.training.metrics import is_better
 from pretune.training.objectives import Classification, Objective, class_weights
+from pretune.training import privacy
 from pretune.training.optimizers import build_optimizer
 from pretune.training.regularizers import penalized_weights, penalty
 from pretune.training.schedules import build_schedule
@@ -53,6 +54,8 @@ class TrainResult:
     # The steps whose weights were averaged into the kept model (checkpoint_soup), best first;
     # None when the best evaluation is kept alone.
     soup: list[int] | None = None
+    # Differential privacy: the budget and the epsilon spent (pretune.training.privacy), or None.
+    privacy: dict | None = None
 
     @property
     def failed(self) -> bool:
@@ -82,7 +85,9 @@ def train(
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     device = pick_device()
-    precision = resolve_precision(settings.precision, device)
+    # DP-SGD computes per-example gradients in fp32: "auto" means fp32 under DP.
+    precision = resolve_precision("fp32" if privacy.enabled(settings) else settings.precision,
+                                  device)
     model.to(device)
 
     # Gradient accumulation: a "full" batch accumulates every micro-batch of the epoch.
@@ -97,6 +102,12 @@ def train(
         total_steps = min(total_steps, settings.max_steps)
 
     optimizer = build_optimizer(model, settings)
+    # Differential privacy: per-example clipping and noise, Poisson-sampled batches.
+    private = privacy.attach(model, optimizer, train_batches, settings, total_steps) \
+        if privacy.enabled(settings) else None
+    if private is not None:
+        optimizer, train_batches = private.optimizer, private.batches
+        passes = _passes(train_batches, accum) if passes is not None else None
     scheduler = build_schedule(optimizer, settings, total_steps)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     weights = penalized_weights(model)
@@ -211,6 +222,8 @@ def train(
                 stop_reason, done = EARLY_STOPPING, True
 
     optimizer.zero_grad(set_to_none=True)
+    if private is not None:
+        private.detach()
     soup = None
     if len(top.kept) > 1 and not (should_stop is not None and should_stop()):
         def taste(state) -> dict[str, float]:
@@ -231,6 +244,7 @@ def train(
         best_metrics=best_metrics, best_step=best_step, stop_reason=stop_reason, steps=step,
         epochs=round(step / steps_per_epoch, 4), seconds=time.perf_counter() - started,
         history=history, precision=precision, soup=soup,
+        privacy=private.report() if private is not None else None,
     )
 
 

@@ -499,6 +499,7 @@ def fit_run(model: nn.Module, config: Any, micro: int, device: torch.device, *,
     """Fit a run to memory before it trains: ``(config, micro, fitted)`` with the batch size
     and accumulation changed when the run would not fit as set, and gradient checkpointing
     turned on in ``model`` when needed (or asked for). Raises ``DoesNotFit``."""
+    from pretune.training import privacy
     from pretune.training.device import resolve_precision
 
     t = config.train
@@ -508,8 +509,11 @@ def fit_run(model: nn.Module, config: Any, micro: int, device: torch.device, *,
     seq_len = config.data.max_length or 512
     evals = (math.ceil(t.epochs * t.evals_per_epoch) if not t.eval_steps else t.checkpoint_soup)
     planned = replace(t, checkpoint_soup=max(1, min(t.checkpoint_soup, evals)))  # copies kept
+    lim = limit(device)
+    if privacy.enabled(t):  # DP-SGD's batches and accounting are its own: estimated, not adapted
+        lim = Limit(None, "not adapted under DP-SGD")
     fitted = plan_run(shape, planned, micro, seq_len=seq_len,
-                      precision=resolve_precision(t.precision, device), lim=limit(device),
+                      precision=resolve_precision(t.precision, device), lim=lim,
                       base=base, device=device.type, checkpoint_ok=can_checkpoint(model),
                       full_batch=t.batch_size == "full")
     if fitted.checkpointing:

@@ -38,7 +38,7 @@ from pretune.models.io import load_model_dir, resolve_model_dir, save_model
 from pretune.training.caches import RunCaches
 from pretune.training.device import pick_device, resolve_precision, set_threads
 from pretune.training.tapt import adapted_source, with_source
-from pretune.training import memory, objectives
+from pretune.training import memory, objectives, privacy
 from pretune.training.loop import TrainResult, predict_proba, train
 from pretune.training.metrics import tag_sequences
 
@@ -108,6 +108,7 @@ def fit(
     image = is_image_task(task)
     task = text_prep.apply_to_task(task, config.data)  # lowercasing, stop words, stems
     config = with_task(config, task.kind)  # the metric and loss follow the task
+    privacy.check(config, task.kind)  # settings DP-SGD cannot train with fail here
     objective = objectives.for_task(task, config.train, standardize=config.data.standardize_target)
     if config.train.distill_logits:  # a teacher's soft labels join the task's loss
         from pretune.training.distill import distillation
@@ -510,6 +511,7 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
             "seconds": round(result.seconds, 2),
             "precision": result.precision,
         },
+        "privacy": result.privacy,  # DP-SGD: the budget and the epsilon spent; None without
         "data": {
             "fingerprint": task.fingerprint,
             "train_rows": len(task.train),

@@ -48,6 +48,8 @@ from typing import Any, Callable
 from common import (  # noqa: E402 - bench/common.py sets the offline switches first
     check_data, data_files, model_dir, print_table, train_sample)
 
+PHASES = ("data", "forward", "backward", "optimizer", "evaluation")  # pretune.training.timing's
+
 HF_EPOCHS = 2  # the text-classification guide's
 LOOP_EPOCHS = 1
 PROBE_EPOCHS = 3
@@ -112,6 +114,7 @@ def loop_pair(train_csv: Path, threads: int):
     from pretune.models import build_model
     from pretune.training.caches import RunCaches
     from pretune.training.device import autocast, resolve_precision
+    from pretune.training import timing
     from pretune.training.loop import evaluate_model, train
 
     cfg = config(train_csv, epochs=LOOP_EPOCHS, threads=threads)
@@ -138,7 +141,9 @@ def loop_pair(train_csv: Path, threads: int):
         torch.set_num_threads(threads)
         model = fresh_model()
         tb, vb = batches()
-        return train(model, tb, vb, settings).best_metrics["accuracy"]
+        with timing.measure() as clock:
+            accuracy = train(model, tb, vb, settings).best_metrics["accuracy"]
+        return {"accuracy": accuracy, "precision": precision, "clock": clock}
 
     def plain_side():
         torch.set_num_threads(threads)
@@ -175,12 +180,14 @@ def loop_pair(train_csv: Path, threads: int):
 
 def pretune_trial(train_csv: Path, threads: int, **settings: Any) -> Callable[[], dict]:
     def run():
+        from pretune.training import timing
         from pretune.training.caches import RunCaches
         from pretune.training.run import fit
 
-        result = fit(config(train_csv, threads=threads, **settings), caches=RunCaches())
+        with timing.measure() as clock:
+            result = fit(config(train_csv, threads=threads, **settings), caches=RunCaches())
         return {"accuracy": result.metrics["accuracy"], "precision": result.train_result.precision,
-                "timings": result.timings}
+                "timings": result.timings, "clock": clock}
     return run
 
 
@@ -267,6 +274,83 @@ def data_prep(train_csv: Path, threads: int) -> tuple[float, float]:
     return seconds[0], seconds[1]
 
 
+# --- 6. against the machine's limit -------------------------------------------------------------
+
+DEFAULT_TRIAL = "default trial (fit, 2 epochs)"
+MATMUL_SIZE = 2048
+
+
+def matmul_rates(threads: int, repeats: int = 5) -> dict[str, float]:
+    """FLOP/s of a 2048 x 2048 matrix product in bf16 and fp32 on ``threads`` threads, the
+    fastest of ``repeats`` (the machine's practical limit for the model's products)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rates = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype) for _ in range(2))
+        a @ b  # the first call picks and prepares the kernel
+        best = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
+        rates[name] = 2 * MATMUL_SIZE ** 3 / best
+    return rates
+
+
+def work_of(clock, model_config) -> dict[str, float]:
+    """Tokens and model FLOPs of the batches a clock saw: training steps (three forward passes'
+    worth) and evaluations (one), counted on the real tokens (each row at its batch's mean
+    length) and on the padded ones (what the model computed)."""
+    from pretune.training.flops import forward_flops
+
+    out = dict(real_tokens=0.0, padded_tokens=0.0, real_flops=0.0, padded_flops=0.0)
+    for split, passes in (("train", 3.0), ("eval", 1.0)):
+        for b in clock.batches[split]:
+            out["real_tokens"] += b.tokens
+            out["padded_tokens"] += b.padded
+            out["real_flops"] += passes * forward_flops(model_config, b.rows, b.tokens / b.rows)
+            out["padded_flops"] += passes * forward_flops(model_config, b.rows, b.length)
+    return out
+
+
+def limit_report(measured: list[tuple[str, float, dict]], rates: dict[str, float],
+                 threads: int) -> None:
+    """Tokens, FLOPs and MFU of each measured trial, where its time went, and the closing line."""
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(model_dir(), num_labels=2)
+    print(f"\nmatmul limit ({MATMUL_SIZE}x{MATMUL_SIZE}, {threads} threads): "
+          + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in rates.items()))
+    table, shares, default_mfu = [], [], None
+    for name, seconds, value in measured:
+        clock, precision = value["clock"], value["precision"]
+        work = work_of(clock, model_config)
+        limit = rates.get(precision, rates["fp32"])
+        mfu = work["real_flops"] / seconds / limit
+        table.append((name, precision, f"{seconds:.1f}", f"{work['real_tokens']:.0f}",
+                      f"{work['padded_tokens']:.0f}",
+                      f"{work['real_flops'] / max(work['real_tokens'], 1) / 1e6:.1f}",
+                      f"{work['real_flops'] / seconds / 1e12:.3f}", f"{100 * mfu:.1f}%",
+                      f"{100 * work['padded_flops'] / seconds / limit:.1f}%"))
+        other = max(seconds - clock.total(), 0.0)
+        shares.append((name, *(f"{100 * clock.seconds.get(p, 0.0) / seconds:.0f}%"
+                               for p in PHASES), f"{100 * other / seconds:.0f}%"))
+        if name == DEFAULT_TRIAL:
+            default_mfu = mfu
+    print("model FLOPs utilization: model FLOPs of the real tokens (train steps + evaluations) per "
+          "second of the whole measurement, against the matmul rate of its precision; 'padded' "
+          "counts the padding the model computed too")
+    print_table(("trial", "precision", "s", "real tokens", "padded tokens", "MFLOP/token",
+                 "TFLOP/s", "MFU", "MFU padded"), table)
+    print("\nwhere the time goes (share of each measurement's seconds; other = model loading, "
+          "data preparation, checkpoint copies, bookkeeping)")
+    print_table(("trial", *PHASES, "other"), shares)
+    if default_mfu is not None:
+        print(f"\nMFU of the default trial: {100 * default_mfu:.0f}%")
+
+
 # --- driving -------------------------------------------------------------------------------------
 
 
@@ -279,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                              "side's fastest is kept (default 2)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: all cores)")
-    parser.add_argument("--only", default="12345",
-                        help="which measurements to run, by number (default 12345)")
+    parser.add_argument("--only", default="123456",
+                        help="which measurements to run, by number (default 123456)")
     args = parser.parse_args(argv)
     if args.rows < 100 or args.repeats < 1 or args.threads < 1:
         parser.error("--rows must be at least 100, --repeats and --threads at least 1")
@@ -295,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="throughput-"))
     train_csv = train_sample(work, args.rows)
     rows: list[tuple] = []
+    measured: list[tuple[str, float, dict]] = []  # (name, seconds, value with a clock)
 
     def line(name: str, a: tuple[float, Any], b: tuple[float, Any], n: int, note: str = "") -> None:
         rows.append((name, f"{a[0]:.1f}", f"{b[0]:.1f}", f"{n / a[0]:.0f}", f"{n / b[0]:.0f}",
@@ -306,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         pretune_side, plain_side, n, precision = loop_pair(train_csv, args.threads)
         a, b = best_of(args.repeats, pretune_side, plain_side)
         line(f"loop: pretune vs plain PyTorch ({precision})", a, b, n,
-             f"valid acc {a[1]:.3f} vs {b[1]:.3f}")
+             f"valid acc {a[1]['accuracy']:.3f} vs {b[1]:.3f}")
+        measured.append(("pretune loop, 1 epoch", *a))
 
     if "2" in args.only:
         print("2. pretune's default trial against the HF Trainer (text-classification guide)",
@@ -315,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                        hf_trial(train_csv, args.threads, work))
         line(f"trial: pretune default ({a[1]['precision']}) vs HF Trainer (fp32)", a, b,
              args.rows * HF_EPOCHS, f"valid acc {a[1]['accuracy']:.4f} vs {b[1]['accuracy']:.4f}")
+        measured.append((DEFAULT_TRIAL, *a))
 
     if "3" in args.only:
         print("3. precision: pretune's default trial in bf16 against fp32", flush=True)
@@ -323,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
                        pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS, precision="fp32"))
         line("trial: bf16 vs fp32", a, b, args.rows * HF_EPOCHS,
              f"valid acc {a[1]['accuracy']:.4f} vs {b[1]['accuracy']:.4f}")
+        measured += [("trial, bf16", *a), ("trial, fp32", *b)]
+
+    if "6" in args.only and not any(m[0] == DEFAULT_TRIAL for m in measured):
+        print("6. pretune's default trial alone, measured against the machine's limit", flush=True)
+        (got,) = best_of(args.repeats, pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS))
+        measured.append((DEFAULT_TRIAL, *got))
+    rates = matmul_rates(args.threads) if measured else {}
 
     if "4" in args.only:
         print("4. a linear-probe trial with the feature cache warm against without it", flush=True)
@@ -346,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data preparation (tokenize, measure max_length): first trial {first * 1000:.0f} "
               f"ms, second trial {second * 1000:.1f} ms ({second / max(first, 1e-9):.3f} of the "
               f"first)")
+    if measured:
+        limit_report(measured, rates, args.threads)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -86,13 +86,13 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
     clock = timing.current()
 
     def measure() -> dict[str, float]:
-        return evaluate_model(model, valid_batches, precision=precision, device=device,
-                              objective=objective, settings=settings)
+        with clock.phase("evaluation"):
+            return evaluate_model(model, valid_batches, precision=precision, device=device,
+                                  objective=objective, settings=settings)
 
     def evaluate(step: int) -> bool:
         """Evaluate, keep the best weights, call on_eval; True when early stopping says stop."""
-        with clock.phase("evaluation"):
-            metrics = measure()
+        metrics = measure()
         metrics.update(step=step, epoch=round(step / plan.steps_per_epoch, 4),
                        train_loss=evals.take_train_loss(), lr=optimizer.param_groups[0]["lr"],
                        seconds=time.perf_counter() - started)

@@ -4,6 +4,10 @@
 a search passes a callback that reports to its study and raises to prune. ``should_stop()`` is
 asked after every optimizer step (a deadline, a signal). At the end the model holds the weights
 of its best evaluation, which is the checkpoint a caller saves.
+
+``train`` is the story; ``_Plan`` (steps and evaluation points), ``_Stepper`` (one optimizer
+step) and ``_Evaluations`` (history, best checkpoint, patience) hold its details. Inside
+``pretune.training.timing.measure()`` the phases of each step are timed; otherwise not.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The loop asks ``current()`` for the clock once per run and wraps its phases in
 ``clock.phase(name)``: ``data`` (drawing batches and moving them to the device), ``forward``
 (model and loss), ``backward``, ``optimizer`` (clipping, the step, the schedule, zeroing the
-gradients) and ``evaluation``. It also shows the clock each batch (``clock.count``), so that a
+gradients) and ``evaluation`` (the checkpoint soup's tastings included). It also shows the clock each batch (``clock.count``), so that a
 benchmark can count the tokens processed and the model FLOPs they cost.
 
 Nothing is measured unless a caller asks for it::

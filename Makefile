@@ -9,7 +9,7 @@ DATA   ?= ../shared/data/sst2
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.pretune-installed
 
-.PHONY: env demo test test-slow clean
+.PHONY: env demo test test-slow docs clean
 
 env: $(STAMP)
 
@@ -39,5 +39,18 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
+# The documentation site: the settings page is written from pretune/config.py and the search
+# space first, then mkdocs builds docs/ into site/ and fails on any warning (a broken link, an
+# anchor that is gone, a page left out of the navigation).
+DOCS_STAMP := $(VENV)/.pretune-docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python docs/gen_settings.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(DEMO_OUT)
+	rm -rf $(DEMO_OUT) site

@@ -295,8 +295,8 @@ def locate(key: str) -> tuple[str, str]:
     close = [n for n in setting_names() if n.startswith(key.split(".")[-1][:3])][:5]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
-        f"There is no setting named '{key}'.{hint} Use a name from the settings table in "
-        f"docs/guide.md (the fields of pretune.config)."
+        f"There is no setting named '{key}'.{hint} Use a name from the settings reference, "
+        f"docs/settings.md (the fields of pretune.config)."
     )
 
 

@@ -210,16 +210,26 @@ def _read_text(path: Path, fmt: str) -> pd.DataFrame:
 
 def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     # Every cell as a string and no NA conversion: empty cells stay "" and are detectable.
+    options = dict(sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+                   encoding="utf-8-sig", compression="infer")
     try:
-        return pd.read_csv(
-            path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-            encoding="utf-8-sig", compression="infer",
-        )
+        frame = pd.read_csv(path, **options)
+        # pandas renames a repeated header name ("text", "text.1"), so read the header as written.
+        header = pd.read_csv(path, header=None, nrows=1, **options).iloc[0].tolist()
     except UnicodeDecodeError:
         raise DataError(
             f"A data file must be UTF-8 text, but {path} is in another encoding. Save it as "
             f"UTF-8."
         ) from None
+    repeated = [n for n in dict.fromkeys(header) if n.strip() and header.count(n) > 1]
+    if repeated:
+        names = ", ".join(f"'{n}' {header.count(n)} times" for n in repeated)
+        raise DataError(
+            f"A data file's header must name each column once, but {path} names {names} "
+            f"(header: {', '.join(header)}). Rename or remove the repeated column so that each "
+            f"name appears once."
+        )
+    return frame
 
 
 def _read_json(path: Path, gzipped: bool) -> pd.DataFrame:

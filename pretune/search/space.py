@@ -279,7 +279,7 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     # To search LoRA as well, add "lora" to these choices: lora_* below then take part.
     # lp_ft ([LP-FT]) and linear_probe are in the full space; a space file adds them. With
     # pooling auto (the default) a probe of the default MiniLM reads its own mean pooling, not
-    # BERT's untrained pooler over [CLS], and reaches about 0.80 on SST-2 (docs/guide.md), so
+    # BERT's untrained pooler over [CLS], and reaches about 0.80 on SST-2 (docs/models.md), so
     # both are usable; they are not searched by default until a search shows them worth their
     # trials.
     Choice("transfer", ("full", "freeze_bottom")),  # [Freeze]

@@ -131,6 +131,9 @@ ROWS: dict[str, Row] = {
     "header only": Row(
         lambda p: p.tune(train=p.file("header.csv", "text,label\n")),
         "at least one row", "header.csv", "Add rows"),
+    "repeated column name": Row(
+        lambda p: p.tune(train=p.file("dup.csv", "text,text,label\n" + "a,b,pos\nc,d,neg\n" * 4)),
+        "header must name each column once", "'text' 2 times", "Rename or remove the repeated"),
     "no text column": Row(
         lambda p: p.tune_data(p.csv("t.csv", [(1, 2, "pos"), (3, 4, "neg")] * 4,
                                     ("count", "stars", "label"))),
@@ -258,7 +261,7 @@ ROWS: dict[str, Row] = {
         "must hold a mapping", "list.yaml", "lines"),
     "--config unknown key": Row(
         lambda p: p.tune("--config", p.file("unknown.yaml", "learning_rat: 3e-5\n")),
-        "no setting named", "learning_rat", "settings table"),
+        "no setting named", "learning_rat", "docs/settings.md"),
     # -- space file --
     "space file not YAML": Row(
         lambda p: p.tune("--space", space(p, "lr: {low: 1e-5, high\n")),
@@ -458,29 +461,34 @@ def test_a_tracker_creates_nothing_before_the_input_is_checked(fresh):
 
     args = [str(a) for a in fresh.tune("--log-to", "mlflow", "--budget", "10x")]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and "'10x'" in one_error_line(result.stderr), result.output
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.stderr)
+    budget = ROWS["budget 10x"]
+    for part in (budget.rule, budget.value, budget.fix):  # the same line as without a tracker
+        assert part in line, f"{part!r} not in: {line}"
     assert not fresh.new.exists()
+    assert not list(fresh.tmp.glob("**/mlflow.db")) and not (Path.cwd() / "mlruns").exists()
 
 
-def test_postgresql_without_its_driver(fresh):
-    if any(_importable(m) for m in ("psycopg2", "psycopg")):
-        pytest.skip("a PostgreSQL driver is installed; this checks the message without one")
+def test_postgresql_without_its_driver(fresh, monkeypatch):
+    """Both drivers made unimportable (a None in sys.modules), whatever this machine has."""
+    import importlib.util
+
     from typer.testing import CliRunner
 
     from pretune.cli.main import app
 
+    for driver in ("psycopg2", "psycopg"):
+        monkeypatch.setitem(sys.modules, driver, None)
+        assert importlib.util.find_spec(driver) is None
     url = "postgresql://nobody@127.0.0.1:1/none"
     result = CliRunner().invoke(app, [str(a) for a in fresh.tune("--storage", url)])
+    assert result.exit_code == 2, result.output
     line = one_error_line(result.stderr)
-    assert result.exit_code == 2 and not LEAKS.search(result.output), result.output
-    assert "postgresql:// --storage needs the optional package" in line and "pip install" in line
+    assert not LEAKS.search(result.output), result.output
+    assert "postgresql:// --storage needs the optional package 'psycopg'" in line, line
+    assert line.endswith("Install it with: pip install 'pretune[psycopg]'"), line
     assert not fresh.new.exists()
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def test_continuing_with_a_setting_the_search_did_not_have_says_to_leave_it_out(fresh):
@@ -536,7 +544,13 @@ def test_explain_refuses_what_it_cannot_do_in_one_line(tiny_model_dir, tmp_path)
     rows = tmp_path / "rows.csv"
     rows.write_text("text\nfine\n")
     r = cli("explain", tiny_model_dir, "--input", rows, "--output", tmp_path / "e.txt")
-    assert r.exit_code == 2 and "--output must end in .html or .csv" in r.output
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r.stderr)
+    assert "--output must end in .html or .csv, but got 'e.txt'" in line, line
+    assert line.endswith("Choose one of those extensions."), line
     r = cli("explain", tiny_model_dir, "--input", tmp_path / "none.csv", "--output", tmp_path / "e.html")
-    assert r.exit_code == 2 and "none.csv" in r.output
-    assert "Traceback" not in r.output and not (tmp_path / "e.html").exists()
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r.stderr)
+    assert "must be an existing file" in line and "none.csv" in line, line
+    assert line.endswith("Check the path."), line
+    assert not LEAKS.search(r.output) and not (tmp_path / "e.html").exists()

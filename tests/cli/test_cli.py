@@ -97,7 +97,11 @@ def test_bad_input_gives_one_line_and_exit_code_2(case, tiny_model_dir, tmp_path
 
 def test_predict_refuses_a_missing_model_directory(tmp_path, sentiment_csv):
     r = pretune("predict", tmp_path / "nothing", "--input", sentiment_csv)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"model path {tmp_path / 'nothing'} does not exist" in lines[0], lines[0]
+    assert lines[0].endswith("Pass a saved model directory or a run directory (one that holds best/).")
 
 
 def test_a_run_that_diverges_before_any_evaluation_is_an_error(tiny_model_dir, sentiment_csv, tmp_path):

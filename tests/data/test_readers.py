@@ -184,6 +184,32 @@ def test_unparsable_csv(tmp_path):
     assert "could not be parsed" in _one_line_error(excinfo)
 
 
+@pytest.mark.parametrize("name,sep", [("d.csv", ","), ("d.tsv", "\t"), ("d.csv.gz", ",")])
+def test_a_header_that_repeats_a_column_name_is_refused_naming_it(tmp_path, name, sep):
+    """pandas would keep both as 'text' and 'text.1' and pretune would use one of them."""
+    import gzip
+
+    content = sep.join(["text", "text", "label"]) + "\n" + sep.join(["good", "fine", "pos"]) + "\n"
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(content.encode()))
+    else:
+        path.write_text(content)
+    with pytest.raises(DataError) as excinfo:
+        read_table(path)
+    line = _one_line_error(excinfo)
+    assert "header must name each column once" in line, line
+    assert "names 'text' 2 times (header: text, text, label)" in line, line
+    assert line.endswith("Rename or remove the repeated column so that each name appears once.")
+
+
+def test_a_header_with_distinct_names_reads_as_before(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,text_pair,label,\na,b,pos,\n")  # a blank last name is not a repeat
+    frame = read_table(path)
+    assert list(frame.columns) == ["text", "text_pair", "label", "Unnamed: 3"]
+
+
 def test_unparsable_parquet(tmp_path):
     path = tmp_path / "d.parquet"
     path.write_bytes(b"PAR1 this is not parquet")

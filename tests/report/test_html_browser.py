@@ -94,9 +94,14 @@ def test_report_renders_every_chart_with_data_and_no_js_error(report, tmp_path):
             assert chart["parcoords"]["canvases"] == 1 and chart["parcoords"]["axes"] >= 3, chart
         else:
             assert chart["marks"] > 0, chart
-    curves = next(c for c in result["charts"] if len(c["traces"]) == len(
-        [c for c in history.curves if c.values]) and all(t["type"] == "scatter" for t in c["traces"]))
-    assert curves  # one line per trial that reported
+    # The learning curves (the second chart, after the best score so far): one line per trial
+    # that reported, each drawn with as many points as that trial has evaluations.
+    curves = {c["id"]: c for c in result["charts"]}["chart-2"]
+    reported = [c for c in history.curves if c.values]
+    assert len(reported) == 4
+    assert [t["type"] for t in curves["traces"]] == ["scatter"] * len(reported)
+    assert [t["points"] for t in curves["traces"]] == [len(c.values) for c in reported]
+    assert all(len(c.values) >= 2 for c in reported)  # curves, not single points
 
 
 def test_screenshot_of_the_report(report, tmp_path):

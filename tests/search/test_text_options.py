@@ -27,7 +27,13 @@ def test_a_search_samples_the_text_options(tiny_learner_dir, sentiment_csv, tmp_
     assert len(trials) == 5 and (trials["state"] == "COMPLETE").all()
     for name in TEXT_SPACE.keys() - {"extend"}:
         assert f"params_{name}" in trials.columns
-    assert trials["params_stem"].nunique() > 1 or trials["params_word_delete"].nunique() > 1
+    # Each option is sampled from its own choices; the stemmer and the word deletion each take
+    # more than one value (the random sampler with the default seed: a fixed draw, no luck).
+    for name, spec in TEXT_SPACE.items():
+        if name != "extend":
+            assert set(trials[f"params_{name}"]) <= set(spec["choices"]), name
+    assert trials["params_stem"].nunique() > 1, list(trials["params_stem"])
+    assert trials["params_word_delete"].nunique() > 1, list(trials["params_word_delete"])
     saved = yaml.safe_load((out / "best" / "pretune.yaml").read_text())["settings"]["data"]
     best = result.best_params
     assert saved["stem"] == best["stem"] and saved["lowercase"] == best["lowercase"]

@@ -36,7 +36,7 @@ def test_mlflow_has_one_run_per_trial_with_params_and_curve(tiny_search_run):
 
 
 def test_tensorboard_has_one_log_directory_per_trial(tiny_search_run):
-    pytest.importorskip("tensorboard", reason="needs the tensorboard extra")
+    pytest.importorskip("tensorboard", reason="needs the tensorboard extra (pip install 'pretune[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, _, _ = tiny_search_run

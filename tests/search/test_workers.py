@@ -252,15 +252,28 @@ def test_the_ray_executor_completes_a_small_study(tiny_model_dir, tmp_path):
     assert (out / "best" / "model.safetensors").is_file()
 
 
-def test_a_ray_address_that_nobody_answers_is_an_error_at_once():
+def test_a_ray_address_that_nobody_answers_is_an_error_at_once(monkeypatch):
+    import socket
+
     from pretune.search.workers import _check_reachable
 
     with pytest.raises(ConfigError, match="nothing answers at 127.0.0.1:9"):
         _check_reachable("127.0.0.1:9", timeout=1)
     with pytest.raises(ConfigError, match="HOST:PORT"):
         _check_reachable("no-port-here")
-    _check_reachable(None)
-    _check_reachable("auto")
+    # An address something listens at passes, in both spellings.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert _check_reachable(f"127.0.0.1:{port}", timeout=5) is None
+        assert _check_reachable(f"ray://127.0.0.1:{port}", timeout=5) is None
+    # No address, or "auto" (Ray finds its own), is not probed at all.
+    dialled = []
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: dialled.append(a))
+    assert _check_reachable(None) is None
+    assert _check_reachable("auto") is None
+    assert dialled == []
 
 
 def test_a_worker_after_the_deadline_needs_its_own_budget():

@@ -41,6 +41,14 @@ def _run(monkeypatch, tiny_learner_dir, csv, **kw):
     *[(t, True) for t in TRANSFERS], ("linear_probe", False), ("freeze_bottom", False)])
 def test_transfer_strategy_lowers_the_loss_and_keeps_frozen_weights(monkeypatch, tiny_learner_dir, sentiment_csv, transfer, feature_cache):
     extra = {"lr": 1e-2} if transfer in ("linear_probe", "lora") else {}
+    at_merge = {}  # every weight as it is when LoRA adapters would be merged into the base
+    real_merge = run_module.merge_lora
+
+    def spy_merge(model):
+        at_merge.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        return real_merge(model)
+
+    monkeypatch.setattr(run_module, "merge_lora", spy_merge)
     seen, result = _run(monkeypatch, tiny_learner_dir, sentiment_csv, transfer=transfer,
                         freeze_layers=1, feature_cache=feature_cache, **extra)
     expected_depth = {"linear_probe": 2, "freeze_bottom": 1}.get(transfer) if feature_cache else None
@@ -56,11 +64,21 @@ def test_transfer_strategy_lowers_the_loss_and_keeps_frozen_weights(monkeypatch,
         assert moved
         return
     assert seen["frozen"]
-    after = dict(result.model.named_parameters()) if transfer != "lora" else None
-    if after is None:  # LoRA was merged after training: base weights moved by exactly B @ A
-        return
+    # LoRA is checked before its merge (afterwards the base weights have moved by B @ A): the
+    # pretrained weights are frozen and unchanged, and the adapters are what trained.
+    after = at_merge if transfer == "lora" else dict(result.model.named_parameters())
     for name in seen["frozen"]:
         assert torch.equal(after[name].detach(), seen["weights"][name]), name
+    trained = set(seen["weights"]) - seen["frozen"]
+    assert trained
+    moved = {n for n in trained if not torch.equal(after[n].detach(), seen["weights"][n])}
+    if transfer == "lora":
+        adapters = {n for n in trained if "lora_" in n}
+        assert adapters and not any("lora_" in n for n in seen["frozen"])
+        assert any(".base_layer." in n for n in seen["frozen"])
+        assert adapters <= moved, sorted(adapters - moved)
+    else:
+        assert moved
 
 
 def test_lora_leaves_the_pretrained_weights_alone_until_the_merge(monkeypatch, tiny_learner_dir, sentiment_csv):

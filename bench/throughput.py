@@ -534,42 +534,11 @@ def compile_candidate(train_csv: Path, threads: int, steps: int = 12) -> dict[st
             "compiled_step_s": statistics.median(warm)}
 
 
-# --- driving -------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Trial speed: pretune against a plain loop and "
-                                                 "the HF Trainer, and its caches.")
-    parser.add_argument("--rows", type=int, default=2000, help="training rows (default 2000)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="rounds of each timed pair, the order flipped each round; each "
-                             "side's fastest is kept (default 2)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="torch threads (default: all cores)")
-    parser.add_argument("--only", default="123456",
-                        help="which measurements to run, by number (default 123456; 7 and 8 "
-                             "only when named)")
-    args = parser.parse_args(argv)
-    if args.rows < 100 or args.repeats < 1 or args.threads < 1:
-        parser.error("--rows must be at least 100, --repeats and --threads at least 1")
-    check_data()
-    quiet()
-    import platform
-
-    import torch
-
-    from pretune.training.device import cpu_has_bf16
-
-    work = Path(tempfile.mkdtemp(prefix="throughput-"))
-    train_csv = train_sample(work, args.rows)
-    rows: list[tuple] = []
-    measured: list[tuple[str, float, dict]] = []  # (name, seconds, value with a clock)
-
-    def line(name: str, a: tuple[float, Any], b: tuple[float, Any], n: int, note: str = "") -> None:
-        rows.append((name, f"{a[0]:.1f}", f"{b[0]:.1f}", f"{n / a[0]:.0f}", f"{n / b[0]:.0f}",
-                     f"{b[0] / a[0]:.2f}x", note))
-        print(f"  {name}: {a[0]:.1f}s vs {b[0]:.1f}s {note}", flush=True)
-
+def pretune_measurements(args, train_csv: Path, work: Path,
+                         line: Callable) -> list[tuple[str, float, dict]]:
+    """Measurements 1 to 3 (and 6 alone, without 2): each pair's line, and each pretune side as
+    (name, seconds, value with its phase clock) for the report against the machine's limit."""
+    measured: list[tuple[str, float, dict]] = []
     if "1" in args.only:
         print("1. pretune's loop against a plain PyTorch loop", flush=True)
         pretune_side, plain_side, n, precision = loop_pair(train_csv, args.threads)
@@ -600,6 +569,54 @@ def main(argv: list[str] | None = None) -> int:
         print("6. pretune's default trial alone, measured against the machine's limit", flush=True)
         (got,) = best_of(args.repeats, pretune_trial(train_csv, args.threads, epochs=HF_EPOCHS))
         measured.append((DEFAULT_TRIAL, *got))
+    return measured
+
+
+def compile_report(train_csv: Path, threads: int) -> None:
+    print("8. torch.compile on the CPU", flush=True)
+    got = compile_candidate(train_csv, threads)
+    print(f"  {got['widths']} batch widths in 12 steps: compiled first pass "
+          f"{got['first_pass_s']:.0f}s with {got['graphs']} graphs; warm step "
+          f"{got['compiled_step_s'] * 1000:.0f} ms compiled vs {got['eager_step_s'] * 1000:.0f} "
+          f"ms eager ({got['eager_step_s'] / got['compiled_step_s']:.2f}x)", flush=True)
+
+
+# --- driving -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Trial speed: pretune against a plain loop and "
+                                                 "the HF Trainer, and its caches.")
+    parser.add_argument("--rows", type=int, default=2000, help="training rows (default 2000)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of each timed pair, the order flipped each round; each "
+                             "side's fastest is kept (default 2)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads (default: all cores)")
+    parser.add_argument("--only", default="123456",
+                        help="which measurements to run, by number (default 123456; 7 and 8 "
+                             "only when named)")
+    args = parser.parse_args(argv)
+    if args.rows < 100 or args.repeats < 1 or args.threads < 1:
+        parser.error("--rows must be at least 100, --repeats and --threads at least 1")
+    check_data()
+    quiet()
+    import platform
+
+    import torch
+
+    from pretune.training.device import cpu_has_bf16
+
+    work = Path(tempfile.mkdtemp(prefix="throughput-"))
+    train_csv = train_sample(work, args.rows)
+    rows: list[tuple] = []
+
+    def line(name: str, a: tuple[float, Any], b: tuple[float, Any], n: int, note: str = "") -> None:
+        rows.append((name, f"{a[0]:.1f}", f"{b[0]:.1f}", f"{n / a[0]:.0f}", f"{n / b[0]:.0f}",
+                     f"{b[0] / a[0]:.2f}x", note))
+        print(f"  {name}: {a[0]:.1f}s vs {b[0]:.1f}s {note}", flush=True)
+
+    measured = pretune_measurements(args, train_csv, work, line)
     rates = matmul_rates(args.threads) if measured else {}
 
     if "4" in args.only:
@@ -613,12 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates_report(train_csv, args.threads, max(args.repeats, 2))
 
     if "8" in args.only:
-        print("8. torch.compile on the CPU", flush=True)
-        got = compile_candidate(train_csv, args.threads)
-        print(f"  {got['widths']} batch widths in 12 steps: compiled first pass "
-              f"{got['first_pass_s']:.0f}s with {got['graphs']} graphs; warm step "
-              f"{got['compiled_step_s'] * 1000:.0f} ms compiled vs {got['eager_step_s'] * 1000:.0f} "
-              f"ms eager ({got['eager_step_s'] / got['compiled_step_s']:.2f}x)", flush=True)
+        compile_report(train_csv, args.threads)
 
     prep = None
     if "5" in args.only:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from pretune.config import RunConfig, validate
+from pretune.config import RunConfig, TuneConfig, validate
+from pretune.deploy.runtime import is_export_dir, predict as onnx_predict
+from pretune.errors import ConfigError, PretuneError
+from pretune.permissions import private_files
 
 
 def build_config(base: Mapping[str, Any] | RunConfig | None = None,
@@ -39,15 +43,15 @@ def train(
 
     Any setting of ``pretune.config`` can be passed by name.
     """
-    from pretune.errors import PretuneError
-    from pretune.training.run import fit
+    from pretune.training.run import fit  # torch loads only when this runs
 
     config = build_config(config, settings)
     if out is not None:  # an --out that cannot take the model fails now, not after training
-        from pretune.models.io import check_save_room
+        from pretune.models.io import check_save_room  # torch loads only when this runs
 
         check_save_room(out, config.model, 1, "the trained model")
-    result = fit(config, out, on_step=on_step, on_eval=on_eval)
+    with private_files():  # the model directory is for its owner only (pretune.permissions)
+        result = fit(config, out, on_step=on_step, on_eval=on_eval)
     if result.train_result.failed:
         raise PretuneError(
             f"Training must reach one evaluation to give a model, but it stopped at step "
@@ -68,28 +72,41 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
     ``onnx=DIR`` (or ``model`` naming a directory ``pretune export --format onnx`` wrote)
     predicts with ONNX Runtime, without torch; ``int8=True`` uses its quantized copy.
     """
-    from pretune.deploy.runtime import is_export_dir
 
     onnx = options.pop("onnx", None)
     int8 = options.pop("int8", False)
     if onnx is not None or int8 or (model is not None and is_export_dir(model)):
-        from pretune.deploy.runtime import predict as onnx_predict
-
         if options.pop("ensemble", False):
-            from pretune.errors import ConfigError
-
             raise ConfigError("--ensemble averages a run's torch models, but an ONNX model was "
                               "given. Drop --ensemble, or pass the run directory without --onnx.")
         keep = ("batch_size", "text_column", "text_pair_column", "image_column", "on_batch")
         return onnx_predict(onnx or model, input, output=output, int8=int8,
                             **{k: v for k, v in options.items() if k in keep})
     if options.pop("ensemble", False):  # the kept models of a run, averaged (RUN/ensemble.yaml)
-        from pretune.search.assemble import predict_ensemble
+        from pretune.search.assemble import predict_ensemble  # optuna loads only when this runs
 
         return predict_ensemble(model, input, output=output, **options)
-    from pretune.training.run import predict as run_predict
+    from pretune.training.run import predict as run_predict  # torch loads only when this runs
 
     return run_predict(model, input, output=output, **options)
+
+
+# The parameters of ``tune`` named other than the TuneConfig field they set.
+_PARAMETER_OF_FIELD = {"study_name": "study"}
+
+
+def tune_parameters() -> tuple[str, ...]:
+    """The parameters of ``tune`` that set a TuneConfig field (``study`` sets ``study_name``),
+    by the names ``tune`` takes them."""
+    return tuple(_PARAMETER_OF_FIELD.get(f.name, f.name) for f in fields(TuneConfig))
+
+
+def tune_config_of(given: Mapping[str, Any]) -> TuneConfig:
+    """A TuneConfig from ``tune``'s arguments by name: the fields given as None keep their
+    defaults, and names that are not fields are left out."""
+    values = {field: given.get(_PARAMETER_OF_FIELD.get(field, field))
+              for field in (f.name for f in fields(TuneConfig))}
+    return TuneConfig(**{k: v for k, v in values.items() if v is not None})
 
 
 def tune(
@@ -155,38 +172,50 @@ def tune(
     (``pretune.search.workers.join``). Running trials send a heartbeat every ``heartbeat``
     seconds; a trial whose worker died is failed and retried once.
     """
-    from pretune.config import TuneConfig
-    from pretune.search.space import FULL
+    given = dict(locals())  # the TuneConfig fields among them make the search's settings
+    from pretune.search.space import FULL  # the search layer loads optuna
     from pretune.search.study import run_tune
     from pretune.search.trackers import make_trackers, with_trackers
 
-    space_spec: Mapping[str, Any] | None = None
-    space_file: str | None = None
-    source = "the search space"
-    if isinstance(space, Mapping):
-        space_spec = space
-    elif space is not None:
-        from pretune.search.space import read_space_file
-
-        space_file = str(space)
-        space_spec = read_space_file(space_file)
-        source = Path(space_file).name
-    options = dict(budget=budget, strategy=strategy, sampler=sampler, pruner=pruner,
-                   storage=storage, study_name=study, evals_per_epoch=evals_per_epoch,
-                   data_fraction=data_fraction, space=space_file, priors=priors,
-                   lr_range_test=lr_range_test, seed_check=seed_check, keep=keep,
-                   assemble=assemble, workers=workers,
-                   executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
-                   heartbeat=heartbeat)
-    tune_config = TuneConfig(**{k: v for k, v in options.items() if v is not None})
+    space_spec, space_file, source = _read_space(space)
+    tune_config = tune_config_of({**given, "space": space_file})
     searched = {k: v for k, v in settings.items() if k.split(".")[-1].replace("-", "_") in FULL}
     base = build_config(config, {k: v for k, v in settings.items() if k not in searched})
+    tune_config = _private_search(base, tune_config, given)
     names = [log_to] if isinstance(log_to, str) else list(log_to or [])
     trackers = make_trackers(names, out, tune_config.study_name)
     progress, on_trial = with_trackers(trackers, progress, on_trial)
-    return run_tune(base, tune_config, out, space=space_spec, fixed={**searched, **(fixed or {})},
-                    on_trial=on_trial, on_plan=on_plan, progress=progress,
-                    space_source=source)
+    with private_files():  # the run directory is for its owner only (pretune.permissions)
+        return run_tune(base, tune_config, out, space=space_spec,
+                        fixed={**searched, **(fixed or {})}, on_trial=on_trial, on_plan=on_plan,
+                        progress=progress, space_source=source)
+
+
+def _private_search(base: RunConfig, tune_config: TuneConfig, given: Mapping[str, Any]
+                    ) -> TuneConfig:
+    """Under DP the budget is per trial: no range test and no ensemble (asking for either is
+    refused; see ``pretune.training.privacy.search_options``)."""
+    if base.train.dp_epsilon is None:
+        return tune_config
+    from dataclasses import replace
+
+    from pretune.training.privacy import search_options  # torch loads only when this runs
+
+    lr_range_test, assemble = search_options(base, given.get("lr_range_test"),
+                                             given.get("assemble"))
+    return replace(tune_config, lr_range_test=lr_range_test, assemble=assemble)
+
+
+def _read_space(space: str | Path | Mapping[str, Any] | None
+                ) -> tuple[Mapping[str, Any] | None, str | None, str]:
+    """(the space's content, its file, how messages name it) for ``tune``'s ``space``."""
+    if isinstance(space, Mapping):
+        return space, None, "the search space"
+    if space is None:
+        return None, None, "the search space"
+    from pretune.search.space import read_space_file  # the search layer loads optuna
+
+    return read_space_file(str(space)), str(space), Path(str(space)).name
 
 
 def distill(run: str | Path, *, student: str = "layers:3", budget: str | None = "5m",
@@ -200,6 +229,7 @@ def distill(run: str | Path, *, student: str = "layers:3", budget: str | None = 
     ``student`` is ``layers:N`` (the teacher's encoder with N of its layers) or a model id or
     directory; ``out`` defaults to ``run/distill``. See ``pretune.search.distill.distill``.
     """
-    from pretune.search.distill import distill as run_distill
+    from pretune.search.distill import distill as run_distill  # optuna loads only when this runs
 
-    return run_distill(run, student=student, budget=budget, out=out, **options)
+    with private_files():
+        return run_distill(run, student=student, budget=budget, out=out, **options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import weakref
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -39,17 +40,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # recognition). "auto" detects it from the label column (lists of tags beside lists of words:
 # token classification, see pretune.data.tokens).
 TASKS = ("auto", "classification", "regression", "multilabel", "token")
-# Classification metrics (single-label). METRICS keeps its meaning: these, for classification.
-METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc", "log_loss", "loss")
+# Classification metrics (single-label). METRICS is their older name, kept for code that uses it.
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "f1_micro", "precision", "recall", "roc_auc",
+                          "log_loss", "loss")
+METRICS = CLASSIFICATION_METRICS
 REGRESSION_METRICS = ("r2", "mse", "rmse", "mae", "pearson", "spearman", "loss")
 MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_samples", "precision", "recall",
                       "subset_accuracy", "hamming_loss", "roc_auc", "loss")
 # Token classification: entity-level scores (seqeval, strict: an entity counts when its type
 # and both ends are right), micro-averaged over entity types, and the share of words tagged right.
 TOKEN_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
-TASK_METRICS = {"classification": METRICS, "regression": REGRESSION_METRICS,
+TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS,
                 "multilabel": MULTILABEL_METRICS, "token": TOKEN_METRICS}
-ALL_METRICS = tuple(dict.fromkeys(METRICS + REGRESSION_METRICS + MULTILABEL_METRICS
+ALL_METRICS = tuple(dict.fromkeys(CLASSIFICATION_METRICS + REGRESSION_METRICS + MULTILABEL_METRICS
                                   + TOKEN_METRICS))
 # The metric a task is judged on when ``metric`` is left at its default ("accuracy"):
 #   regression: R2 = 1 - MSE / variance of the validation targets. On one validation set it
@@ -122,6 +125,9 @@ class DataConfig:
     lowercase: bool = False
     stopwords: bool = False  # remove English stop words (scikit-learn's list)
     stem: str = "none"  # none | porter | snowball
+    # Before tokenizing, at training and prediction (pretune.data.masking): e-mail addresses,
+    # URLs, phone numbers and runs of 5+ digits become [EMAIL], [URL], [PHONE], [NUMBER].
+    mask_pii: bool = False
     # Text augmentation of training texts, drawn anew each epoch (EDA without synonyms).
     text_aug_prob: float = 0.5  # share of training texts edited in an epoch
     word_delete: float = 0.0  # each word of an edited text is deleted with this probability
@@ -226,6 +232,11 @@ class TrainConfig:
     feature_cache: bool = True  # run frozen bottom layers once per data set, not every step
     threads: int | None = None  # torch threads; None: all cores
     seed: int = 0
+    # Differential privacy (DP-SGD through Opacus, pretune.training.privacy): the run's budget
+    # epsilon; None: no DP.
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None  # delta of dp_epsilon; None: 1 / training rows
+    dp_max_grad_norm: float = 1.0  # DP: each example's gradient is clipped to this norm
 
 
 @dataclass(frozen=True)
@@ -359,9 +370,27 @@ def _number(name: str, value: Any, lo: float, hi: float, *, lo_open=False, integ
         )
 
 
+# The configs that passed ``validate``, by id (a RunConfig is frozen, so one that passed stays
+# valid): the boundary (the API, the CLI, the search's start) checks a config, and the layers it
+# hands that config to may call ``validate`` again at no cost.
+_VALID: weakref.WeakValueDictionary[int, RunConfig] = weakref.WeakValueDictionary()
+
+
 def validate(config: RunConfig) -> RunConfig:
-    """Check every setting once; return the config unchanged or raise ConfigError."""
-    d, m, t = config.data, config.model, config.train
+    """Check every setting once; return the config unchanged or raise ConfigError. A config
+    that passed before is not checked again."""
+    if _VALID.get(id(config)) is config:
+        return config
+    _validate_data(config.data)
+    _validate_model(config.model)
+    _validate_train(config.train)
+    _validate_task_and_stopping(config)
+    _VALID[id(config)] = config
+    return config
+
+
+def _validate_data(d: DataConfig) -> None:
+    """The data settings: sizes, seeds, task, text and image augmentation."""
     _number("valid_fraction", d.valid_fraction, 0.0, 0.9, lo_open=True)
     if d.train_rows is not None:
         _number("train_rows", d.train_rows, 2, 10**12, integer=True)
@@ -383,6 +412,9 @@ def validate(config: RunConfig) -> RunConfig:
         _number(name, getattr(d, name), 0.0, hi)
     _number("crop_scale", d.crop_scale, 0.0, 1.0, lo_open=True)
 
+
+def _validate_model(m: ModelConfig) -> None:
+    """The model settings: transfer strategy, head, pooling, LoRA, probing."""
     _check(bool(m.model), "model must name a Hugging Face model id or a local directory, "
                           "but got nothing. Pass --model.")
     one_of("transfer", m.transfer, TRANSFERS)
@@ -405,6 +437,9 @@ def validate(config: RunConfig) -> RunConfig:
     _number("probe_lr", m.probe_lr, 0.0, 10.0, lo_open=True)
     _number("tapt_steps", m.tapt_steps, 0, 10**6, integer=True)
 
+
+def _validate_train(t: TrainConfig) -> None:
+    """The training settings: optimizer, batches, schedule, loss and metric."""
     one_of("optimizer", t.optimizer, OPTIMIZERS)
     _number("lr", t.lr, 0.0, 10.0, lo_open=True)
     _number("momentum", t.momentum, 0.0, 0.9999)
@@ -438,10 +473,20 @@ def validate(config: RunConfig) -> RunConfig:
     one_of("metric", t.metric, ALL_METRICS)
     one_of("loss", t.loss, LOSSES)
     _number("huber_delta", t.huber_delta, 0.0, 1e6, lo_open=True)
+    if t.dp_epsilon is not None:
+        _number("dp_epsilon", t.dp_epsilon, 0.0, 1e6, lo_open=True)
+    if t.dp_delta is not None:
+        _number("dp_delta", t.dp_delta, 0.0, 1.0, lo_open=True)
+    _number("dp_max_grad_norm", t.dp_max_grad_norm, 0.0, 1e9, lo_open=True)
     if t.threshold is not None:
         _number("threshold", t.threshold, 0.0, 1.0, lo_open=True)
     _number("distill_alpha", t.distill_alpha, 0.0, 1.0)
     _number("distill_temperature", t.distill_temperature, 0.0, 100.0, lo_open=True)
+
+
+def _validate_task_and_stopping(config: RunConfig) -> None:
+    """The settings that depend on the task, then early stopping, evaluation and the run."""
+    d, t = config.data, config.train
     if d.task != "auto":
         _check_task(d.task, t, default_ok=True)
     if d.task == "token":
@@ -461,7 +506,6 @@ def validate(config: RunConfig) -> RunConfig:
     if t.threads is not None:
         _number("threads", t.threads, 1, 4096, integer=True)
     _number("seed", t.seed, 0, 2**32 - 1, integer=True)
-    return config
 
 
 def _check_task(task: str, t: TrainConfig, default_ok: bool = False) -> None:

@@ -46,3 +46,47 @@ def test_too_little_room_names_what_is_needed_and_what_is_free(tmp_path, monkeyp
                                           r"but the disk of .* has 1.0 MB free"):
         outdir.check_room(tmp_path, 2 * 2**20, "the model")
     outdir.check_room(tmp_path, 2**20, "the model")
+
+
+def test_atomic_write_replaces_the_file_with_text_bytes_or_what_a_writer_wrote(tmp_path):
+    path = tmp_path / "new" / "table.csv"
+    assert outdir.atomic_write(path, "a,b\n") == path  # the folder is made
+    assert path.read_text() == "a,b\n"
+    outdir.atomic_write(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    outdir.atomic_write(path, lambda tmp: tmp.write_text("from a writer"))
+    assert path.read_text() == "from a writer"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["table.csv"]  # no temp file left
+
+
+def test_a_writer_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("old")
+
+    def half_then_fail(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        outdir.atomic_write(path, half_then_fail)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.yaml"]
+
+
+@pytest.mark.parametrize("err, fix", [
+    (OSError(errno.ENOSPC, "No space left on device"), "Free some space"),
+    (PermissionError(errno.EACCES, "Permission denied"), "Change the folder's permissions"),
+])
+def test_a_full_disk_or_no_permission_is_one_line_naming_the_path_and_the_fix(tmp_path, err, fix):
+    path = tmp_path / "trials.csv"
+
+    def fails(tmp):
+        tmp.write_text("part")
+        raise err
+
+    with pytest.raises(outdir.WriteError) as caught:
+        outdir.atomic_write(path, fails)
+    message = str(caught.value)
+    assert "\n" not in message and f"Writing {path}" in message and fix in message
+    assert isinstance(caught.value, OSError)  # cache writers that catch OSError go on
+    assert list(tmp_path.iterdir()) == []

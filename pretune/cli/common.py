@@ -7,11 +7,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
 try:  # recent Typer carries its own copy of Click; its exceptions are the ones raised
@@ -20,6 +21,7 @@ except ImportError:  # pragma: no cover - Typer on the Click package
     from click.exceptions import UsageError
 
 from pretune.errors import ConfigError, PretuneError
+from pretune.yamlfile import read_mapping
 
 console = Console(stderr=True)
 
@@ -41,7 +43,7 @@ def set_verbose() -> None:
     logging.getLogger().setLevel(logging.INFO)
     warnings.resetwarnings()
     try:
-        import transformers
+        import transformers  # transformers loads only when this runs
 
         transformers.logging.set_verbosity_warning()
     except Exception:  # pragma: no cover - transformers is a core dependency
@@ -60,7 +62,7 @@ def quiet_libraries(verbose: bool = False) -> None:
         return
     warnings.filterwarnings("ignore")
     try:
-        import transformers
+        import transformers  # transformers loads only when this runs
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
@@ -68,15 +70,20 @@ def quiet_libraries(verbose: bool = False) -> None:
         pass
     for name in ("datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from pretune.search.study import quiet_optuna
+    from pretune.search.records import quiet_optuna  # optuna loads only when this runs
 
     quiet_optuna()
 
 
 def run_command(fn: Callable[[], Any]) -> Any:
-    """Run a command body; a PretuneError becomes one line on stderr and exit code 2."""
+    """Run a command body; a PretuneError becomes one line on stderr and exit code 2. What a
+    command writes (run directories, reports, predictions) is for its owner only
+    (``pretune.permissions``)."""
+    from pretune.permissions import private_files
+
     try:
-        return fn()
+        with private_files():
+            return fn()
     except PretuneError as err:
         if os.environ.get("PRETUNE_DEBUG"):
             raise
@@ -147,9 +154,70 @@ def given_settings(flags: dict[str, Any], *, allow_pickle: bool = False,
     return settings
 
 
+# --- options that `pretune train` and `pretune tune` share ---------------------------------------
+# Declared once here; a command takes one as ``train: TrainOption = None``.
+
+TrainOption = Annotated[Optional[str], typer.Option(
+    "--train", help="Training data: CSV, TSV, JSONL, Parquet, or a Hugging Face dataset.")]
+ValidOption = Annotated[Optional[str], typer.Option(
+    "--valid", help="Validation data; without it, a stratified split of --train.")]
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", help="Hugging Face model id or local directory.")]
+TextColumnOption = Annotated[Optional[str], typer.Option("--text-column")]
+TextPairColumnOption = Annotated[Optional[str], typer.Option("--text-pair-column")]
+LabelColumnOption = Annotated[Optional[str], typer.Option("--label-column")]
+ImageColumnOption = Annotated[Optional[str], typer.Option(
+    "--image-column", help="Column of image paths (images are detected without it).")]
+TaskOption = Annotated[Optional[str], typer.Option(
+    "--task", help="auto (default: detected from the label column; lists of words with lists of "
+                   "tags: token), classification, regression, multilabel or token.")]
+LabelAllSubtokensOption = Annotated[Optional[bool], typer.Option(
+    "--label-all-subtokens/--label-first-subtoken",
+    help="Token classification: every sub-word token of a word learns its tag (default: only "
+         "the first).")]
+LabelNamesOption = Annotated[Optional[str], typer.Option(
+    "--label-names", help="Token classification: names of integer tags in id order, e.g. "
+                          "O,B-PER,I-PER,B-LOC,I-LOC.")]
+TrainRowsOption = Annotated[Optional[int], typer.Option(
+    "--train-rows", help="Sample this many training rows (stratified).")]
+UnlabeledOption = Annotated[Optional[str], typer.Option(
+    "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM "
+                        "pretraining on the task before fine-tuning (tapt_steps).")]
+MaxLengthOption = Annotated[Optional[int], typer.Option("--max-length")]
+PrecisionOption = Annotated[Optional[str], typer.Option(
+    "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32.")]
+DpEpsilonOption = Annotated[Optional[float], typer.Option(
+    "--dp-epsilon", help="Train with differential privacy (DP-SGD, needs opacus) within this "
+                         "epsilon (per trial in a search).")]
+DpDeltaOption = Annotated[Optional[float], typer.Option(
+    "--dp-delta", help="Delta of --dp-epsilon (default 1 / training rows).")]
+DpMaxGradNormOption = Annotated[Optional[float], typer.Option(
+    "--dp-max-grad-norm", help="Per-example gradient clipping norm of --dp-epsilon (default 1.0).")]
+MaskPiiOption = Annotated[Optional[bool], typer.Option(
+    "--mask-pii/--no-mask-pii", help="Replace e-mail addresses, URLs, phone numbers and long "
+    "numbers by [EMAIL], [URL], [PHONE], [NUMBER] before tokenizing, here and at predict.")]
+AllowPickleOption = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Allow loading pickle weights (can run code).")]
+TrustRemoteCodeOption = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Allow a model's own Python code.")]
+
+# The settings of a RunConfig that both commands take as flags of the same name.
+DATA_FLAGS = ("train", "valid", "model", "text_column", "text_pair_column", "label_column",
+              "train_rows", "image_column", "unlabeled", "max_length", "metric", "precision",
+              "seed", "task", "label_all_subtokens", "label_names", "dp_epsilon", "dp_delta",
+              "dp_max_grad_norm", "mask_pii")
+
+
+def flag_settings(given: dict[str, Any], names: tuple[str, ...] = DATA_FLAGS) -> dict[str, Any]:
+    """The settings among a command's arguments ``given`` (its ``locals()``): ``names`` not
+    left at None, plus the safety opt-ins (see ``given_settings``)."""
+    return given_settings({name: given[name] for name in names},
+                          allow_pickle=given.get("allow_pickle", False),
+                          trust_remote_code=given.get("trust_remote_code", False))
+
+
 def read_yaml(path: str | Path, flag: str = "--config") -> dict:
     """A YAML mapping of settings from ``path``, with clear errors for a missing or bad file."""
-    from pretune.yamlfile import read_mapping
 
     return read_mapping(path, flag)
 
@@ -171,8 +239,6 @@ class training_progress:
     """
 
     def __init__(self, label: str = "training"):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.label = label
         self.bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

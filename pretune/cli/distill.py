@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
-from pretune.cli.common import console, parse_sets, run_command, with_example
+from pretune.api import distill as api_distill
+from pretune.cli.common import (
+    console, output_level, parse_sets, run_command, set_verbose, with_example,
+)
+from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
+from pretune.cli.tune import print_summary, write_report_safely
+from pretune.report.distill import by_model, comparison_rows
 
 EXAMPLE = """
 Example:
@@ -40,11 +48,6 @@ def command(
     """Distill a search's best model into a smaller student; compare size, speed and metrics."""
 
     def body():
-        from pretune.api import distill as api_distill
-        from pretune.cli.common import output_level, set_verbose
-        from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
-        from pretune.cli.tune import print_summary, write_report_safely
-
         if verbose:
             set_verbose()
         level = output_level()
@@ -70,10 +73,6 @@ def print_comparison(report: dict[str, Any] | None) -> None:
     """The teacher-student table of a distill report, on standard output."""
     if not report:
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    from pretune.report.distill import by_model, comparison_rows
 
     columns, rows = by_model(*comparison_rows(report))
     table = Table(title=f"distillation: the validation set ({report.get('valid_rows')} rows); "

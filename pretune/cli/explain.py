@@ -7,8 +7,12 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
+from rich.progress import Progress
 
 from pretune.cli.common import console, run_command, with_example
+from pretune.errors import ConfigError
+from pretune.report.explain import write_explanation
+from pretune.training.explain import explain, order
 
 EXAMPLE = """
 Example:
@@ -40,14 +44,8 @@ def command(
     """Attribute a model's predictions to their tokens or pixels (integrated gradients)."""
 
     def body():
-        from rich.progress import Progress
-
-        from pretune.report.explain import write_explanation
-        from pretune.training.explain import explain, order
 
         if output.suffix.lower() not in (".html", ".htm", ".csv"):
-            from pretune.errors import ConfigError
-
             raise ConfigError(f"--output must end in .html or .csv, but got {output.name!r}. "
                               f"Choose one of those extensions.")
         with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:

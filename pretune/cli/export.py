@@ -10,7 +10,9 @@ import typer
 from rich.markup import escape
 
 from pretune.cli.common import console, run_command, with_example
+from pretune.deploy.export import export_onnx
 from pretune.errors import ConfigError
+from pretune.report.tables import export_trials
 
 EXAMPLE = """
 Example:
@@ -44,8 +46,7 @@ def command(
         if quantize is not None:
             raise ConfigError(f"--quantize applies to --format onnx only, but --format is {format}. "
                               f"Pass --format onnx or drop --quantize.")
-        from pretune.report.tables import export_trials
-        from pretune.search.history import read_history
+        from pretune.search.history import read_history  # optuna loads only when this runs
 
         history = read_history(run, importance=False)
         text = export_trials(history, kind, output)
@@ -61,7 +62,6 @@ def command(
                               "Pass --output DIR.")
         if quantize not in (None, "int8"):
             raise ConfigError(f"--quantize must be int8, but got {quantize!r}. Pass --quantize int8.")
-        from pretune.deploy.export import export_onnx
 
         with console.status("exporting to ONNX", spinner="dots"):
             result = export_onnx(run, output, quantize=quantize, rows=rows, tolerance=tolerance,

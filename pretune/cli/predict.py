@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.progress import Progress
 
+from pretune.api import predict as api_predict
 from pretune.cli.common import console, run_command, with_example
+from pretune.data.outputs import lists_as_json
 from pretune.deploy.runtime import is_export_dir
 from pretune.errors import ConfigError
 
@@ -43,9 +46,6 @@ def command(
     """Predict the label of every row of a file with a trained model."""
 
     def body():
-        from rich.progress import Progress
-
-        from pretune.api import predict as api_predict
 
         options = {}
         if onnx is not None or int8 or (model is not None and is_export_dir(model)):
@@ -65,8 +65,6 @@ def command(
         where = f" to {output}" if output else ""
         console.print(f"predicted {len(frame)} rows{where}", highlight=False)
         if output is None:
-            from pretune.data.outputs import lists_as_json
-
             print(lists_as_json(frame).to_csv(index=False), end="")
 
     run_command(body)

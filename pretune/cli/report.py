@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from pretune.cli.common import console, run_command, with_example
+from pretune.report import html as report_html
 
 EXAMPLE = """
 Example:
@@ -26,9 +27,7 @@ def command(
     """Write RUN/report.html: summary, curves, importance, best model's confusion matrix."""
 
     def body():
-        from pretune.report.html import write_report
-
-        path = write_report(run, output)
+        path = report_html.write_report(run, output)
         console.print(f"report written to {escape(str(path))}", highlight=False, soft_wrap=True)
 
     run_command(body)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from pretune.cli.common import run_command, with_example
+from pretune.cli.distill import print_comparison
+from pretune.report.tables import summary, top_trials
 
 EXAMPLE = """
 Example:
@@ -24,18 +27,14 @@ def command(
     """Print a search's summary and its best trials."""
 
     def body():
-        from rich.console import Console
-
-        from pretune.report.tables import summary, top_trials
-        from pretune.search.history import read_history
+        from pretune.search.history import read_history  # optuna loads only when this runs
 
         history = read_history(run, importance=False)
         out = Console()
         for label, text in summary(history):
             out.print(f"[bold]{escape(label)}[/]: {escape(text)}", highlight=False, soft_wrap=True)
         frame = top_trials(history, top)
-        from pretune.cli.distill import print_comparison
-        from pretune.search.distill import read_report
+        from pretune.search.distill import read_report  # optuna loads only when this runs
 
         print_comparison(read_report(run))  # a student's run: the comparison with its teacher
         if not len(frame):

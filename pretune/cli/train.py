@@ -7,8 +7,15 @@ from typing import Optional
 
 import typer
 
+from pretune.api import build_config, train as api_train
 from pretune.cli.common import (
-    console, given_settings, parse_sets, read_yaml, run_command, training_progress, with_example,
+    AllowPickleOption, DpDeltaOption, DpEpsilonOption, DpMaxGradNormOption,
+    ImageColumnOption, LabelAllSubtokensOption, LabelColumnOption, MaskPiiOption,
+    LabelNamesOption, MaxLengthOption, ModelOption, PrecisionOption, TaskOption,
+    TextColumnOption, TextPairColumnOption, TrainOption, TrainRowsOption,
+    TrustRemoteCodeOption, UnlabeledOption, ValidOption,
+    DATA_FLAGS, console, flag_settings, parse_sets, read_yaml, run_command, training_progress,
+    with_example,
 )
 
 EXAMPLE = """
@@ -22,23 +29,26 @@ Example:
 Any setting can be given with --set NAME=VALUE (repeatable), e.g. --set head_layers=1.
 """
 
+# Training settings only `pretune train` takes as flags (a search searches them).
+RUN_FLAGS = ("epochs", "lr", "batch_size", "optimizer", "schedule", "transfer")
+
 
 def command(
-    train: Optional[str] = typer.Option(None, "--train", help="Training data: CSV, TSV, JSONL, Parquet, or a Hugging Face dataset."),
-    valid: Optional[str] = typer.Option(None, "--valid", help="Validation data; without it, a stratified split of --train."),
+    train: TrainOption = None,
+    valid: ValidOption = None,
     out: Path = typer.Option(Path("runs/model"), "--out", help="Directory to write the trained model to."),
-    model: Optional[str] = typer.Option(None, "--model", help="Hugging Face model id or local directory."),
+    model: ModelOption = None,
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of settings (a pretune.yaml works)."),
-    text_column: Optional[str] = typer.Option(None, "--text-column"),
-    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
-    label_column: Optional[str] = typer.Option(None, "--label-column"),
-    image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
-    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column; lists of words with lists of tags: token), classification, regression, multilabel or token."),
-    label_all_subtokens: Optional[bool] = typer.Option(None, "--label-all-subtokens/--label-first-subtoken", help="Token classification: every sub-word token of a word learns its tag (default: only the first)."),
-    label_names: Optional[str] = typer.Option(None, "--label-names", help="Token classification: names of integer tags in id order, e.g. O,B-PER,I-PER,B-LOC,I-LOC."),
-    train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
-    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    text_column: TextColumnOption = None,
+    text_pair_column: TextPairColumnOption = None,
+    label_column: LabelColumnOption = None,
+    image_column: ImageColumnOption = None,
+    task: TaskOption = None,
+    label_all_subtokens: LabelAllSubtokensOption = None,
+    label_names: LabelNamesOption = None,
+    train_rows: TrainRowsOption = None,
+    unlabeled: UnlabeledOption = None,
+    max_length: MaxLengthOption = None,
     epochs: Optional[float] = typer.Option(None, "--epochs"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     batch_size: Optional[str] = typer.Option(None, "--batch-size", help="An integer, or 'full' for gradient descent."),
@@ -46,28 +56,22 @@ def command(
     schedule: Optional[str] = typer.Option(None, "--schedule"),
     transfer: Optional[str] = typer.Option(None, "--transfer", help="full, linear_probe or freeze_bottom."),
     metric: Optional[str] = typer.Option(None, "--metric"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
+    precision: PrecisionOption = None,
     seed: Optional[int] = typer.Option(None, "--seed"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = None,
+    dp_max_grad_norm: DpMaxGradNormOption = None,
+    mask_pii: MaskPiiOption = None,
+    allow_pickle: AllowPickleOption = False,
+    trust_remote_code: TrustRemoteCodeOption = False,
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any setting, NAME=VALUE; repeatable."),
 ) -> None:
     """Fine-tune a model once with fixed settings and save it."""
+    given = dict(locals())
 
     def body():
-        from pretune.api import build_config, train as api_train
-
         base = read_yaml(config) if config else None
-        flags = dict(
-            train=train, valid=valid, model=model, text_column=text_column,
-            text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
-            image_column=image_column, unlabeled=unlabeled,
-            max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
-            optimizer=optimizer, schedule=schedule, transfer=transfer, metric=metric,
-            precision=precision, seed=seed, task=task, label_all_subtokens=label_all_subtokens, label_names=label_names,
-        )
-        settings = given_settings(flags, allow_pickle=allow_pickle,
-                                  trust_remote_code=trust_remote_code)
+        settings = flag_settings(given, DATA_FLAGS + RUN_FLAGS)
         settings.update(parse_sets(set_))
         cfg = build_config(base, settings)
         with training_progress() as (on_step, on_eval):
@@ -82,6 +86,11 @@ def command(
             f"{result.train_result.seconds:.0f}s); model saved to {result.path}",
             highlight=False,
         )
+        if result.train_result.privacy:
+            from pretune.training.privacy import describe
+
+            console.print(describe(result.train_result.privacy), highlight=False)
+            print(f"dp_epsilon_spent={result.train_result.privacy['epsilon']:.4f}")
         shown = "accuracy" if "accuracy" in m else judged
         print(f"validation_{shown}={m.get(shown, float('nan')):.4f}")
 

@@ -8,9 +8,19 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
+from pretune.api import tune as api_tune, tune_parameters
 from pretune.cli.common import (
-    console, given_settings, parse_sets, read_yaml, run_command, with_example)
-from pretune.cli.progress import short
+    AllowPickleOption, DpDeltaOption, DpEpsilonOption, DpMaxGradNormOption,
+    ImageColumnOption, LabelAllSubtokensOption, LabelColumnOption, MaskPiiOption,
+    LabelNamesOption, MaxLengthOption, ModelOption, PrecisionOption, TaskOption,
+    TextColumnOption, TextPairColumnOption, TrainOption, TrainRowsOption,
+    TrustRemoteCodeOption, UnlabeledOption, ValidOption,
+    console, flag_settings, output_level, parse_sets, read_yaml, run_command, set_verbose,
+    with_example,
+)
+from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode, short
+from pretune.errors import MissingExtraError, PretuneError
+from pretune.report import html as report_html
 
 EXAMPLE = """
 Example:
@@ -43,11 +53,11 @@ A space file narrows or extends the default space, e.g.:
 
 
 def command(
-    train: Optional[str] = typer.Option(None, "--train", help="Training data: CSV, TSV, JSONL, Parquet, or a Hugging Face dataset."),
-    valid: Optional[str] = typer.Option(None, "--valid", help="Validation data; without it, a stratified split of --train."),
+    train: TrainOption = None,
+    valid: ValidOption = None,
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Run directory: study, trials.csv and best/ go here."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Time (10m, 2h), trials (30trials) or both (10m,30trials). Default 10m."),
-    model: Optional[str] = typer.Option(None, "--model", help="Hugging Face model id or local directory."),
+    model: ModelOption = None,
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of base settings (a pretune.yaml works)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Metric to optimize (accuracy, f1_macro, loss, ...); its direction follows."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the search; each trial derives its own."),
@@ -68,45 +78,38 @@ def command(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: a local Ray instance)."),
     cpus_per_trial: Optional[int] = typer.Option(None, "--cpus-per-trial", help="Cores each worker uses (default: all cores / workers)."),
     heartbeat: Optional[int] = typer.Option(None, "--heartbeat", help="Seconds between heartbeats of running trials on a shared storage (default 30)."),
-    text_column: Optional[str] = typer.Option(None, "--text-column"),
-    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
-    label_column: Optional[str] = typer.Option(None, "--label-column"),
-    image_column: Optional[str] = typer.Option(None, "--image-column", help="Column of image paths (images are detected without it)."),
-    task: Optional[str] = typer.Option(None, "--task", help="auto (default: detected from the label column; lists of words with lists of tags: token), classification, regression, multilabel or token."),
-    label_all_subtokens: Optional[bool] = typer.Option(None, "--label-all-subtokens/--label-first-subtoken", help="Token classification: every sub-word token of a word learns its tag (default: only the first)."),
-    label_names: Optional[str] = typer.Option(None, "--label-names", help="Token classification: names of integer tags in id order, e.g. O,B-PER,I-PER,B-LOC,I-LOC."),
-    train_rows: Optional[int] = typer.Option(None, "--train-rows", help="Sample this many training rows (stratified)."),
-    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="More texts (one per line, or a table's text column) for masked-LM pretraining on the task before fine-tuning (tapt_steps)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 or fp32."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickle weights (can run code)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model's own Python code."),
+    text_column: TextColumnOption = None,
+    text_pair_column: TextPairColumnOption = None,
+    label_column: LabelColumnOption = None,
+    image_column: ImageColumnOption = None,
+    task: TaskOption = None,
+    label_all_subtokens: LabelAllSubtokensOption = None,
+    label_names: LabelNamesOption = None,
+    train_rows: TrainRowsOption = None,
+    unlabeled: UnlabeledOption = None,
+    max_length: MaxLengthOption = None,
+    precision: PrecisionOption = None,
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = None,
+    dp_max_grad_norm: DpMaxGradNormOption = None,
+    mask_pii: MaskPiiOption = None,
+    allow_pickle: AllowPickleOption = False,
+    trust_remote_code: TrustRemoteCodeOption = False,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result: no progress, no line per trial."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Plain lines instead of live bars, with library logs."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html at the end (needs plotly)."),
     log_to: Optional[list[str]] = typer.Option(None, "--log-to", help="Also record each trial in mlflow or tensorboard; repeatable."),
 ) -> None:
     """Search hyperparameters within a budget; the best model is kept in OUT/best."""
+    given = dict(locals())
 
     def body():
-        from pretune.api import tune as api_tune
-        from pretune.cli.common import output_level, set_verbose
-        from pretune.cli.progress import MODE_QUIET, SearchProgress, choose_mode
-
         if verbose:
             set_verbose()
         level = output_level()
         mode = choose_mode(quiet=quiet or level < 0, verbose=verbose or level > 0)
         base = read_yaml(config) if config else None
-        flags: dict[str, Any] = dict(
-            train=train, valid=valid, model=model, text_column=text_column,
-            text_pair_column=text_pair_column, label_column=label_column, train_rows=train_rows,
-            image_column=image_column, unlabeled=unlabeled,
-            max_length=max_length, metric=metric, precision=precision, seed=seed, task=task,
-            label_all_subtokens=label_all_subtokens, label_names=label_names,
-        )
-        settings = given_settings(flags, allow_pickle=allow_pickle,
-                                  trust_remote_code=trust_remote_code)
+        settings = flag_settings(given)
         pins = parse_sets(fixed, "--fixed")
         # The first line once the input is checked: a bad input prints its error alone.
         progress = SearchProgress(
@@ -114,13 +117,9 @@ def command(
             intro=f"searching in {out} (budget {budget or '10m'}); one line per trial")
         with progress:
             result = api_tune(
-                base, out=out, budget=budget, space=space, fixed=pins, strategy=strategy,
-                sampler=sampler, pruner=pruner, priors=priors, lr_range_test=lr_range_test,
-                data_fraction=data_fraction, keep=keep, assemble=assemble, storage=storage,
-                study=study, workers=workers,
-                executor=executor, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
-                heartbeat=heartbeat, on_trial=progress.on_trial, on_plan=progress.on_plan,
-                progress=progress, log_to=log_to, **settings,
+                base, out=out, space=space, fixed=pins, on_trial=progress.on_trial,
+                on_plan=progress.on_plan, progress=progress, log_to=log_to,
+                **search_options(given), **settings,
             )
         print_summary(result)
         if report:
@@ -129,14 +128,18 @@ def command(
     run_command(body)
 
 
+def search_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The options among the command's arguments ``given`` that set how the search runs
+    (``pretune.api.tune``'s TuneConfig parameters; --space goes its own way)."""
+    return {name: given[name] for name in tune_parameters() if name in given and name != "space"}
+
+
 def write_report_safely(run: Path, *, quiet: bool = False) -> None:
     """The report at the end of a search: a failure to write it is a warning, never an error
     (the search's results are already on disk)."""
-    from pretune.errors import MissingExtraError
-    from pretune.report.html import write_report
 
     try:
-        path = write_report(run)
+        path = report_html.write_report(run)
     except MissingExtraError as err:
         console.print(f"[yellow]no report:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return
@@ -158,8 +161,6 @@ def print_summary(result) -> None:
     console.print(f"{len(result.trials)} trials in {escape(str(result.path))} ({tally or 'none'}); "
                   f"{result.trials_run} run now", highlight=False, soft_wrap=True)
     if result.best_trial is None:
-        from pretune.errors import PretuneError
-
         reasons = result.trials["fail_reason"].dropna() if len(result.trials) else []
         why = f" The last failure: {reasons.iloc[-1]}" if len(reasons) else ""
         raise PretuneError(
@@ -184,5 +185,11 @@ def print_summary(result) -> None:
     if result.ended_early:
         console.print(f"stopped with time left: {escape(result.ended_early)}", highlight=False,
                       soft_wrap=True)
+    epsilon = result.best_settings.get("dp_epsilon")
+    if epsilon is not None:  # DP: the per-trial budget, and what the whole search spent
+        from pretune.training.privacy import SEARCH_NOTE, search_bound
+
+        console.print(search_bound(epsilon, len(result.trials)), highlight=False, soft_wrap=True)
+        console.print(SEARCH_NOTE, highlight=False, soft_wrap=True)
     print(f"best_trial={result.best_trial}")
     print(f"best_{result.metric}={result.best_value:.4f}")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from pretune.cli.common import console, run_command, with_example
+from pretune.cli.common import console, output_level, run_command, with_example
 
 EXAMPLE = """
 Example:
@@ -36,8 +36,7 @@ def command(
     """Run trials of an existing study until its budget is spent."""
 
     def body():
-        from pretune.cli.common import output_level
-        from pretune.search.workers import join
+        from pretune.search.workers import join  # optuna loads only when this runs
 
         def on_trial(report) -> None:
             if output_level() < 0:
@@ -47,8 +46,11 @@ def command(
             console.print(f"trial {report.number}: {report.state.lower()} {report.metric} "
                           f"{value}{best}", highlight=False, soft_wrap=True)
 
-        result = join(storage, study, out=out, budget=budget, threads=threads,
-                      heartbeat=heartbeat, on_trial=on_trial)
+        from pretune.permissions import private_files
+
+        with private_files():  # the run directory is for its owner only
+            result = join(storage, study, out=out, budget=budget, threads=threads,
+                          heartbeat=heartbeat, on_trial=on_trial)
         console.print(f"worker done: {result.trials_run} trials run here; best so far: trial "
                       f"{result.best_trial} in {escape(str(result.path))}", highlight=False,
                       soft_wrap=True)

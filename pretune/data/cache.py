@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 
 from pretune.data.task import Split
 from pretune.data.tokenize import Encoded, choose_max_length, encode, label_array
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +193,12 @@ class TokenCache:
 
 
 def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """``write(file)`` into an open binary file that becomes ``path`` atomically."""
+    def to_file(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, to_file)
 
 
 _SHARED = TokenCache()

@@ -35,21 +35,15 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from pretune.errors import DataError, MissingExtraError
-from pretune.data.readers import is_hub_name, read_table
-from pretune.data.task import (
-    LABEL_COLUMNS,
-    Split,
-    TaskData,
-    _find,
-    _given,
-    _is_missing,
-    _label_names,
-    _listing,
-    _row,
-    _sample,
-    _split,
+from pretune.data.columns import (
+    LABEL_COLUMNS, find_column, given_column, is_missing, listing, row_number,
 )
+from pretune.data.examples import Split, TaskData
+from pretune.data.labels import class_names
+from pretune.data.readers import is_hub_name, read_table
+from pretune.data.sampling import holdout, sample_rows
+from pretune.errors import DataError, MissingExtraError
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +93,7 @@ def image_columns(frame: pd.DataFrame) -> list[str]:
     """Columns whose values (a sample of them) are all paths ending in an image extension."""
     out = []
     for column in frame.columns:
-        values = [v for v in frame[column].head(_DETECT_ROWS).tolist() if not _is_missing(v)]
+        values = [v for v in frame[column].head(_DETECT_ROWS).tolist() if not is_missing(v)]
         if values and all(_is_image_path(v) for v in values):
             out.append(str(column))
     return out
@@ -157,17 +151,17 @@ def _read(source: str, flag: str, image_column: str | None, need_label: bool,
     frame = read_table(source)
     columns = list(frame.columns)
     if image_column:
-        column = _given(frame, image_column, flag, "--image-column")
-    elif prefer is not None and _find(columns, prefer):
-        column = _find(columns, prefer)
+        column = given_column(frame, image_column, flag, "--image-column")
+    elif prefer is not None and find_column(columns, prefer):
+        column = find_column(columns, prefer)
     else:
         found = image_columns(frame)
-        preferred = [c for n in IMAGE_COLUMNS if (c := _find(found, n))]
+        preferred = [c for n in IMAGE_COLUMNS if (c := find_column(found, n))]
         column = (preferred or found or [None])[0]
         if column is None:
             raise DataError(
                 f"{flag} must have a column of image paths (ending in {', '.join(IMAGE_EXTENSIONS)}), "
-                f"but found columns ({_listing(columns)}). Pass --image-column with the name of "
+                f"but found columns ({listing(columns)}). Pass --image-column with the name of "
                 f"that column, or a folder with a subfolder per class."
             )
         if len(found) > 1 and not preferred:
@@ -175,12 +169,12 @@ def _read(source: str, flag: str, image_column: str | None, need_label: bool,
                      ", ".join(found), column)
     label = None
     if need_label and label_column:
-        label = _given(frame, label_column, flag, "--label-column")
+        label = given_column(frame, label_column, flag, "--label-column")
     elif need_label:
-        label = next((c for n in LABEL_COLUMNS if (c := _find(columns, n)) and c != column), None)
+        label = next((c for n in LABEL_COLUMNS if (c := find_column(columns, n)) and c != column), None)
         if label is None:
             raise DataError(
-                f"{flag} must have a label column, but found columns ({_listing(columns)}). "
+                f"{flag} must have a label column, but found columns ({listing(columns)}). "
                 f"Pass --label-column with the name of the label column."
             )
     return frame, column, label, path.parent
@@ -190,16 +184,16 @@ def _paths(frame: pd.DataFrame, column: str, base: Path, flag: str) -> list[str]
     """Absolute paths of the column's images; DataError for an empty cell or a missing file."""
     out: list[str] = []
     for i, value in enumerate(frame[column].tolist()):
-        if _is_missing(value) or not str(value).strip():
+        if is_missing(value) or not str(value).strip():
             raise DataError(
                 f"{flag} must have an image path in every row of column '{column}', but row "
-                f"{_row(frame, i)} is empty. Remove that row or fill it in."
+                f"{row_number(frame, i)} is empty. Remove that row or fill it in."
             )
         p = Path(os.path.expanduser(str(value).strip()))
         p = p if p.is_absolute() else base / p
         if not p.is_file():
             raise DataError(
-                f"Every image that {flag} names must exist, but row {_row(frame, i)} names "
+                f"Every image that {flag} names must exist, but row {row_number(frame, i)} names "
                 f"{value} and there is no file at {p}. Fix the path (relative paths start at "
                 f"the table's folder) or remove the row."
             )
@@ -213,7 +207,7 @@ def load_image_task(cfg: Any, seed: int) -> ImageTaskData:
                                        label_column=cfg.label_column)
     assert label is not None
     paths = _paths(frame, column, base, "--train")
-    names, order = _label_names(frame, label, "--train")
+    names, order = class_names(frame, label, "--train")
     found = set(names)
     if len(found) < 2:
         raise DataError(
@@ -224,23 +218,23 @@ def load_image_task(cfg: Any, seed: int) -> ImageTaskData:
     label2id = {name: i for i, name in enumerate(label_names)}
     train = Split(paths, None, np.array([label2id[n] for n in names], dtype=np.int64))
     if cfg.train_rows is not None and cfg.train_rows < len(train):
-        train = train.subset(_sample(train.labels, cfg.train_rows, seed))
+        train = train.subset(sample_rows(train.labels, cfg.train_rows, seed))
     if cfg.valid:
         vframe, vcolumn, vlabel, vbase = _read(cfg.valid, "--valid", cfg.image_column, True,
                                                prefer=column, label_column=cfg.label_column)
         vpaths = _paths(vframe, vcolumn, vbase, "--valid")
-        vnames, _ = _label_names(vframe, vlabel, "--valid")
+        vnames, _ = class_names(vframe, vlabel, "--valid")
         unknown = sorted(set(vnames) - set(label2id))
         if unknown:
             raise DataError(
-                f"--valid must only have labels that --train has ({_listing(label_names, 10)}), "
+                f"--valid must only have labels that --train has ({listing(label_names, 10)}), "
                 f"but it also has {', '.join(unknown[:10])}. Remove those images or add examples "
                 f"of them to --train."
             )
         valid = Split(vpaths, None, np.array([label2id[n] for n in vnames], dtype=np.int64))
         valid_source = "file"
     else:
-        train_idx, valid_idx = _split(train.labels, cfg.valid_fraction, seed)
+        train_idx, valid_idx = holdout(train.labels, cfg.valid_fraction, seed)
         train, valid = train.subset(train_idx), train.subset(valid_idx)
         valid_source = "split"
     log.info("images: %d training and %d validation images, %d classes", len(train), len(valid),
@@ -347,7 +341,7 @@ class PixelSpec:
 def decode(path: str, spec: PixelSpec) -> np.ndarray:
     """One image as uint8 (3, height, width): RGB, resized as ``spec`` says."""
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError  # an optional extra, imported when used
     except ImportError:
         raise MissingExtraError("pillow", "images", "Reading images") from None
 
@@ -418,17 +412,14 @@ class ImageCache:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file, since np.save adds .npy to a path without it
             np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except OSError as err:  # a full or read-only disk costs speed, not the run
         log.warning("could not write the image cache %s (%s)", path, err)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 _CACHES: dict[str | None, ImageCache] = {}
@@ -472,7 +463,7 @@ class ImageBatches:
         return (1 if n else 0) if self.batch_size is None else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
-        import torch
+        import torch  # torch loads only when this runs
 
         n = len(self.pixels)
         if n == 0:
@@ -495,7 +486,7 @@ class ImageBatches:
 
 def normalize(x, spec: PixelSpec):
     """[0, 1] pixels to what the processor gives the model: rescaled, then (x - mean) / std."""
-    import torch
+    import torch  # torch loads only when this runs
 
     x = x * (255.0 * spec.rescale) if spec.rescale is not None else x * 255.0
     if spec.mean is not None:

@@ -5,11 +5,12 @@ that predicting with ONNX Runtime (``pretune.deploy.runtime``) needs none."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pretune.outdir import atomic_write
 
 
 def label_sets(probs: np.ndarray, names: list[str], threshold: float) -> list[list[str]]:
@@ -51,14 +52,15 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     kind = table_format(path)
     if kind in ("csv", "tsv"):
         frame = lists_as_json(frame)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if kind == "csv":
-        frame.to_csv(tmp, index=False)
-    elif kind == "tsv":
-        frame.to_csv(tmp, index=False, sep="\t")
-    elif kind == "jsonl":
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        if kind == "csv":
+            frame.to_csv(tmp, index=False)
+        elif kind == "tsv":
+            frame.to_csv(tmp, index=False, sep="\t")
+        elif kind == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+
+    atomic_write(path, write)

@@ -7,6 +7,9 @@ punctuation, edited, and joined by single spaces. Stop words are scikit-learn's 
 (``ENGLISH_STOP_WORDS``, 318 words, shipped with scikit-learn); stems come from nltk's Porter
 or Snowball (English) stemmer, which need no downloaded data (both give lower-case stems).
 Lemmatization is not offered: nltk's lemmatizer needs the WordNet data, a separate download.
+``mask_pii`` replaces e-mail addresses, URLs, phone numbers and long digit runs by
+placeholders (``pretune.data.masking``) before anything else, on the same texts and at
+prediction alike.
 All are off by default: subword tokenizers of pretrained models were trained on raw text, and
 rarely gain from it.
 
@@ -34,6 +37,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from pretune.data.masking import mask_all
 from pretune.errors import MissingExtraError
 
 _WORDS = re.compile(r"\w+(?:'\w+)*|[^\w\s]", re.UNICODE)
@@ -46,12 +50,14 @@ class TextOptions:
     lowercase: bool = False
     stopwords: bool = False
     stem: str = "none"
+    mask_pii: bool = False  # placeholders for e-mails, URLs, phones, numbers (data.masking)
 
     @classmethod
     def from_config(cls, data_config: Any) -> "TextOptions":
         return cls(lowercase=bool(getattr(data_config, "lowercase", False)),
                    stopwords=bool(getattr(data_config, "stopwords", False)),
-                   stem=str(getattr(data_config, "stem", "none") or "none"))
+                   stem=str(getattr(data_config, "stem", "none") or "none"),
+                   mask_pii=bool(getattr(data_config, "mask_pii", False)))
 
     @classmethod
     def from_settings(cls, settings: dict) -> "TextOptions":
@@ -59,10 +65,15 @@ class TextOptions:
         data = settings.get("data", settings) if isinstance(settings, dict) else {}
         return cls(lowercase=bool(data.get("lowercase", False)),
                    stopwords=bool(data.get("stopwords", False)),
-                   stem=str(data.get("stem") or "none"))
+                   stem=str(data.get("stem") or "none"),
+                   mask_pii=bool(data.get("mask_pii", False)))
 
     @property
     def active(self) -> bool:
+        return self.lowercase or self.stopwords or self.stem != "none" or self.mask_pii
+
+    @property
+    def edits_words(self) -> bool:
         return self.lowercase or self.stopwords or self.stem != "none"
 
 
@@ -88,6 +99,10 @@ def stemmer(name: str):
 def preprocess(texts: Sequence[str], options: TextOptions) -> list[str]:
     """``texts`` rewritten as ``options`` say; the same list's contents when nothing is on."""
     if not options.active:
+        return list(texts)
+    if options.mask_pii:  # first: the patterns need the raw text (its "@", "://", digits)
+        texts = mask_all(texts)
+    if not options.edits_words:
         return list(texts)
     stops = stop_words() if options.stopwords else None
     stem = stemmer(options.stem) if options.stem != "none" else None

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pretune.data.task import Split
+from pretune.data.examples import Split
 
 logger = logging.getLogger(__name__)
 

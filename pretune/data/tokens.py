@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from pretune.data.tokenize import Encoded
 from pretune.errors import DataError, ModelError
 
 WORD_COLUMNS = ("tokens", "words")
@@ -219,8 +220,6 @@ def encode_words(words: Sequence[Sequence[str]], tags: Sequence[np.ndarray] | No
     where the word has the most context; every other position gets -100, except that with
     ``all_subtokens`` the later sub-tokens of a word (in that window) get its tag too, a B-
     tag turned into the I- tag of its type by ``inside`` (tag id -> tag id)."""
-    from pretune.data.tokenize import Encoded
-
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(
             f"Token classification aligns words to sub-word tokens with a fast tokenizer, but "

@@ -41,6 +41,7 @@ from pretune.data.collate import Batches, batch_labels
 from pretune.data.tokenize import Encoded
 from pretune.models.heads import base_prefix
 from pretune.models.transfer import find_layers
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -336,18 +337,12 @@ class FeatureStore:
             return
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            save_file({"states": features.states,
-                       "offsets": torch.from_numpy(features.offsets)},
-                      str(tmp), metadata={"depth": str(features.depth), "format": str(FORMAT)})
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: save_file(
+                {"states": features.states, "offsets": torch.from_numpy(features.offsets)},
+                str(tmp), metadata={"depth": str(features.depth), "format": str(FORMAT)}))
         except OSError as err:  # a full or read-only disk costs speed, not the run
             log.warning("could not write the feature cache %s (%s)", path, err)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def _remember(self, key: str, features: Features) -> None:
         self._memory[key] = features

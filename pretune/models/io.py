@@ -26,18 +26,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from pretune.yamlfile import plain
 from pretune.errors import ModelError
-from pretune.outdir import check_room, check_writable, disk_full
-from pretune.models import mlp_head
-from pretune.models.load import (
-    check_model_dir,
-    load_config,
-    load_error,
-    load_tokenizer,
-    quiet_transformers,
-    weights_bytes,
+from pretune.models import mlp_head, vision
+from pretune.models.load import load_tokenizer, weights_bytes
+from pretune.models.weights import (  # noqa: F401 - public here too
+    has_pretune_parts, load_saved_weights, mlp_class,
 )
+from pretune.outdir import check_room, check_writable, disk_full
+from pretune.yamlfile import plain
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +78,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 def head_code(model: Any) -> str | None:
     """The text of ``pretune_head.py`` for ``model``, or None when its class cannot be imported
     by name from transformers (a remote-code model)."""
-    import transformers
+    import transformers  # transformers loads only when this runs
 
     base = getattr(type(model), "_pretune_base", type(model))
     if getattr(transformers, base.__name__, None) is not base:
@@ -99,12 +95,6 @@ def head_code(model: Any) -> str | None:
         f"        super().__init__(config, *args, **kwargs)\n"
         f"        attach_from_config(self)\n"
     )
-
-
-def has_pretune_parts(config: Any) -> bool:
-    """Whether a model's config records an MLP head or token pooling, which the standard
-    transformers class does not rebuild."""
-    return bool(getattr(config, "pretune_head", None) or getattr(config, "pretune_pooling", None))
 
 
 def _write_head_code(model: Any, directory: Path) -> None:
@@ -200,62 +190,6 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def mlp_class(config: Any, directory: Path, mapping: Any, auto_name: str) -> type:
-    """transformers' own class for ``config`` in ``mapping`` (sequence or image classification),
-    with pretune's MLP head; ModelError when transformers has none for this model type."""
-    try:
-        base = mapping[type(config)]
-    except KeyError:
-        raise ModelError(
-            f"pretune rebuilds an MLP head on transformers' own model classes, but the model in "
-            f"{directory} is of type {getattr(config, 'model_type', '?')}, which has none. Load "
-            f"it with {auto_name}.from_pretrained(..., trust_remote_code=True)."
-        ) from None
-    return mlp_head.mlp_head_class(base)
-
-
-def load_saved_weights(directory: Path, auto_class: Any, mapping: Any, *, allow_pickle: bool,
-                       trust_remote_code: bool) -> Any:
-    """The model saved in ``directory`` through ``auto_class`` (sequence or image
-    classification; ``mapping`` is its transformers class table), with an MLP head rebuilt from
-    config.json's ``pretune_head`` without remote code. Every weight must be in the checkpoint:
-    a directory without a trained head is refused."""
-    check_model_dir(directory, allow_pickle=allow_pickle)
-    source = str(directory)
-    config = load_config(source, is_local=True, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {
-        "config": config,
-        "use_safetensors": None if allow_pickle else True,
-        "output_loading_info": True,
-    }
-    if has_pretune_parts(config):
-        model_class: Any = mlp_class(config, directory, mapping, auto_class.__name__)
-    else:
-        model_class = auto_class
-        kwargs["trust_remote_code"] = trust_remote_code
-    try:
-        with quiet_transformers():
-            model, info = model_class.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
-        raise load_error(source, True, e) from e
-
-    missing = sorted(info.get("missing_keys", ()))
-    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k)
-                        for k in info.get("mismatched_keys", ()))
-    unexpected = sorted(info.get("unexpected_keys", ()))
-    if missing or mismatched or unexpected:
-        problems = "; ".join(
-            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-            for what, keys in (("missing", missing), ("wrong shape", mismatched),
-                               ("unexpected", unexpected)) if keys
-        )
-        raise ModelError(
-            f"A saved model's weights must match its config, but {directory} does not ({problems}). "
-            f"Pass a directory saved by pretune, or fine-tune this model first with --model."
-        )
-    return model
-
-
 def _saved_for_tokens(directory: Path, meta: Mapping[str, Any]) -> bool:
     """Whether the model in ``directory`` tags tokens: pretune.yaml says so, or config.json
     names a ...ForTokenClassification architecture."""
@@ -279,10 +213,9 @@ def load_model_dir(
     trained head is refused. An MLP head is rebuilt from config.json's ``pretune_head`` without
     remote code. The model comes back in eval mode.
     """
+    # transformers loads only when this runs
     from transformers import AutoModelForSequenceClassification
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
-
-    from pretune.models import vision
 
     directory = resolve_model_dir(path)
     meta = read_meta(directory)
@@ -291,6 +224,7 @@ def load_model_dir(
             directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return model, processor, meta
     if _saved_for_tokens(directory, meta):
+        # transformers loads only when this runs
         from transformers import AutoModelForTokenClassification
         from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
 

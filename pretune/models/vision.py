@@ -23,6 +23,7 @@ from pretune.models.load import (
     log_loading_info,
     quiet_transformers,
 )
+from pretune.models.weights import load_saved_weights
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 def load_processor(source: str, *, is_local: bool, revision: str | None = None,
                    trust_remote_code: bool = False):
     """``AutoImageProcessor.from_pretrained`` with errors a user can act on."""
-    from transformers import AutoImageProcessor
+    from transformers import AutoImageProcessor  # transformers loads only when this runs
 
     try:
         return AutoImageProcessor.from_pretrained(source, revision=revision,
@@ -51,6 +52,7 @@ def load_pretrained_image(cfg: ModelConfig, num_labels: int, label_names: list[s
     """Load ``cfg.model`` for image classification with ``num_labels`` labels; return
     ``(model, processor)``. As ``load_pretrained`` for text: a head of another size is made
     anew, ``cfg.dropout`` replaces the model's dropout, the model comes back in eval mode."""
+    # transformers loads only when this runs
     from transformers import AutoModelForImageClassification
 
     source, is_local, common, config = labelled_config(cfg, num_labels, label_names)
@@ -81,10 +83,9 @@ def is_image_model_dir(directory: str | Path, meta: dict | None = None) -> bool:
 def load_image_model_dir(directory: Path, *, allow_pickle: bool = False,
                          trust_remote_code: bool = False) -> tuple[Any, Any]:
     """A saved image model and its processor; every weight must be in the checkpoint."""
+    # transformers loads only when this runs
     from transformers import AutoModelForImageClassification
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
-
-    from pretune.models.io import load_saved_weights
 
     model = load_saved_weights(directory, AutoModelForImageClassification,
                                MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,

@@ -138,7 +138,7 @@ def explain_table(rows: list) -> pd.DataFrame:
 
 def write_explanation(rows: list, path: str | Path, title: str) -> Path:
     """Write ``rows`` to ``path``: a page (.html) or a table (.csv)."""
-    from pretune.search.rundir import write_atomic
+    from pretune.outdir import atomic_write
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -147,7 +147,7 @@ def write_explanation(rows: list, path: str | Path, title: str) -> Path:
                           f"Choose one of those extensions.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in (".html", ".htm"):
-        write_atomic(path, explain_html(rows, title))
+        atomic_write(path, explain_html(rows, title))
     else:
-        write_atomic(path, explain_table(rows).to_csv(index=False))
+        atomic_write(path, explain_table(rows).to_csv(index=False))
     return path

@@ -41,11 +41,13 @@ def write_report(run: str | Path, output: str | Path | None = None) -> Path:
     """Read the search in ``run`` and write its report (``run/report.html`` by default)."""
     _plotly()  # a missing extra fails before the study is read
     from pretune.search.history import read_history
-    from pretune.search.rundir import write_atomic
+    from pretune.outdir import atomic_write
+    from pretune.permissions import private_files
 
     history = read_history(run)
     path = Path(output) if output is not None else history.path / REPORT_FILE
-    write_atomic(path, render(history))
+    with private_files():  # the report shows the run's data: for its owner only
+        atomic_write(path, render(history))
     return path
 
 
@@ -64,6 +66,9 @@ def render(history) -> str:
         ("Time and peak memory per trial", charts.resources()),
         ("Trials", _trials_html(history)),
     ]
+    dp = privacy_html(history)  # DP runs: the per-trial budget and the search's bound
+    if dp:
+        sections.insert(1, ("Differential privacy", dp))
     explained = _explain_links(history.path)
     if explained:
         sections.insert(7, ("Explanations of the best model's predictions", explained))
@@ -408,6 +413,27 @@ def _summary_html(history) -> str:
                         for k, v in shown.items())
         metrics = f"<p class='note'>Best model's validation metrics:</p><table class='metrics'><tr>{cells}</tr></table>"
     return f"<table class='summary'>{rows}</table>{metrics}"
+
+
+def privacy_html(history) -> str:
+    """The privacy of a search run with dp_epsilon: the best model's spent epsilon (from
+    best/pretune.yaml), the bound on the whole search, and what the choice among trials leaks;
+    "" without DP."""
+    from pretune.training.privacy import SEARCH_NOTE, describe, search_bound
+    from pretune.yamlfile import read_mapping
+
+    meta_path = history.path / "best" / "pretune.yaml"
+    try:
+        meta = read_mapping(meta_path, "best/pretune.yaml") if meta_path.is_file() else {}
+    except Exception:  # noqa: BLE001 - a report without this section rather than none
+        meta = {}
+    spent = meta.get("privacy")
+    if not spent:
+        return ""
+    trials = len(history.ranked())
+    return "".join(_note(line) for line in (
+        "Best model: " + describe(spent) + ".", search_bound(spent["target_epsilon"], trials) + ".",
+        SEARCH_NOTE))
 
 
 def _explain_links(run: Path) -> str:

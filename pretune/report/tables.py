@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pretune.errors import ConfigError
+from pretune.outdir import atomic_write
 
 EXPORT_FORMATS = ("csv", "json")
 
@@ -144,8 +145,7 @@ def export_trials(history, fmt: str, output: str | Path | None = None) -> str:
                 f"--output must be a file path, but {path} is a directory. "
                 f"Pass a file name such as {path / ('trials.' + fmt)}."
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        atomic_write(path, text)
     return text
 
 

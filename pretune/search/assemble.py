@@ -26,14 +26,21 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as with_fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from pretune.config import Budget, RunConfig
+from pretune.data import text_prep
+from pretune.data.images import is_image_task
+from pretune.data.task import Split
+from pretune.data.unlabeled import read_unlabeled
+from pretune.errors import ConfigError
+from pretune.outdir import atomic_write
 from pretune.search import rundir
 from pretune.training.metrics import is_better
 
@@ -75,7 +82,7 @@ class Kept:
 
 def kept_models(out: Path, metric: str, direction: str) -> list[Kept]:
     """The kept trials' models, best first (a directory without its outputs is skipped)."""
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     found = []
     for path in sorted((Path(out) / KEPT_DIR).glob("trial-*")):
@@ -91,7 +98,7 @@ def keep_trial(out: Path, number: int, result, task, caches, *, metric: str, dir
                keep: int) -> bool:
     """Save trial ``number``'s model (a ``FitResult``) and its validation outputs under
     ``RUN/kept/`` when it is among the ``keep`` best; drop the models it pushes out."""
-    from pretune.models.io import save_model
+    from pretune.models.io import save_model  # torch loads only when this runs
     from pretune.training.run import run_metadata, valid_outputs
 
     value = result.metrics.get(metric)
@@ -182,7 +189,7 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
     """Build soups, an ensemble and its distillation from the kept trials; put the best
     single model in ``best/``. ``deadline`` is a ``time.monotonic()`` time. Returns what
     ``plan.yaml`` records (None when fewer than two models were kept)."""
-    from pretune.training import objectives
+    from pretune.training import objectives  # torch loads only when this runs
 
     clock = _Clock(deadline)
     kept = kept_models(out, metric, direction)
@@ -233,7 +240,7 @@ def _step(what: str, build, *args):
 
 
 def _ensemble(kept: list[Kept], outputs, labels, objective, config: RunConfig) -> Candidate:
-    from pretune.training import ensemble
+    from pretune.training import ensemble  # torch loads only when this runs
 
     picked = ensemble.select(outputs, labels, objective, config.train)
     members = [k.trial for k, w in zip(kept, picked.weights) if w]
@@ -247,7 +254,7 @@ def _write_ensemble(out: Path, kept: list[Kept], candidate: Candidate, metric: s
     text = yaml.safe_dump({"task": kind, "metric": metric,
                            "metrics": {k: float(v) for k, v in candidate.metrics.items()},
                            "members": members}, sort_keys=False)
-    rundir.write_atomic(Path(out) / ENSEMBLE_FILE, text)
+    atomic_write(Path(out) / ENSEMBLE_FILE, text)
 
 
 def _groups(kept: list[Kept]) -> list[list[Kept]]:
@@ -263,7 +270,7 @@ def _soup(out: Path, group: list[Kept], task, caches, metric: str, clock: _Clock
           ) -> Candidate | None:
     """The greedy soup of ``group`` (best first), saved under ``RUN/assembly/``; None when no
     second model joined."""
-    from pretune.models.io import save_model
+    from pretune.models.io import save_model  # torch loads only when this runs
     from pretune.training.run import model_outputs
     from pretune.training import ensemble as ens, objectives
     from pretune.training.soup import MAX_SOUP_BYTES, Ingredient, greedy_soup
@@ -303,9 +310,7 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
     rows and as many ``--unlabeled`` texts as the time left allows, for fewer epochs when the
     time left is shorter than the lead trial took (``student_epochs``); None when the data are
     images or not even that fits."""
-    from pretune.data import text_prep
-    from pretune.data.images import is_image_task
-    from pretune.training import objectives
+    from pretune.training import objectives  # torch loads only when this runs
     from pretune.training.run import fit
 
     lead = kept[0]
@@ -359,7 +364,6 @@ def _unlabeled(config: RunConfig, task, took: float, clock: _Clock) -> list[str]
     epoch grows with its rows); none for text pairs, which an unlabeled file cannot give."""
     if not config.data.unlabeled or task.train.pairs is not None:
         return []
-    from pretune.data.unlabeled import read_unlabeled
 
     texts = read_unlabeled(config.data.unlabeled, config.data.text_column)
     room = clock.left() / max(took, 1e-9) - 1.0 - SOUP_SHARE
@@ -373,9 +377,6 @@ def _unlabeled(config: RunConfig, task, took: float, clock: _Clock) -> list[str]
 def _with_rows(task, texts: list[str], labels: np.ndarray | None = None):
     """``task`` whose training split is followed by ``texts`` (labelled ``labels``, else by
     zeros: only their texts are read)."""
-    from dataclasses import replace as with_fields
-
-    from pretune.data.task import Split
 
     if not texts:
         return task
@@ -398,7 +399,7 @@ def _labels_of(objective, outputs: np.ndarray) -> np.ndarray:
 def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
     """The weighted mean of the members' outputs on ``wide``'s training rows, each read as
     it was trained on ``task`` (a regression model's values in ``task``'s units)."""
-    from pretune.training import ensemble as ens, objectives
+    from pretune.training import ensemble as ens, objectives  # torch loads only when this runs
     from pretune.training.run import model_outputs
 
     outputs, used = [], []
@@ -415,7 +416,7 @@ def _ensemble_outputs(members, task, wide, caches) -> np.ndarray:
 def _teacher_file(out: Path, objective, outputs: np.ndarray, student_task) -> Path:
     """The ensemble's logits on the student's training rows, as ``training.distill`` reads
     them."""
-    import torch
+    import torch  # torch loads only when this runs
 
     from pretune.training import ensemble as ens
     from pretune.training.distill import write_logits
@@ -430,16 +431,16 @@ def _teacher_file(out: Path, objective, outputs: np.ndarray, student_task) -> Pa
 
 def _mark(path: Path, made_of: dict[str, Any], **fields: Any) -> None:
     """Add ``made_of`` (and ``fields``) to the pretune.yaml of the model in ``path``."""
-    from pretune.models.io import META_FILE, read_meta
+    from pretune.models.io import META_FILE, read_meta  # torch loads only when this runs
 
     meta = read_meta(path)
     meta.update(fields, made_of=made_of)
-    rundir.write_atomic(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    atomic_write(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
 
 
 def _load(path: Path):
     """A saved model (and its tokenizer, pretune.yaml) on the device trials run on."""
-    from pretune.models.io import load_model_dir
+    from pretune.models.io import load_model_dir  # torch loads only when this runs
     from pretune.training.device import pick_device
 
     model, tokenizer, meta = load_model_dir(path)
@@ -452,7 +453,7 @@ def _weights_size(path: Path) -> int:
 
 def _weights(path: Path) -> dict[str, Any]:
     """Every tensor of a saved model (one safetensors file or shards)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch loads only when this runs
 
     state: dict[str, Any] = {}
     for file in sorted(path.glob("*.safetensors")):
@@ -463,7 +464,7 @@ def _weights(path: Path) -> dict[str, Any]:
 def _adopt(out: Path, candidates: list[Candidate], metric: str, task) -> Candidate:
     """Put the best single-model candidate in ``best/`` when it beats what is there; return
     the candidate ``best/`` holds."""
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     chosen = candidates[0]
     for c in candidates[1:]:
@@ -495,6 +496,7 @@ def _adopt(out: Path, candidates: list[Candidate], metric: str, task) -> Candida
 
 def _write_predictions(directory: Path, chosen: Candidate, task) -> None:
     """valid-predictions.csv for the new best/ (the report's confusion matrix)."""
+    # torch loads only when this runs
     from pretune.training.run import (_objective_of, decision_threshold, model_outputs,
                                       predictions_frame)
 
@@ -506,7 +508,7 @@ def _write_predictions(directory: Path, chosen: Candidate, task) -> None:
         frame = predictions_frame(outputs, labels, task.label_names, task.kind,
                                   decision_threshold(config, chosen.metrics))
         frame.insert(0, "trial", chosen.members[0])
-        rundir.write_atomic(directory / "valid-predictions.csv", frame.to_csv(index=False))
+        atomic_write(directory / "valid-predictions.csv", frame.to_csv(index=False))
     except Exception as err:  # noqa: BLE001 - a report detail must not stop a search
         log.warning("could not write the final model's validation predictions: %s", err)
 
@@ -519,9 +521,8 @@ def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path 
     """``pretune predict RUN --ensemble``: each member of ``RUN/ensemble.yaml`` predicts
     ``source`` (as ``training.run.predict`` does) and their outputs are averaged with the
     ensemble's weights: probabilities for classes and labels, values for regression."""
-    import pandas as pd
 
-    from pretune.errors import ConfigError
+    # torch loads only when this runs
     from pretune.training.run import label_sets, predict, table_format, write_table
 
     run = Path(run).expanduser()

@@ -34,8 +34,14 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pretune.config import RunConfig, TuneConfig, validate
+from pretune.data import text_prep
+from pretune.data.task import load_task
+from pretune.data.tokenize import encode
 from pretune.errors import ConfigError
+from pretune.outdir import atomic_write
 from pretune.search import rundir
+from pretune.search.space import resolve_space
+from pretune.search.study import run_tune
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ class DistillResult:
 
 def teacher_run(run: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The run directory, its record (pretune.yaml) and the best model's pretune.yaml."""
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     path = Path(run).expanduser()
     record = rundir.read_record(path) if path.is_dir() else {}
@@ -149,8 +155,7 @@ def distill(
     ConfigError before any work. Returns a ``DistillResult``; ``out/distill.yaml`` holds the
     comparison.
     """
-    from pretune.search.study import run_tune
-    from pretune.training import distill as kd
+    from pretune.training import distill as kd  # torch loads only when this runs
 
     kind, value = kd.parse_student(student)
     path, record, best_meta = teacher_run(run)
@@ -186,7 +191,7 @@ def distill(
                   teacher_logits=str(Path(logits_path).resolve()),
                   student_settings={k: v for k, v in result.best_params.items()},
                   student_trial=result.best_trial)
-    rundir.write_atomic(out / REPORT_FILE, yaml.safe_dump(report, sort_keys=False))
+    atomic_write(out / REPORT_FILE, yaml.safe_dump(report, sort_keys=False))
     return DistillResult(teacher=report["teacher"], student=report["student"],
                          ratios=report["ratios"], report=report, **done)
 
@@ -206,10 +211,7 @@ def prepare(path: Path, best_meta: Mapping[str, Any], base: RunConfig, space: Ma
     preprocessing), and the data as each side sees it: ``{"teacher": ..., "student": ...}``,
     the training and validation texts preprocessed as the teacher was trained, and as the
     student will be (its base settings with ``fixed`` pinned)."""
-    from pretune.data import text_prep
-    from pretune.data.task import load_task
-    from pretune.search.space import resolve_space
-    from pretune.training.run import data_seed
+    from pretune.training.run import data_seed  # torch loads only when this runs
 
     validate(base)
     best_settings = best_meta.get("settings") or {}
@@ -241,13 +243,13 @@ def teach(kind: str, value: Any, teacher_dir: Path, out: Path, views: Mapping[st
     named one) and the teacher's logits on the training rows: ``(model, logits file, computed
     now)``. The teacher reads ``views["teacher"]``; the file is labelled with the rows of
     ``views["student"]``, which the student trains on."""
-    from pretune.training import distill as kd
+    from pretune.training import distill as kd  # torch loads only when this runs
 
     logits = dict(task=views["student"], inputs=views["teacher"], max_length=max_length,
                   cache_dir=cache_dir, batch_size=batch_size)
     if kind != "layers":
         return (value, *kd.teacher_logits(teacher_dir, **logits))
-    from pretune.models.io import load_model_dir
+    from pretune.models.io import load_model_dir  # torch loads only when this runs
 
     model, tokenizer, _ = load_model_dir(teacher_dir)
     init = out / STUDENT_INIT_DIR
@@ -271,7 +273,7 @@ def compare(teacher_dir: Path, student_dir: Path, task, metric: str, *, batch_si
     preprocessing), in this process: parameters, size on disk, the validation metrics of
     ``report_metrics``, and examples per second of prediction (same batches, batch size and
     threads). Each model reads the texts preprocessed as its own pretune.yaml says."""
-    from pretune.models.io import load_model_dir
+    from pretune.models.io import load_model_dir  # torch loads only when this runs
     from pretune.training import distill as kd
     from pretune.training.device import set_threads
 
@@ -310,9 +312,7 @@ def score(model, tokenizer, meta: Mapping[str, Any], settings: RunConfig, task, 
           batch_size: int):
     """The validation split as ``model`` reads it (its preprocessing) and every validation
     metric of the model on it: ``(split, metrics)``."""
-    from pretune.data import text_prep
-    from pretune.data.collate import Batches
-    from pretune.data.tokenize import encode
+    from pretune.data.collate import Batches  # torch loads only when this runs
     from pretune.training.loop import evaluate_model
     from pretune.training.run import _objective_of
 
@@ -332,7 +332,7 @@ def _layers(model) -> int | None:
 
 
 def _threads() -> int:
-    import torch
+    import torch  # torch loads only when this runs
 
     return int(torch.get_num_threads())
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ from optuna.trial import TrialState
 
 from pretune.errors import ConfigError
 from pretune.search import rundir
-from pretune.search.study import PREDICTIONS_FILE, STEPS_PER_EPOCH
+from pretune.search.planning import Plan, STEPS_PER_EPOCH
+from pretune.search.records import PREDICTIONS_FILE
+from pretune.search.storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def read_history(run: str | Path, *, importance: bool = True) -> History:
     else:
         scores, note = None, "not computed"
 
-    from pretune.models.io import read_meta
+    from pretune.models.io import read_meta  # torch loads only when this runs
 
     meta = read_meta(path / rundir.BEST_DIR)
     best_trial = meta.get("trial")
@@ -197,9 +199,6 @@ def final_message(made_of: Any, metric: str) -> str | None:
 def _plan_message(path: Path) -> str | None:
     """The plan in plan.yaml in words; None when there is none (or it is not one this version
     can read)."""
-    from dataclasses import fields
-
-    from pretune.search.planning import Plan
 
     saved = rundir.read_plan(path).get("plan")
     if not isinstance(saved, dict):
@@ -259,8 +258,6 @@ def _read_record(path: Path) -> dict:
 
 def _load_study(storage: str, name: str, path: Path) -> optuna.Study:
     try:
-        from pretune.search.storage import open_storage
-
         return optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         raise ConfigError(

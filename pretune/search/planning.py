@@ -37,11 +37,11 @@ and what follows them, run to their end. A strategy the user named is run as nam
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from pretune.config import Budget
-from pretune.search.space import Dimension
+from pretune.search.space import DEFAULT, Dimension, FULL
 from pretune.search.strategies import Fidelity, Strategy
 
 STEPS_PER_EPOCH = 100  # fidelity unit: percent of an epoch
@@ -187,7 +187,6 @@ def lr_is_free(dims: Iterable[Dimension], spec: Mapping[str, Any] | None,
                pinned: Mapping[str, Any]) -> bool:
     """Whether the search may move the lr range: lr is searched over the default range, and
     neither the space file nor --fixed says anything about it."""
-    from pretune.search.space import DEFAULT
 
     lr = next((d for d in dims if d.name == "lr"), None)
     given = {str(k).strip().replace("-", "_").split(".")[-1] for k in (spec or {})}
@@ -197,9 +196,6 @@ def lr_is_free(dims: Iterable[Dimension], spec: Mapping[str, Any] | None,
 def center_lr(dims: Iterable[Dimension], suggested: float | None) -> tuple[Dimension, ...]:
     """``dims`` with the lr range moved to [suggested / LR_SPAN, suggested * LR_SPAN] (log
     scale), kept inside the full space's lr range; unchanged when there is no suggestion."""
-    from dataclasses import replace
-
-    from pretune.search.space import FULL
 
     dims = tuple(dims)
     if suggested is None or not math.isfinite(suggested) or suggested <= 0:

@@ -38,7 +38,7 @@ def lr_range(out, base: RunConfig, task, tune: TuneConfig, budget: Budget, cache
     plan.yaml; it takes at most ``LR_TEST_SHARE`` of a time budget. A test that breaks for a
     reason other than the user's input is logged and skipped: the search then runs on the
     default range."""
-    from pretune.training.lr_range import range_test
+    from pretune.training.lr_range import range_test  # torch loads only when this runs
 
     limit = None if budget.seconds is None else LR_TEST_SHARE * budget.seconds
     try:
@@ -67,7 +67,7 @@ def search_space(dims: tuple[Dimension, ...], spec: Mapping[str, Any] | None,
 
 def hidden_size(base: RunConfig) -> int | None:
     """The model's width from its config.json (no weights loaded); None when unknown."""
-    from pretune.models.load import load_config, resolve_source
+    from pretune.models.load import load_config, resolve_source  # torch loads only when this runs
 
     try:
         source, is_local = resolve_source(base.model.model)

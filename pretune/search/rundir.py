@@ -26,19 +26,20 @@ up later ends the search with one line naming the disk, and best/ keeps the prev
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import yaml
 
-from pretune.config import ALL_METRICS, GROUPS, METRICS, PACKAGED_MODEL_ID, RunConfig, TuneConfig
+from pretune.config import (
+    ALL_METRICS, CLASSIFICATION_METRICS, GROUPS, PACKAGED_MODEL_ID, RunConfig, TuneConfig,
+)
 from pretune.errors import ConfigError, PretuneError
-from pretune.outdir import check_writable, disk_full
+from pretune.outdir import atomic_write, check_writable, disk_full
 from pretune.yamlfile import plain
 
 META_FILE = "pretune.yaml"
@@ -97,7 +98,7 @@ class RunLock:
                 f"permissions."
             ) from None
         try:
-            import fcntl
+            import fcntl  # Unix only
 
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - not POSIX: no lock
@@ -152,7 +153,7 @@ def preflight(out: Path, config: RunConfig, tune: TuneConfig) -> None:
     written; the model can be loaded as asked (``models.load.check_source``); the disk of
     ``out`` has room for the best model, the new copy written beside it while it is replaced,
     and the seed check's kept re-runs, plus a margin (``models.io.check_save_room``)."""
-    from pretune.models.io import check_save_room
+    from pretune.models.io import check_save_room  # torch loads only when this runs
     from pretune.models.load import check_source
 
     check_writable(out)
@@ -178,7 +179,7 @@ class BestLock:
     def __enter__(self) -> "BestLock":
         self.handle = open(self.path, "a+")
         try:
-            import fcntl
+            import fcntl  # Unix only
 
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - not POSIX: no lock
@@ -242,30 +243,11 @@ def clean_leftovers(out: Path) -> list[Path]:
 def replace_best(out: Path, source: Path) -> None:
     """Make the model directory ``source`` the run's best/ (renames only; a kill in between
     leaves best.old-*, which ``clean_leftovers`` puts back)."""
-    from pretune.models.io import swap_in
+    from pretune.models.io import swap_in  # torch loads only when this runs
 
     swap_in(Path(source), Path(out) / BEST_DIR)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _full_disk_is_an_error(tmp, path):
-        tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _full_disk_is_an_error(tmp: Path, path: Path) -> Iterator[None]:
-    """Around a write to ``tmp`` (then renamed to ``path``): on a full disk, remove ``tmp`` and
-    raise the one-line error of ``outdir.disk_full``; other errors pass unchanged."""
-    try:
-        yield
-    except OSError as err:
-        full = disk_full(err, path)
-        if full is None:
-            raise
-        tmp.unlink(missing_ok=True)
-        raise full from None
 
 
 # --- pretune.yaml: what the search was started with ------------------------------------------
@@ -324,7 +306,7 @@ def update_plan(out: Path, **sections: Any) -> None:
     """Replace sections of ``out/plan.yaml`` (``lr_range=...``, ``plan=...``), keeping the rest."""
     plan = read_plan(out)
     plan.update(plain(sections))
-    write_atomic(Path(out) / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
+    atomic_write(Path(out) / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -339,7 +321,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def write_record(out: Path, record: Mapping[str, Any]) -> None:
     text = yaml.safe_dump(plain(record), sort_keys=False, allow_unicode=True)
-    write_atomic(Path(out) / META_FILE, text)
+    atomic_write(Path(out) / META_FILE, text)
 
 
 class _Absent:
@@ -459,14 +441,10 @@ def _metric_columns(trials: list[Any]) -> list[str]:
     """The classification metrics, or, when the trials have a regression or multi-label
     metric, the metrics they have (and a multi-label search's tuned threshold)."""
     present = {m for t in trials for m in (t.user_attrs.get("metrics") or {})}
-    if not present & (set(ALL_METRICS) - set(METRICS)):
-        return list(METRICS)
+    if not present & (set(ALL_METRICS) - set(CLASSIFICATION_METRICS)):
+        return list(CLASSIFICATION_METRICS)
     return [m for m in (*ALL_METRICS, "threshold") if m in present]
 
 
 def write_trials(out: Path, frame: pd.DataFrame) -> None:
-    path = Path(out) / TRIALS_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _full_disk_is_an_error(tmp, path):
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(Path(out) / TRIALS_FILE, lambda tmp: frame.to_csv(tmp, index=False))

@@ -64,6 +64,7 @@ from pretune.config import (
     validate,
     with_task,
 )
+from pretune.data.task import task_of
 from pretune.errors import ConfigError, PretuneError
 from pretune.yamlfile import read_mapping
 
@@ -379,7 +380,6 @@ def resolve_task(base: RunConfig, spec: Mapping[str, Any] | None = None,
     (in ``base``, a space file's plain value or ``fixed``), else the one detected from the
     training data's label column. Pinned data settings (label column, delimiter) are used to
     detect it; the metric left at its default becomes the task's."""
-    from pretune.data.task import task_of
 
     pins = {k: v for k, v in {**(spec or {}), **(fixed or {})}.items()
             if not isinstance(v, (Mapping, list, tuple)) and v is not None and v is not False}
@@ -409,29 +409,42 @@ def parse_dimension(name: str, spec: Mapping[str, Any], current: Dimension | Non
     when = _parse_when(name, spec["when"], where) if "when" in spec else (
         registered.when if registered else ())
     if "choices" in spec:
-        if any(k in spec for k in ("low", "high", "log", "step", "int")):
-            raise ConfigError(
-                f"{where} must give either choices or a range (low, high), but gives both. "
-                f"Keep one of them."
-            )
-        choices = spec["choices"]
-        if not isinstance(choices, (list, tuple)) or not choices:
-            raise ConfigError(
-                f"choices of {name} in {source} must be a non-empty list, but got {choices!r}. "
-                f"Write '{name}: {{choices: [a, b]}}'."
-            )
-        bad = [c for c in choices if not isinstance(c, (str, int, float, bool)) and c is not None]
-        if bad:
-            raise ConfigError(
-                f"choices of {name} in {source} must be plain values, but got {bad[0]!r}. "
-                f"Use numbers or names."
-            )
-        dim = Dimension(name, "categorical", choices=tuple(_typed_value(name, c, where) for c in choices),
-                        when=when)
-        for c in dim.choices:
-            _check_value(name, c, where)
-        return dim
+        return _choice_dimension(name, spec, when, where, source)
+    return _range_dimension(name, spec, current, registered, when, where, source)
 
+
+def _choice_dimension(name: str, spec: Mapping[str, Any], when: tuple, where: str,
+                      source: str) -> Dimension:
+    """A categorical Dimension from a spec with ``choices``."""
+    if any(k in spec for k in ("low", "high", "log", "step", "int")):
+        raise ConfigError(
+            f"{where} must give either choices or a range (low, high), but gives both. "
+            f"Keep one of them."
+        )
+    choices = spec["choices"]
+    if not isinstance(choices, (list, tuple)) or not choices:
+        raise ConfigError(
+            f"choices of {name} in {source} must be a non-empty list, but got {choices!r}. "
+            f"Write '{name}: {{choices: [a, b]}}'."
+        )
+    bad = [c for c in choices if not isinstance(c, (str, int, float, bool)) and c is not None]
+    if bad:
+        raise ConfigError(
+            f"choices of {name} in {source} must be plain values, but got {bad[0]!r}. "
+            f"Use numbers or names."
+        )
+    dim = Dimension(name, "categorical", choices=tuple(_typed_value(name, c, where) for c in choices),
+                    when=when)
+    for c in dim.choices:
+        _check_value(name, c, where)
+    return dim
+
+
+def _range_dimension(name: str, spec: Mapping[str, Any], current: Dimension | None,
+                     registered: Dimension | None, when: tuple, where: str,
+                     source: str) -> Dimension:
+    """An int or float Dimension from a spec with a range (``low``, ``high``, ``log``, ``step``,
+    ``int``); bounds it leaves out come from ``current``."""
     numeric = current if current is not None and current.kind != "categorical" else None
     if numeric is None and not ("low" in spec and "high" in spec):
         missing = " and ".join(k for k in ("low", "high") if k not in spec)
@@ -450,6 +463,23 @@ def parse_dimension(name: str, spec: Mapping[str, Any], current: Dimension | Non
     if not isinstance(log, bool):
         raise ConfigError(f"log of {name} in {source} must be true or false, but got {log!r}. "
                           f"Write 'log: true' or leave it out.")
+    kind = _range_kind(name, spec, numeric, source)
+    if kind == "int":
+        for label, v in (("low", low), ("high", high), ("step", step)):
+            if v is not None and float(v) != int(v):
+                raise ConfigError(
+                    f"{label} of {name} in {source} must be a whole number for an integer range, "
+                    f"but got {v!r}. Give a whole number."
+                )
+        low, high = int(low), int(high)
+        step = int(step) if step is not None else None
+    _check_range(name, low, high, log, step, where, source)
+    return Dimension(name, kind, low, high, log, step, (), when)
+
+
+def _range_kind(name: str, spec: Mapping[str, Any], numeric: Dimension | None, source: str) -> str:
+    """"int" or "float": the spec's ``int``, else whole numbers for whole-number settings and
+    for integer dimensions being narrowed."""
     want_int = spec.get("int")
     if want_int is not None and not isinstance(want_int, bool):
         raise ConfigError(f"int of {name} in {source} must be true or false, but got {want_int!r}. "
@@ -461,16 +491,13 @@ def parse_dimension(name: str, spec: Mapping[str, Any], current: Dimension | Non
         )
     if want_int is None:  # whole-number settings, and integer dimensions being narrowed
         want_int = whole_only or (numeric is not None and numeric.kind == "int")
-    kind = "int" if want_int else "float"
-    if kind == "int":
-        for label, v in (("low", low), ("high", high), ("step", step)):
-            if v is not None and float(v) != int(v):
-                raise ConfigError(
-                    f"{label} of {name} in {source} must be a whole number for an integer range, "
-                    f"but got {v!r}. Give a whole number."
-                )
-        low, high = int(low), int(high)
-        step = int(step) if step is not None else None
+    return "int" if want_int else "float"
+
+
+def _check_range(name: str, low: Any, high: Any, log: bool, step: Any, where: str,
+                 source: str) -> None:
+    """ConfigError unless low < high, a log range starts above 0 and has no step, and a step is
+    positive; the bounds must be values the setting takes."""
     if not low < high:
         raise ConfigError(
             f"{where} must have low below high, but got low {low!r} and high {high!r}. Swap them, "
@@ -490,7 +517,6 @@ def parse_dimension(name: str, spec: Mapping[str, Any], current: Dimension | Non
                           f"Give a positive step.")
     _check_value(name, low, where)
     _check_value(name, high, where)
-    return Dimension(name, kind, low, high, log, step, (), when)
 
 
 def read_space_file(path: str | Path) -> dict[str, Any]:

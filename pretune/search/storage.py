@@ -88,7 +88,7 @@ def open_storage(url: str, *, heartbeat: int | None = None) -> BaseStorage:
         beats = dict(heartbeat_interval=int(heartbeat), grace_period=GRACE * int(heartbeat),
                      heartbeat_stale_trial_callback=retry_callback())
     if which == "journal":
-        from optuna.storages.journal import JournalFileBackend
+        from optuna.storages.journal import JournalFileBackend  # optuna loads only when this runs
 
         path = Path(url).expanduser()
         try:

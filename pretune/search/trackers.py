@@ -86,7 +86,7 @@ class MlflowTracker(_Guarded):
 
     def __init__(self, out: Path, study_name: str):
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # an optional extra, imported when used
         except ImportError:
             raise MissingExtraError("mlflow", "mlflow", "--log-to mlflow") from None
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
@@ -114,7 +114,7 @@ class MlflowTracker(_Guarded):
 
     def trial_started(self, number: int, params: dict) -> None:
         def start():
-            from mlflow.entities import Param
+            from mlflow.entities import Param  # an optional extra, imported when used
 
             run = self.client.create_run(self._experiment(), run_name=f"trial {number}",
                                          tags={"pretune.trial": str(number)})
@@ -127,7 +127,7 @@ class MlflowTracker(_Guarded):
             return
 
         def record():
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric  # an optional extra, imported when used
 
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[
@@ -141,7 +141,7 @@ class MlflowTracker(_Guarded):
         run_id, self.run_id = self.run_id, None
 
         def finish():
-            from mlflow.entities import Metric, RunStatus
+            from mlflow.entities import Metric, RunStatus  # an optional extra, imported when used
 
             if report.value is not None and math.isfinite(report.value):
                 self.client.log_batch(run_id, metrics=[

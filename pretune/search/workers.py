@@ -1,7 +1,7 @@
 """Several trials at once: worker processes that share one study through its storage.
 
 A **worker** (``join``, the ``pretune worker`` command) is a process that opens a study that
-``pretune tune`` started, reads from the study itself what the search is (``study.publish``:
+``pretune tune`` started, reads from the study itself what the search is (``handoff.publish``:
 settings with absolute data and model paths, space, pins, metric, pruner schedule, trial budget,
 deadline, run directory), loads the data and runs trials until the budget is spent. So a worker
 needs only ``--storage`` and ``--study``; on another machine the data and model must be at the
@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,12 +40,15 @@ from typing import Any, Callable, Mapping
 import optuna
 
 from pretune.config import Budget, RunConfig, TuneConfig
+from pretune.data.task import load_task
 from pretune.errors import ConfigError, MissingExtraError, PretuneError
 from pretune.search import rundir, storage, strategies
+from pretune.search.handoff import STUDY_ATTR
+from pretune.search.records import derive_seed, quiet_optuna
+from pretune.search.results import TuneResult, trial_report
+from pretune.search.runner import Search
 from pretune.search.space import resolve_space
 from pretune.search.strategies import Fidelity, make_pruner, make_sampler
-from pretune.search.study import (
-    STUDY_ATTR, TuneResult, _Search, derive_seed, quiet_optuna, trial_report)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
             f"--out DIR."
         ) from None
 
-    from pretune.data.task import load_task
-    from pretune.training.caches import RunCaches
+    from pretune.training.caches import RunCaches  # torch loads only when this runs
     from pretune.training.run import data_seed
 
     task = load_task(base.data, data_seed(base))
@@ -105,7 +108,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     plan = info["plan"]
     study.pruner = make_pruner(plan["pruner"], Fidelity(plan["min_resource"],
                                                         plan["max_resource"]))
-    search = _Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
+    search = Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
                      metric=record["metric"], direction=record["direction"], out=run_dir,
                      budget=worker_budget(info, budget), on_trial=on_trial, progress=progress,
                      caches=RunCaches(run_dir / rundir.CACHE_DIR))
@@ -122,7 +125,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
 def load(url: str, study_name: str, *, heartbeat: int | None = None) -> optuna.Study:
     """The study a worker joins; ConfigError when it is not there or not a pretune search."""
     try:
-        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.exc import SQLAlchemyError  # an optional extra, imported when used
     except ImportError:  # pragma: no cover
         SQLAlchemyError = OSError  # type: ignore[assignment,misc]  # noqa: N806
     if not storage.shared(url):
@@ -189,7 +192,7 @@ def run_workers(study: optuna.Study, url: str, tune: TuneConfig, out: Path, *,
     else:
         launched = _LocalWorkers(url, tune, out, local_workers(workers))
     log.info("started %d %s workers", launched.count, tune.executor)
-    follower = _Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
+    follower = Search(study=study, task=task, base=base, dims=dims, pinned=pinned,
                        metric=metric, direction=direction, out=out, budget=budget,
                        on_trial=None, progress=None, caches=None)
     method = getattr(progress, "search_started", None)
@@ -225,7 +228,7 @@ def run_workers(study: optuna.Study, url: str, tune: TuneConfig, out: Path, *,
     return result
 
 
-def _report_new(study: optuna.Study, follower: _Search, reported: set[int], on_trial) -> None:
+def _report_new(study: optuna.Study, follower: Search, reported: set[int], on_trial) -> None:
     finished = [t for t in study.get_trials(deepcopy=False)
                 if t.state.is_finished() and t.number not in reported]
     if not finished:
@@ -240,13 +243,13 @@ def _report_new(study: optuna.Study, follower: _Search, reported: set[int], on_t
 
 def cores_each(workers: int, cores: int | None = None) -> int:
     """torch threads for each of ``workers`` processes sharing this machine's cores."""
-    from pretune.training.device import available_cores
+    from pretune.training.device import available_cores  # torch loads only when this runs
 
     return max(1, (cores or available_cores()) // max(1, workers))
 
 
 def gpu_count() -> int:
-    import torch
+    import torch  # torch loads only when this runs
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -330,7 +333,6 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail fast on a Ray address nothing listens at (Ray itself retries for minutes)."""
     if not address or address == "auto":
         return
-    import socket
 
     host_port = address.split("://", 1)[-1].rstrip("/")
     host, _, port = host_port.rpartition(":")
@@ -354,7 +356,7 @@ class _RayWorkers:
 
     def __init__(self, url: str, tune: TuneConfig, out: Path, count: int | None):
         try:
-            import ray
+            import ray  # an optional extra, imported when used
         except ImportError:
             raise MissingExtraError("ray", "ray", "--executor ray") from None
         if not storage.shared(url):  # pragma: no cover - run_tune refuses it before

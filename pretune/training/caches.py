@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from pretune.data.cache import TokenCache, shared_cache
 from pretune.data.tokenize import Encoded
 from pretune.models.features import FeatureStore, Features, compute_features, features_key
+from pretune.outdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,9 @@ class RunCaches:
         from safetensors.torch import save_file
 
         path = self.directory / f"probe-{key}.safetensors"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-                      metadata={"metrics": json.dumps({k: float(v) for k, v in metrics.items()})})
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: save_file(
+                {k: v.contiguous() for k, v in state.items()}, str(tmp),
+                metadata={"metrics": json.dumps({k: float(v) for k, v in metrics.items()})}))
         except OSError as err:
             log.warning("could not write the probe file %s (%s)", path, err)
-        finally:
-            if tmp.exists():
-                tmp.unlink()

@@ -25,7 +25,7 @@ from torch import nn
 
 from pretune.config import TrainConfig, metric_direction
 from pretune.models.transfer import frozen_blocks
-from pretune.training import timing
+from pretune.training import privacy, timing
 from pretune.training.device import autocast, pick_device, resolve_precision
 from pretune.training.metrics import is_better
 from pretune.training.objectives import Classification, Objective, class_weights
@@ -58,6 +58,8 @@ class TrainResult:
     # The steps whose weights were averaged into the kept model (checkpoint_soup), best first;
     # None when the best evaluation is kept alone.
     soup: list[int] | None = None
+    # Differential privacy: the budget and the epsilon spent (pretune.training.privacy), or None.
+    privacy: dict | None = None
 
     @property
     def failed(self) -> bool:
@@ -80,10 +82,11 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     device = pick_device()
-    precision = resolve_precision(settings.precision, device)
+    precision = _precision(settings, device)
     model.to(device)
     plan = _Plan.of(train_batches, settings)
     optimizer = build_optimizer(model, settings)
+    private, optimizer, train_batches = _private(model, optimizer, train_batches, settings, plan)
     stepper = _Stepper(model, optimizer, build_schedule(optimizer, settings, plan.total_steps),
                        objective, settings, precision, device)
     evals = _Evaluations(settings)
@@ -135,12 +138,14 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
                 stop_reason, done = EARLY_STOPPING, True
 
     optimizer.zero_grad(set_to_none=True)
+    if private is not None:
+        private.detach()
     soup = _keep_best(model, evals, should_stop, measure)
     if stop_reason == COMPLETED and settings.max_steps is not None and step >= settings.max_steps:
         log.info("stopped at max_steps=%d", settings.max_steps)
     return TrainResult(evals.best_metrics, evals.best_step, stop_reason, step,
                        round(step / plan.steps_per_epoch, 4), time.perf_counter() - started,
-                       evals.history, precision, soup)
+                       evals.history, precision, soup, private and private.report())
 
 
 @dataclass
@@ -184,6 +189,23 @@ class _Plan:
         if self.settings.eval_steps:
             return step % self.settings.eval_steps == 0
         return epoch_step in self.eval_points
+
+
+def _precision(settings: TrainConfig, device: torch.device) -> str:
+    # DP-SGD computes per-example gradients in fp32: "auto" means fp32 under DP.
+    return resolve_precision("fp32" if privacy.enabled(settings) else settings.precision, device)
+
+
+def _private(model: nn.Module, optimizer, train_batches, settings: TrainConfig, plan: _Plan):
+    """Differential privacy, when the settings ask for it: per-example clipping and noise
+    around ``optimizer``, and Poisson-sampled batches, which ``plan`` then passes over when an
+    epoch is a part of a pass. Returns (the DP state or None, the optimizer, the batches)."""
+    if not privacy.enabled(settings):
+        return None, optimizer, train_batches
+    private = privacy.attach(model, optimizer, train_batches, settings, plan.total_steps)
+    if plan.passes is not None:
+        plan.passes = _passes(private.batches, plan.accum)
+    return private, private.optimizer, private.batches
 
 
 _SKIPPED = "skipped"  # an fp16 step that overflowed: the scaler skipped it

@@ -41,6 +41,7 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
             "seconds": round(result.seconds, 2),
             "precision": result.precision,
         },
+        "privacy": result.privacy,  # DP-SGD: the budget and the epsilon spent; None without
         "data": {
             "fingerprint": task.fingerprint,
             "train_rows": len(task.train),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -32,9 +32,6 @@ from pretune.training.inputs import position_limit, prepare_image_data, token_wi
 from pretune.training.loop import predict_proba
 from pretune.training.metadata import decision_threshold
 from pretune.training.metrics import tag_sequences
-
-if TYPE_CHECKING:
-    from pretune.training.run import FitResult
 
 
 def predict(
@@ -220,9 +217,10 @@ class _Counting:
                 self.on_batch(i, len(self.batches))
 
 
-def valid_predictions(result: FitResult, task: TaskData,
+def valid_predictions(result: Any, task: TaskData,
                       caches: RunCaches | None = None) -> pd.DataFrame:
-    """The kept model's predictions on the validation split, in the split's order: ``label``,
+    """The predictions of ``result``'s kept model (a ``training.run.FitResult`` that kept it)
+    on the validation split, in the split's order: ``label``,
     ``prediction`` and ``prob_<label>`` per row (what a confusion matrix is drawn from);
     regression: ``label`` and ``prediction`` values; multi-label: label sets as JSON lists."""
     outputs, labels = valid_outputs(result, task, caches)
@@ -230,7 +228,7 @@ def valid_predictions(result: FitResult, task: TaskData,
                              decision_threshold(result.config, result.metrics))
 
 
-def valid_outputs(result: FitResult, task: TaskData,
+def valid_outputs(result: Any, task: TaskData,
                   caches: RunCaches | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The kept model's outputs on the validation split (``Objective.outputs``: probabilities,
     or values in the data's units) and the split's labels, in the split's order."""

@@ -31,7 +31,7 @@ from pretune.data.task import TaskData, load_task
 from pretune.models import apply_transfer, build_model, head_parameter_names, merge_lora
 from pretune.models.features import frozen_depth, model_fingerprint, starting_at
 from pretune.models.io import save_model
-from pretune.training import objectives
+from pretune.training import objectives, privacy
 from pretune.training.caches import RunCaches
 from pretune.training.device import pick_device, resolve_precision, set_threads
 from pretune.training.inputs import _Prepared, _batches, _features_ready, prepare_inputs
@@ -158,6 +158,7 @@ def _task_of(config: RunConfig, task: TaskData | None) -> tuple[RunConfig, TaskD
         task = load_task(config.data, data_seed(config))
     task = text_prep.apply_to_task(task, config.data)  # lowercasing, stop words, stems
     config = with_task(config, task.kind)  # the metric and loss follow the task
+    privacy.check(config, task.kind)  # settings DP-SGD cannot train with fail here
     objective = objectives.for_task(task, config.train, standardize=config.data.standardize_target)
     if config.train.distill_logits:  # a teacher's soft labels join the task's loss
         from pretune.training.distill import distillation

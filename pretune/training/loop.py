@@ -4,6 +4,10 @@
 a search passes a callback that reports to its study and raises to prune. ``should_stop()`` is
 asked after every optimizer step (a deadline, a signal). At the end the model holds the weights
 of its best evaluation, which is the checkpoint a caller saves.
+
+``train`` is the story; ``_Plan`` (steps and evaluation points), ``_Stepper`` (one optimizer
+step) and ``_Evaluations`` (history, best checkpoint, patience) hold its details. Inside
+``pretune.training.timing.measure()`` the phases of each step are timed; otherwise not.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,10 +25,10 @@ from torch import nn
 
 from pretune.config import TrainConfig, metric_direction
 from pretune.models.transfer import frozen_blocks
+from pretune.training import privacy, timing
 from pretune.training.device import autocast, pick_device, resolve_precision
 from pretune.training.metrics import is_better
 from pretune.training.objectives import Classification, Objective, class_weights
-from pretune.training import privacy
 from pretune.training.optimizers import build_optimizer
 from pretune.training.regularizers import penalized_weights, penalty
 from pretune.training.schedules import build_schedule
@@ -62,18 +66,11 @@ class TrainResult:
         return not self.best_metrics
 
 
-def train(
-    model: nn.Module,
-    train_batches,
-    valid_batches,
-    settings: TrainConfig,
-    *,
-    on_eval: Callable[[int, dict], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    class_counts: np.ndarray | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
-    objective: Objective | None = None,
-) -> TrainResult:
+def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig, *,
+          on_eval: Callable[[int, dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, class_counts: np.ndarray | None = None,
+          on_step: Callable[[int, int, float], None] | None = None,
+          objective: Objective | None = None) -> TrainResult:
     """Train ``model`` on ``train_batches``, evaluating on ``valid_batches``.
 
     ``train_batches`` is a ``pretune.data.collate.Batches`` (``set_epoch``, ``len``, iteration
@@ -85,167 +82,266 @@ def train(
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     device = pick_device()
-    # DP-SGD computes per-example gradients in fp32: "auto" means fp32 under DP.
-    precision = resolve_precision("fp32" if privacy.enabled(settings) else settings.precision,
-                                  device)
+    precision = _precision(settings, device)
     model.to(device)
-
-    # Gradient accumulation: a "full" batch accumulates every micro-batch of the epoch.
-    accum = len(train_batches) if settings.batch_size == "full" else settings.grad_accum
-    # An epoch is a pass over the training rows; with a data_fraction below 1, that part of one:
-    # the passes run on, reshuffled at each start, and an epoch takes the next steps_per_epoch
-    # groups of them.
-    passes = _passes(train_batches, accum) if settings.data_fraction < 1 else None
-    steps_per_epoch = max(1, math.ceil(len(train_batches) * settings.data_fraction / accum))
-    total_steps = math.ceil(settings.epochs * steps_per_epoch)
-    if settings.max_steps is not None:
-        total_steps = min(total_steps, settings.max_steps)
-
+    plan = _Plan.of(train_batches, settings)
     optimizer = build_optimizer(model, settings)
-    # Differential privacy: per-example clipping and noise, Poisson-sampled batches.
-    private = privacy.attach(model, optimizer, train_batches, settings, total_steps) \
-        if privacy.enabled(settings) else None
-    if private is not None:
-        optimizer, train_batches = private.optimizer, private.batches
-        passes = _passes(train_batches, accum) if passes is not None else None
-    scheduler = build_schedule(optimizer, settings, total_steps)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    weights = penalized_weights(model)
-    loss_fn = objective.loss_fn(settings, device)
-    max_norm = settings.max_grad_norm or math.inf
-    # fp16 (GPUs without bf16) needs loss scaling; with any other precision this is a no-op.
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    private, optimizer, train_batches = _private(model, optimizer, train_batches, settings, plan)
+    stepper = _Stepper(model, optimizer, build_schedule(optimizer, settings, plan.total_steps),
+                       objective, settings, precision, device)
+    evals = _Evaluations(settings)
+    clock = timing.current()
 
-    # Evaluate every eval_steps optimizer steps, or else evals_per_epoch times an epoch at
-    # evenly spaced points of each epoch (the last at its end); and always at the very end.
-    n_evals = min(settings.evals_per_epoch, steps_per_epoch)
-    eval_points = {math.ceil(k * steps_per_epoch / n_evals) for k in range(1, n_evals + 1)}
-    metric = settings.metric
-    best_score: float | None = None
-    best_metrics: dict[str, float] = {}
-    top = TopCheckpoints(settings.checkpoint_soup, metric, settings.min_delta)
-    best_step, evals_since_best = 0, 0
-    history: list[dict] = []
-    step, epoch, stop_reason = 0, 0, COMPLETED
-    running_loss, running_n = 0.0, 0
+    def measure() -> dict[str, float]:
+        with clock.phase("evaluation"):
+            return evaluate_model(model, valid_batches, precision=precision, device=device,
+                                  objective=objective, settings=settings)
 
-    def evaluate() -> bool:
+    def evaluate(step: int) -> bool:
         """Evaluate, keep the best weights, call on_eval; True when early stopping says stop."""
-        nonlocal best_score, best_metrics, best_step, evals_since_best
-        nonlocal running_loss, running_n
-        metrics = evaluate_model(model, valid_batches, precision=precision, device=device,
-                                 objective=objective, settings=settings)
-        metrics.update(step=step, epoch=round(step / steps_per_epoch, 4),
-                       train_loss=running_loss / max(running_n, 1),
-                       lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
-        running_loss, running_n = 0.0, 0
-        history.append(metrics)
-        log.info("step %d: %s %.4f", step, metric, metrics[metric])
-        if top.wants(metrics[metric]):
-            top.offer(Ingredient(metrics[metric], metrics, _trainable_state(model), step))
-        if is_better(metrics[metric], best_score, metric, settings.min_delta):
-            best_score, best_metrics, best_step, evals_since_best = metrics[metric], metrics, step, 0
-        else:
-            evals_since_best += 1
-        if on_eval is not None:
-            on_eval(step, metrics)
-        return settings.patience is not None and evals_since_best >= settings.patience
+        metrics = measure()
+        metrics.update(step=step, epoch=round(step / plan.steps_per_epoch, 4),
+                       train_loss=evals.take_train_loss(), lr=optimizer.param_groups[0]["lr"],
+                       seconds=time.perf_counter() - started)
+        return evals.record(metrics, step, model, on_eval)
 
     _train_mode(model)
-    done = False
+    step, epoch, stop_reason, done = 0, 0, COMPLETED, False
     while not done:
         evaluated_at, epoch_step = -1, 0
-        if passes is None:
-            train_batches.set_epoch(epoch)
-        groups = (_groups(train_batches, accum) if passes is None
-                  else itertools.islice(passes, steps_per_epoch))
-        for group in groups:
-            # One optimizer step over the micro-batches of a group, weighted by their size.
-            n_group = sum(len(b["labels"]) for b in group)
-            group_loss = 0.0
-            for i, batch in enumerate(group):
-                index = batch.get("index")  # rows of the split: a teacher's logits (distill)
-                batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
-                labels = batch.pop("labels")
-                with autocast(precision, device):
-                    logits = model(**batch).logits
-                loss = (loss_fn(logits.float(), labels, index) if objective.uses_index
-                        else loss_fn(logits.float(), labels)) * (len(labels) / n_group)
-                if i == len(group) - 1:
-                    extra = penalty(weights, settings)
-                    if extra is not None:
-                        loss = loss + extra
-                scaler.scale(loss).backward()
-                group_loss += loss.item()
-            if not math.isfinite(group_loss):
-                stop_reason = NAN_LOSS
-                break
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            if scaler.is_enabled() and not math.isfinite(grad_norm):
-                scaler.step(optimizer)  # skips the step and lowers the scale: fp16 overflowed
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+        for group in clock.iterate(plan.groups(train_batches, epoch)):
+            outcome, group_loss = stepper.step(group)  # forward, backward, clip, step
+            if outcome == _SKIPPED:
                 continue
-            if not math.isfinite(grad_norm) or grad_norm > settings.grad_norm_max:
-                stop_reason = EXPLODING_GRADIENT
+            if outcome is not None:
+                stop_reason = outcome
                 break
-            if grad_norm < settings.grad_norm_min:
-                stop_reason = VANISHING_GRADIENT
-                break
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            epoch_step += 1
-            running_loss, running_n = running_loss + group_loss, running_n + 1
+            step, epoch_step = step + 1, epoch_step + 1
+            evals.add_train_loss(group_loss)
             if on_step is not None:
-                on_step(step, total_steps, group_loss)
-
-            due = (step % settings.eval_steps == 0) if settings.eval_steps else epoch_step in eval_points
-            if due and step < total_steps:
+                on_step(step, plan.total_steps, group_loss)
+            if plan.eval_due(step, epoch_step) and step < plan.total_steps:
                 evaluated_at = step
-                if evaluate():
+                if evaluate(step):
                     stop_reason = EARLY_STOPPING
                     break
-            if step >= total_steps:
+            if step >= plan.total_steps:
                 break
             if should_stop is not None and should_stop():
                 stop_reason = STOPPED
                 break
         epoch += 1
-        done = stop_reason != COMPLETED or step >= total_steps
+        done = stop_reason != COMPLETED or step >= plan.total_steps
         # Evaluate at each epoch's end (and at the very end) unless this step just was.
         if evaluated_at != step and step > 0 and stop_reason in (COMPLETED, STOPPED):
-            if (not settings.eval_steps or done) and evaluate() and not done:
+            if (not settings.eval_steps or done) and evaluate(step) and not done:
                 stop_reason, done = EARLY_STOPPING, True
 
     optimizer.zero_grad(set_to_none=True)
     if private is not None:
         private.detach()
-    soup = None
-    if len(top.kept) > 1 and not (should_stop is not None and should_stop()):
-        def taste(state) -> dict[str, float]:
-            model.load_state_dict(state, strict=False)
-            return evaluate_model(model, valid_batches, precision=precision, device=device,
-                                  objective=objective, settings=settings)
+    soup = _keep_best(model, evals, should_stop, measure)
+    if stop_reason == COMPLETED and settings.max_steps is not None and step >= settings.max_steps:
+        log.info("stopped at max_steps=%d", settings.max_steps)
+    return TrainResult(evals.best_metrics, evals.best_step, stop_reason, step,
+                       round(step / plan.steps_per_epoch, 4), time.perf_counter() - started,
+                       evals.history, precision, soup, private and private.report())
 
-        made = greedy_soup(top.kept, taste, metric, should_stop=should_stop)
+
+@dataclass
+class _Plan:
+    """How the training rows become optimizer steps, and when evaluations fall.
+
+    Gradient accumulation: a "full" batch accumulates every micro-batch of the epoch. An epoch
+    is a pass over the training rows; with a ``data_fraction`` below 1, that part of one: the
+    passes run on, reshuffled at each start, and an epoch takes the next ``steps_per_epoch``
+    groups of them. Evaluations come every ``eval_steps`` optimizer steps, or else
+    ``evals_per_epoch`` times an epoch at evenly spaced points (the last at its end).
+    """
+
+    settings: TrainConfig
+    accum: int
+    steps_per_epoch: int
+    total_steps: int
+    eval_points: set[int]
+    passes: Iterator | None = None
+
+    @classmethod
+    def of(cls, batches, settings: TrainConfig) -> "_Plan":
+        accum = len(batches) if settings.batch_size == "full" else settings.grad_accum
+        steps_per_epoch = max(1, math.ceil(len(batches) * settings.data_fraction / accum))
+        total_steps = math.ceil(settings.epochs * steps_per_epoch)
+        if settings.max_steps is not None:
+            total_steps = min(total_steps, settings.max_steps)
+        n_evals = min(settings.evals_per_epoch, steps_per_epoch)
+        points = {math.ceil(k * steps_per_epoch / n_evals) for k in range(1, n_evals + 1)}
+        passes = _passes(batches, accum) if settings.data_fraction < 1 else None
+        return cls(settings, accum, steps_per_epoch, total_steps, points, passes)
+
+    def groups(self, batches, epoch: int) -> Iterable[list[dict]]:
+        """The micro-batch groups (one optimizer step each) of epoch ``epoch``."""
+        if self.passes is not None:
+            return itertools.islice(self.passes, self.steps_per_epoch)
+        batches.set_epoch(epoch)
+        return _groups(batches, self.accum)
+
+    def eval_due(self, step: int, epoch_step: int) -> bool:
+        if self.settings.eval_steps:
+            return step % self.settings.eval_steps == 0
+        return epoch_step in self.eval_points
+
+
+def _precision(settings: TrainConfig, device: torch.device) -> str:
+    # DP-SGD computes per-example gradients in fp32: "auto" means fp32 under DP.
+    return resolve_precision("fp32" if privacy.enabled(settings) else settings.precision, device)
+
+
+def _private(model: nn.Module, optimizer, train_batches, settings: TrainConfig, plan: _Plan):
+    """Differential privacy, when the settings ask for it: per-example clipping and noise
+    around ``optimizer``, and Poisson-sampled batches, which ``plan`` then passes over when an
+    epoch is a part of a pass. Returns (the DP state or None, the optimizer, the batches)."""
+    if not privacy.enabled(settings):
+        return None, optimizer, train_batches
+    private = privacy.attach(model, optimizer, train_batches, settings, plan.total_steps)
+    if plan.passes is not None:
+        plan.passes = _passes(private.batches, plan.accum)
+    return private, private.optimizer, private.batches
+
+
+_SKIPPED = "skipped"  # an fp16 step that overflowed: the scaler skipped it
+
+
+class _Stepper:
+    """One optimizer step: forward and backward over a group of micro-batches, each weighted by
+    its size, then clipping, the gradient checks, the step and the schedule."""
+
+    def __init__(self, model: nn.Module, optimizer, scheduler, objective: Objective,
+                 settings: TrainConfig, precision: str, device: torch.device):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.settings, self.precision, self.device = settings, precision, device
+        self.loss_fn = objective.loss_fn(settings, device)
+        self.uses_index = objective.uses_index
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.weights = penalized_weights(model)
+        self.max_norm = settings.max_grad_norm or math.inf
+        # fp16 (GPUs without bf16) needs loss scaling; with any other precision this is a no-op.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.clock = timing.current()
+
+    def forward_backward(self, group: list[dict]) -> float:
+        """Accumulate the gradients of ``group``; its loss (penalty included)."""
+        clock, n_group, group_loss = self.clock, sum(len(b["labels"]) for b in group), 0.0
+        for i, batch in enumerate(group):
+            with clock.phase("data"):
+                clock.count("train", batch)
+                index = batch.get("index")  # rows of the split: a teacher's logits (distill)
+                batch = {k: v.to(self.device) for k, v in batch.items() if k != "index"}
+                labels = batch.pop("labels")
+            with clock.phase("forward"):
+                with autocast(self.precision, self.device):
+                    logits = self.model(**batch).logits
+                loss = (self.loss_fn(logits.float(), labels, index) if self.uses_index
+                        else self.loss_fn(logits.float(), labels)) * (len(labels) / n_group)
+                if i == len(group) - 1:
+                    extra = penalty(self.weights, self.settings)
+                    if extra is not None:
+                        loss = loss + extra
+            with clock.phase("backward"):
+                self.scaler.scale(loss).backward()
+            group_loss += loss.item()
+        return group_loss
+
+    def step(self, group: list[dict]) -> tuple[str | None, float]:
+        """Train on ``group``: what became of the step, and the group's loss. None when the
+        step was taken, ``_SKIPPED`` when fp16 loss scaling skipped it, else the reason to stop
+        (the loss is not finite, the gradient exploded or vanished)."""
+        loss = self.forward_backward(group)
+        if not math.isfinite(loss):
+            return NAN_LOSS, loss
+        return self.optimizer_step(), loss
+
+    def optimizer_step(self) -> str | None:
+        """Clip, check the gradient and step (see ``step``)."""
+        with self.clock.phase("optimizer"):
+            optimizer, scaler, s = self.optimizer, self.scaler, self.settings
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_norm))
+            if scaler.is_enabled() and not math.isfinite(grad_norm):
+                scaler.step(optimizer)  # skips the step and lowers the scale: fp16 overflowed
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                return _SKIPPED
+            if not math.isfinite(grad_norm) or grad_norm > s.grad_norm_max:
+                return EXPLODING_GRADIENT
+            if grad_norm < s.grad_norm_min:
+                return VANISHING_GRADIENT
+            scaler.step(optimizer)
+            scaler.update()
+            self.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            return None
+
+
+class _Evaluations:
+    """The evaluations of a run: their history, the best one (patience counts evaluations
+    since it), the best few checkpoints (``checkpoint_soup``), and the training loss since the
+    last evaluation."""
+
+    def __init__(self, settings: TrainConfig):
+        self.metric, self.min_delta, self.patience = settings.metric, settings.min_delta, settings.patience
+        self.top = TopCheckpoints(settings.checkpoint_soup, settings.metric, settings.min_delta)
+        self.history: list[dict] = []
+        self.best_score: float | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.best_step, self.since_best = 0, 0
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def add_train_loss(self, loss: float) -> None:
+        self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
+
+    def take_train_loss(self) -> float:
+        """The mean training loss of the steps since the last evaluation (and start anew)."""
+        mean = self.loss_sum / max(self.loss_n, 1)
+        self.loss_sum, self.loss_n = 0.0, 0
+        return mean
+
+    def record(self, metrics: dict, step: int, model: nn.Module,
+               on_eval: Callable[[int, dict], None] | None) -> bool:
+        """Add an evaluation, copy the weights when they may be kept, and call ``on_eval``.
+        True when early stopping says stop (``patience`` evaluations without improvement)."""
+        score = metrics[self.metric]
+        self.history.append(metrics)
+        log.info("step %d: %s %.4f", step, self.metric, score)
+        if self.top.wants(score):
+            self.top.offer(Ingredient(score, metrics, _trainable_state(model), step))
+        if is_better(score, self.best_score, self.metric, self.min_delta):
+            self.best_score, self.best_metrics, self.best_step, self.since_best = score, metrics, step, 0
+        else:
+            self.since_best += 1
+        if on_eval is not None:
+            on_eval(step, metrics)
+        return self.patience is not None and self.since_best >= self.patience
+
+
+def _keep_best(model: nn.Module, evals: _Evaluations, should_stop: Callable[[], bool] | None,
+               taste: Callable[[], dict[str, float]]) -> list[int] | None:
+    """Load the kept weights into ``model`` (eval mode): the best evaluation's, or with
+    ``checkpoint_soup`` > 1 a greedy soup of the best few when it scores at least as well.
+    Returns the soup's steps, or None when the best checkpoint is kept alone."""
+    top, soup, made = evals.top, None, None
+    if len(top.kept) > 1 and not (should_stop is not None and should_stop()):
+        def score(state) -> dict[str, float]:
+            model.load_state_dict(state, strict=False)
+            return taste()
+
+        made = greedy_soup(top.kept, score, evals.metric, should_stop=should_stop)
         if len(made.members) > 1:
             soup = [int(m) for m in made.members]
-            best_metrics = {**top.best.metrics, **made.metrics}
+            evals.best_metrics = {**top.best.metrics, **made.metrics}
     if top.best is not None:
         model.load_state_dict(made.state if soup else top.best.state, strict=False)
     model.eval()
-    if stop_reason == COMPLETED and settings.max_steps is not None and step >= settings.max_steps:
-        log.info("stopped at max_steps=%d", settings.max_steps)
-    return TrainResult(
-        best_metrics=best_metrics, best_step=best_step, stop_reason=stop_reason, steps=step,
-        epochs=round(step / steps_per_epoch, 4), seconds=time.perf_counter() - started,
-        history=history, precision=precision, soup=soup,
-        privacy=private.report() if private is not None else None,
-    )
+    return soup
 
 
 @torch.no_grad()
@@ -259,7 +355,9 @@ def predict_proba(model: nn.Module, batches, *, precision: str = "fp32", device=
     was_training = model.training
     model.eval()
     chunks, indices, labels, loss_sum = [], [], [], 0.0
+    clock = timing.current()
     for batch in batches:
+        clock.count("eval", batch)
         index = batch["index"]
         batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
         y = batch.pop("labels", None)

@@ -15,6 +15,8 @@ model is unchanged. It also times the steps, which the search uses to plan its b
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import logging
 import math
 import time
@@ -80,56 +82,18 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
     model.to(device)
     model.train()
     optimizer = build_optimizer(model, replace(settings, lr=min_lr))
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     if objective is None:
         loss_fn: Any = nn.CrossEntropyLoss()
     else:  # the task's loss, without class weights or label smoothing
         loss_fn = objective.loss_fn(replace(settings, class_weights="none", label_smoothing=0.0),
                                     device)
-    growth = (max_lr / min_lr) ** (1.0 / (steps - 1))
     result = RangeTest(batch_size=int(settings.batch_size) if settings.batch_size != "full" else 0)
-    avg, best, lr, examples = 0.0, math.inf, min_lr, 0
+    step = functools.partial(_step, model, optimizer, loss_fn, precision, device,
+                             settings.max_grad_norm or math.inf)
     started = time.perf_counter()
+    examples = 0
     try:
-        epoch = 0
-        while result.steps < steps:
-            batches.set_epoch(epoch)
-            for batch in batches:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
-                labels = batch.pop("labels")
-                with autocast(precision, device):
-                    logits = model(**batch).logits
-                loss = loss_fn(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or math.inf)
-                optimizer.step()
-                result.steps += 1
-                examples += len(labels)
-                value = float(loss.item())
-                if not math.isfinite(value):
-                    result.stop_reason = "diverged"
-                    break
-                avg = SMOOTHING * avg + (1 - SMOOTHING) * value
-                smoothed = avg / (1 - SMOOTHING ** result.steps)
-                result.lrs.append(lr)
-                result.losses.append(smoothed)
-                best = min(best, smoothed)
-                if result.steps > MIN_POINTS and smoothed > DIVERGE * best:
-                    result.stop_reason = "diverged"
-                    break
-                if result.steps >= steps:
-                    break
-                if max_seconds is not None and time.perf_counter() - started > max_seconds:
-                    result.stop_reason = "time"
-                    break
-                lr *= growth
-            else:
-                epoch += 1
-                continue
-            break
+        examples = _sweep(result, step, batches, steps, started, max_seconds, min_lr, max_lr)
     finally:
         result.seconds = time.perf_counter() - started
         model.load_state_dict(saved)
@@ -146,6 +110,62 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
     return result
 
 
+def _sweep(result: RangeTest, step, batches, steps: int, started: float,
+           max_seconds: float | None, min_lr: float, max_lr: float) -> int:
+    """Take up to ``steps`` steps, the rate growing exponentially, recording each step's
+    smoothed loss in ``result``; stop early when the loss diverges or time is up. Returns the
+    examples trained on."""
+    growth = (max_lr / min_lr) ** (1.0 / (steps - 1))
+    avg, best, lr, examples = 0.0, math.inf, min_lr, 0
+    for batch in _endless(batches):
+        value, n = step(batch, lr)
+        result.steps += 1
+        examples += n
+        if not math.isfinite(value):
+            result.stop_reason = "diverged"
+            break
+        avg = SMOOTHING * avg + (1 - SMOOTHING) * value
+        smoothed = avg / (1 - SMOOTHING ** result.steps)
+        result.lrs.append(lr)
+        result.losses.append(smoothed)
+        best = min(best, smoothed)
+        if result.steps > MIN_POINTS and smoothed > DIVERGE * best:
+            result.stop_reason = "diverged"
+            break
+        if result.steps >= steps:
+            break
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            result.stop_reason = "time"
+            break
+        lr *= growth
+    return examples
+
+
+def _step(model: nn.Module, optimizer, loss_fn, precision: str, device, max_norm: float,
+          batch: dict, lr: float) -> tuple[float, int]:
+    """One training step at rate ``lr``: its loss and the examples in it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
+    labels = batch.pop("labels")
+    with autocast(precision, device):
+        logits = model(**batch).logits
+    loss = loss_fn(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    return float(loss.item()), len(labels)
+
+
+def _endless(batches):
+    """The batches of epoch 0, 1, 2, ... one after the other (each pass in its own order)."""
+    for epoch in itertools.count():
+        batches.set_epoch(epoch)
+        yield from batches
+
+
 def range_test(config: RunConfig, task, *, steps: int = STEPS,
                max_seconds: float | None = None, caches=None) -> RangeTest:
     """Build the model and training batches of ``config`` (as a training run does) on the
@@ -157,14 +177,14 @@ def range_test(config: RunConfig, task, *, steps: int = STEPS,
     from pretune.training.device import set_threads
     from pretune.config import with_task
     from pretune.training import objectives
-    from pretune.training.run import (FULL_BATCH_MICRO, position_limit, resolve_max_length,
-                                      seed_everything, token_windows)
+    from pretune.data import text_prep
+    from pretune.data.images import is_image_task
+    from pretune.training.inputs import (position_limit, prepare_image_data, resolve_max_length,
+                                         token_windows)
+    from pretune.training.run import FULL_BATCH_MICRO, seed_everything
 
     set_threads(config.train.threads)
     seed_everything(config.train.seed)
-    from pretune.data import text_prep
-    from pretune.data.images import is_image_task
-    from pretune.training.run import prepare_image_data
 
     caches = caches or RunCaches.for_one_run()
     image = is_image_task(task)

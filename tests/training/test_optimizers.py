@@ -98,3 +98,24 @@ def test_lora_adapters_train_at_lr_whatever_the_decay():
     model = apply_lora(tiny_bert(), ModelConfig(model="x", transfer="lora", lora_r=2))
     optimizer = build_optimizer(model, TrainConfig(lr=1e-3, layer_decay=0.5))
     assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_takes_the_fused_update_and_it_equals_the_per_parameter_one(name, monkeypatch):
+    from pretune.training import optimizers
+
+    def trained(fused: bool) -> torch.nn.Module:
+        monkeypatch.setattr(optimizers, "FUSED", fused)
+        model = tiny_bert()
+        optimizer = build_optimizer(model, TrainConfig(optimizer=name, lr=1e-2, weight_decay=0.1))
+        assert bool(optimizer.defaults["fused"]) is fused
+        for step in range(3):  # the same made-up gradients for both
+            generator = torch.Generator().manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=generator)
+            optimizer.step()
+        return model
+
+    fused, plain = trained(True), trained(False)
+    for (n, p), q in zip(fused.named_parameters(), plain.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), n

@@ -8,7 +8,8 @@ lists of words beside lists of tags make a token task, unless ``DataConfig.task`
 ``load_task`` reads the training (and validation) data named by a ``DataConfig``, finds the
 text, text-pair and label columns, checks every text and label once, maps labels to ids, samples
 and splits as configured, and fingerprints the result. ``read_inputs`` does the column and text
-part for prediction inputs, which need no label.
+part for prediction inputs, which need no label, and ``read_sentences`` the sentences a token
+classification model tags.
 
 Row numbers in messages are counted as a user sees the source: in a CSV or TSV file row 1 is
 the header, so the first example is row 2; in JSON lines, Parquet and datasets it is row 1.
@@ -208,6 +209,31 @@ def read_inputs(
     texts = text_values(frame, cols.text, "--input")
     pairs = text_values(frame, cols.pair, "--input") if cols.pair else None
     return texts, pairs, frame
+
+
+def read_sentences(source: str, text_column: str | None = None
+                   ) -> tuple[list[list[str]], list[str], pd.DataFrame]:
+    """The sentences a token classification model tags in ``source``: a table with a column
+    of word lists, or texts, which are split into words (``tokens.split_words``). Returns each
+    sentence's words, its text (the input text, or the words joined by spaces: what entity
+    offsets count in) and the rows the predictions go beside (texts also get their words in
+    ``tokens``)."""
+    frame = read_table(source)
+    found = tokens.token_columns(frame, text=text_column)
+    if found is not None:
+        words, _ = tokens.sentences(frame, found[0], None, "--input")
+        return words, [" ".join(w) for w in words], frame.reset_index(drop=True).copy()
+    texts, _, frame = read_inputs(source, text_column=text_column, detect_pair=False)
+    words = [tokens.split_words(t) for t in texts]
+    empty = next((i for i, w in enumerate(words) if not w), None)
+    if empty is not None:
+        raise DataError(
+            f"Token classification needs words to tag, but --input row "
+            f"{empty + int(frame.attrs.get('first_row', 1))} has none. Remove that row."
+        )
+    result = frame.reset_index(drop=True).copy()
+    result["tokens"] = words
+    return words, texts, result
 
 
 # --- token classification ---------------------------------------------------------------------

@@ -10,8 +10,12 @@ into such a table). Tags follow IOB1, IOB2 or BIOES (``scheme_of``); anything el
 token, the other sub-tokens are ignored by the loss (-100) unless ``all_subtokens``. Sentences
 longer than ``max_length`` tokens become windows that overlap by ``stride`` tokens; each word is
 labelled (and later read) in the one window where it has the most context on both sides, so
-scores and predictions count every word once. ``entity_spans`` reads predicted tags back as
-entities with character offsets, for ``pretune predict --entities``.
+scores and predictions count every word once. ``windows_of`` is that windowing from a
+tokenizer's word ids alone, without torch or transformers: the ONNX runtime
+(``pretune.deploy.runtime``) feeds it from the ``tokenizers`` library. ``word_predictions``
+and ``add_tags`` are ``pretune predict``'s reading of per-token probabilities as tags, shared
+by the torch and ONNX paths; ``entity_spans`` reads predicted tags back as entities with
+character offsets, for ``pretune predict --entities``.
 """
 
 from __future__ import annotations
@@ -214,24 +218,44 @@ class Windows:
 def encode_words(words: Sequence[Sequence[str]], tags: Sequence[np.ndarray] | None, tokenizer,
                  max_length: int, *, stride: int = 32, all_subtokens: bool = False,
                  inside: dict[int, int] | None = None) -> Windows:
-    """Tokenize sentences given as words into windows of at most ``max_length`` tokens.
-
-    ``tags`` are each sentence's tag ids. A word's tag goes on its first sub-token in the window
-    where the word has the most context; every other position gets -100, except that with
-    ``all_subtokens`` the later sub-tokens of a word (in that window) get its tag too, a B-
-    tag turned into the I- tag of its type by ``inside`` (tag id -> tag id)."""
+    """Tokenize sentences given as words into windows of at most ``max_length`` tokens with a
+    transformers fast tokenizer; ``windows_of`` says how ``tags`` (each sentence's tag ids)
+    are placed on the tokens."""
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(
             f"Token classification aligns words to sub-word tokens with a fast tokenizer, but "
             f"{type(tokenizer).__name__} is not one. Use a model that has a tokenizer.json."
         )
-    room = max_length - tokenizer.num_special_tokens_to_add()
-    stride = max(0, min(int(stride), room // 2))
+    stride = window_stride(stride, max_length, tokenizer.num_special_tokens_to_add())
     out = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=True,
                     max_length=max_length, stride=stride, return_overflowing_tokens=True,
                     padding=False, return_attention_mask=False, return_token_type_ids=False)
     rows = np.asarray(out["overflow_to_sample_mapping"], dtype=np.int64)
     word_ids = [out.word_ids(w) for w in range(len(rows))]
+    return windows_of(list(out["input_ids"]), rows, word_ids, tags,
+                      all_subtokens=all_subtokens, inside=inside)
+
+
+def window_stride(stride: int, max_length: int, special: int) -> int:
+    """The overlap of consecutive windows: ``stride`` tokens, but at most half the room a
+    window has for words (``max_length`` less the ``special`` tokens the tokenizer adds)."""
+    return max(0, min(int(stride), (max_length - special) // 2))
+
+
+def windows_of(input_ids: Sequence[Sequence[int]], rows: Sequence[int],
+               word_ids: Sequence[Sequence[int | None]], tags: Sequence[np.ndarray] | None = None,
+               *, all_subtokens: bool = False, inside: dict[int, int] | None = None) -> Windows:
+    """Windows from a tokenizer's output: each window's token ids, its sentence (``rows``) and
+    the word of each of its tokens (None for special tokens), as the ``tokenizers`` library
+    reports them. Needs neither torch nor transformers, so the ONNX runtime reads windows
+    exactly as training and ``pretune predict`` do.
+
+    A word's tag (from ``tags``) goes on its first sub-token in the window where the word has
+    the most context; every other position gets -100, except that with ``all_subtokens`` the
+    later sub-tokens of a word (in that window) get its tag too, a B- tag turned into the I-
+    tag of its type by ``inside`` (tag id -> tag id)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    word_ids = [list(ids) for ids in word_ids]
     word_at = _best_windows(rows, word_ids)
     labels = None
     if tags is not None:
@@ -248,7 +272,8 @@ def encode_words(words: Sequence[Sequence[str]], tags: Sequence[np.ndarray] | No
                         tag = int(sentence[word])
                         lab[p] = (inside or {}).get(tag, tag)
             labels[w] = lab
-    encoded = Encoded(input_ids=list(out["input_ids"]), token_type_ids=None, labels=labels)
+    encoded = Encoded(input_ids=[list(ids) for ids in input_ids], token_type_ids=None,
+                      labels=labels)
     return Windows(encoded=encoded, rows=rows, word_at=word_at)
 
 
@@ -280,15 +305,16 @@ def inside_tags(label_names: Sequence[str]) -> dict[int, int]:
             if name.startswith("B-") and f"I-{name[2:]}" in ids}
 
 
-def word_predictions(windows: Windows, probs: np.ndarray,
+def word_predictions(windows: Windows, probs: np.ndarray | Sequence[np.ndarray],
                      lengths: Sequence[int]) -> list[np.ndarray]:
     """Per-word probabilities (words, tags) of each sentence from per-window, per-token
-    ``probs`` (windows, tokens, tags); a word that no token stands for gets all zeros."""
-    k = probs.shape[-1]
+    ``probs`` (windows, tokens, tags), padded or a list with one (tokens, tags) array per
+    window; a word that no token stands for gets all zeros."""
+    k = np.shape(probs[0])[-1] if len(probs) else 0
     out = [np.zeros((n, k), dtype=np.float32) for n in lengths]
     for w, (row, at) in enumerate(zip(windows.rows, windows.word_at)):
         positions = np.flatnonzero(at >= 0)
-        out[row][at[positions]] = probs[w, positions]
+        out[row][at[positions]] = probs[w][positions]
     return out
 
 
@@ -320,3 +346,24 @@ def entity_spans(text: str, words: Sequence[str], tags: Sequence[str],
         spans.append({"type": kind, "start": start, "end": end, "text": text[start:end],
                       "score": round(float(np.mean(scores[first:last + 1])), 4)})
     return spans
+
+
+# --- predicting ----------------------------------------------------------------------------
+
+
+def add_tags(result: pd.DataFrame, per_word: Sequence[np.ndarray], names: Sequence[str],
+             texts: Sequence[str], words: Sequence[Sequence[str]], *,
+             entities: bool = False) -> pd.DataFrame:
+    """``result`` with each sentence's tags in ``prediction``, from ``per_word`` probabilities
+    (``word_predictions``; a word no token stands for is tagged O); with ``entities`` also the
+    entities of each sentence (of ``texts`` and ``words``, see ``entity_spans``) in
+    ``entities``."""
+    names = [str(n) for n in names]
+    outside = names.index("O") if "O" in names else 0
+    result["prediction"] = [[names[int(row.argmax())] if row.sum() > 0 else names[outside]
+                             for row in p] for p in per_word]
+    if entities:
+        result["entities"] = [entity_spans(text, w, tags, p.max(axis=1))
+                              for text, w, tags, p in zip(texts, words, result["prediction"],
+                                                          per_word)]
+    return result

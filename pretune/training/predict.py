@@ -21,9 +21,8 @@ from pretune.data import text_prep, tokens
 from pretune.data.collate import Batches
 from pretune.data.images import ImageBatches, PixelSpec, image_cache, is_image_task, read_image_inputs
 from pretune.data.outputs import label_sets, table_format, write_table
-from pretune.data.task import TaskData, read_inputs
+from pretune.data.task import TaskData, read_inputs, read_sentences
 from pretune.data.tokenize import encode
-from pretune.errors import DataError
 from pretune.models.io import load_model_dir, resolve_model_dir
 from pretune.training import objectives
 from pretune.training.caches import RunCaches
@@ -149,25 +148,7 @@ def _predict_tokens(model, tokenizer, settings: dict, source: str, batch_size: i
     in ``prediction``, one per word (texts also get their words in ``tokens``). ``entities``:
     also each sentence's entities (type, character offsets and text, score) in ``entities``;
     offsets count in the input text, or in the words joined by spaces for word lists."""
-    from pretune.data.readers import read_table
-
-    frame = read_table(source)
-    found = tokens.token_columns(frame, text=text_column)
-    if found is not None:
-        words, _ = tokens.sentences(frame, found[0], None, "--input")
-        texts = [" ".join(w) for w in words]
-        result = frame.reset_index(drop=True).copy()
-    else:
-        texts, _, frame = read_inputs(source, text_column=text_column, detect_pair=False)
-        words = [tokens.split_words(t) for t in texts]
-        empty = next((i for i, w in enumerate(words) if not w), None)
-        if empty is not None:
-            raise DataError(
-                f"Token classification needs words to tag, but --input row "
-                f"{empty + int(frame.attrs.get('first_row', 1))} has none. Remove that row."
-            )
-        result = frame.reset_index(drop=True).copy()
-        result["tokens"] = words
+    words, texts, result = read_sentences(source, text_column)
     data = settings.get("data") or {}
     max_length = data.get("max_length") or position_limit(model) or 512
     windows = tokens.encode_words(words, None, tokenizer, max_length, stride=data.get("stride", 32))
@@ -179,15 +160,8 @@ def _predict_tokens(model, tokenizer, settings: dict, source: str, batch_size: i
                                 device=device, objective=objectives.TokenClassification([]))
     id2label = model.config.id2label
     names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(probs.shape[-1])]
-    outside = names.index("O") if "O" in names else 0
     per_word = tokens.word_predictions(windows, probs, [len(w) for w in words])
-    result["prediction"] = [[names[int(row.argmax())] if row.sum() > 0 else names[outside]
-                             for row in p] for p in per_word]
-    if entities:
-        result["entities"] = [tokens.entity_spans(text, w, tags, p.max(axis=1))
-                              for text, w, tags, p in zip(texts, words, result["prediction"],
-                                                          per_word)]
-    return result
+    return tokens.add_tags(result, per_word, names, texts, words, entities=entities)
 
 
 def _objective_of(kind: str, task: dict) -> objectives.Objective:

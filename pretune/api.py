@@ -79,7 +79,8 @@ def predict(model: str | Path, input: str | Path, *, output: str | Path | None =
         if options.pop("ensemble", False):
             raise ConfigError("--ensemble averages a run's torch models, but an ONNX model was "
                               "given. Drop --ensemble, or pass the run directory without --onnx.")
-        keep = ("batch_size", "text_column", "text_pair_column", "image_column", "on_batch")
+        keep = ("batch_size", "text_column", "text_pair_column", "image_column", "entities",
+                "on_batch")
         return onnx_predict(onnx or model, input, output=output, int8=int8,
                             **{k: v for k, v in options.items() if k in keep})
     if options.pop("ensemble", False):  # the kept models of a run, averaged (RUN/ensemble.yaml)

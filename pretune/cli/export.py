@@ -23,8 +23,9 @@ Example:
 
 csv and json: one row per trial: number, state, score, parameters, seconds, peak memory,
 validation metrics. onnx: the model in RUN/best (RUN may also be a model directory) as
-model.onnx with its tokenizer or image processor and label map, checked against the torch
-model on validation rows; run it with pretune predict DIR (no torch needed).
+model.onnx with its tokenizer or image processor and label map (a token classification
+model: its tag map, logits per sub-token), checked against the torch model on validation rows;
+run it with pretune predict DIR (no torch needed; --entities works there too).
 """
 
 
@@ -66,12 +67,14 @@ def command(
         with console.status("exporting to ONNX", spinner="dots"):
             result = export_onnx(run, output, quantize=quantize, rows=rows, tolerance=tolerance,
                                  allow_pickle=allow_pickle)
-        console.print(f"checked on {result.rows} validation rows: largest logit difference "
+        noun = "sentences" if result.kind == "token" else "rows"
+        console.print(f"checked on {result.rows} validation {noun}: largest logit difference "
                       f"torch vs ONNX Runtime {result.max_diff:.2g} (tolerance {result.tolerance:g})",
                       highlight=False, soft_wrap=True)
         if result.int8:
             agree = result.int8["agreement"]
-            shown = "" if agree != agree else f", predictions agree on {agree:.1%} of rows"
+            unit = "tokens" if result.kind == "token" else "rows"
+            shown = "" if agree != agree else f", predictions agree on {agree:.1%} of {unit}"
             console.print(f"int8 copy: largest logit difference {result.int8['max_diff']:.2g}{shown}",
                           highlight=False, soft_wrap=True)
         print(f"ONNX model written to {result.path}")

@@ -6,11 +6,15 @@ traces it with ``torch.onnx.export`` (the dynamo exporter: batch and sequence le
 dynamic), and writes the directory ``pretune.deploy.runtime`` reads. A text graph takes
 ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the tokenizer makes them); an
 image graph takes uint8 ``pixels`` (n, 3, height, width) and scales and normalizes them itself,
-so that the runtime needs no torch. Every graph's output is ``logits``.
+so that the runtime needs no torch. Every graph's output is ``logits``: (n, labels), or for
+a token classification model (n, tokens, tags), a row of logits per sub-token.
 
 The export checks itself before it is moved into place: on (a sample of) the run's validation
 rows, the torch model's logits and ONNX Runtime's (through the runtime's own tokenizer and
-image decoding) must agree within ``tolerance``; else ``ExportCheckError``. The int8 copy
+image decoding) must agree within ``tolerance``; else ``ExportCheckError``. A token
+classification model is checked at every token of its validation sentences, windowed by
+``pretune predict``'s code (transformers) on the torch side and by the runtime's (``tokenizers``)
+on the other, so the check covers the windowing too. The int8 copy
 (``onnxruntime.quantization.quantize_dynamic``, int8 weights with a scale per output channel:
 on the SST-2 MiniLM it kept test accuracy within 0.1 point where one scale per tensor lost 0.8)
 is lossy by design: its largest logit difference
@@ -30,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from pretune.deploy.runtime import DEPLOY_FILE, FORMAT, FP32_FILE, INT8_FILE, OnnxModel, prepare_texts
+from pretune.deploy.runtime import (DEPLOY_FILE, FORMAT, FP32_FILE, INT8_FILE, OnnxModel, padded,
+                                    prepare_texts)
 from pretune.errors import MissingExtraError, PretuneError
 
 logger = logging.getLogger(__name__)
@@ -47,10 +52,11 @@ class ExportResult:
     """What ``export_onnx`` wrote and measured."""
 
     path: Path
-    rows: int  # validation rows checked
+    rows: int  # validation rows (token classification: sentences) checked
     tolerance: float
     max_diff: float  # largest |torch - onnx| logit over the checked rows
     int8: dict[str, float] = field(default_factory=dict)  # max_diff, agreement (when quantized)
+    kind: str = "classification"  # the task; token: rows are sentences, agreement is per token
 
 
 def _need(module: str, extra: str = "onnx"):
@@ -183,7 +189,25 @@ def _torch_logits_text(model, tokenizer, names, texts, pairs, max_length) -> np.
     return np.concatenate(out)
 
 
-def _onnx_logits(onnx: OnnxModel, texts=None, pairs=None, paths=None) -> np.ndarray:
+def _torch_logits_windows(model, names, ids, pad_id: int) -> np.ndarray:
+    """The torch logits (tokens, tags) at every token of the token windows ``ids``, window
+    after window, batched as ``_onnx_logits`` batches them."""
+    import torch
+
+    out = []
+    for s in range(0, len(ids), CHECK_BATCH):
+        feed = padded(ids[s:s + CHECK_BATCH], pad_id)
+        with torch.no_grad():
+            logits = model(**{k: torch.from_numpy(feed[k]) for k in names}).logits.float().numpy()
+        out.append(logits[feed["attention_mask"] == 1])
+    return np.concatenate(out)
+
+
+def _onnx_logits(onnx: OnnxModel, texts=None, pairs=None, paths=None, sentences=None) -> np.ndarray:
+    if sentences is not None:  # (tokens, tags) at every token of the sentences' windows
+        ids = onnx.windows(sentences).encoded.input_ids
+        feeds = [onnx.feed(ids[s:s + CHECK_BATCH]) for s in range(0, len(ids), CHECK_BATCH)]
+        return np.concatenate([onnx.logits(f)[f["attention_mask"] == 1] for f in feeds])
     return np.concatenate([onnx.logits(feed) for feed in _plain_batches(onnx, texts, pairs, paths)])
 
 
@@ -203,14 +227,13 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *,
                 allow_pickle: bool = False) -> ExportResult:
     """Export the model at ``model_path`` (a run or model directory) to the directory ``out``;
     with ``quantize="int8"`` also a dynamically quantized copy. Checked on up to ``rows``
-    validation rows before ``out`` is written; ``ExportCheckError`` when the logits differ by
-    more than ``tolerance``."""
+    validation rows (sentences, for token classification) before ``out`` is written;
+    ``ExportCheckError`` when the logits differ by more than ``tolerance``."""
     from pretune.models.io import META_FILE, load_model_dir, resolve_model_dir, swap_in
 
     _need("onnx")
     directory = resolve_model_dir(model_path)
     model, processor, meta = load_model_dir(directory, allow_pickle=allow_pickle)
-    _refuse_tokens(meta, "pretune export --format onnx")
     model.to("cpu").float().eval()
     task, valid = _check_rows(meta, rows)
     kind = (meta.get("task") or {}).get("kind") or task.kind
@@ -220,21 +243,16 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        if hasattr(processor, "pad_token_id"):
+        if kind == "token":
+            expected, check = _export_tokens(model, processor, meta, valid, tmp)
+        elif hasattr(processor, "pad_token_id"):
             expected, check = _export_text(model, processor, meta, kind, valid, tmp)
         else:
             expected, check = _export_image(model, processor, meta, kind, valid, tmp)
         shutil.copy2(directory / META_FILE, tmp / META_FILE)
         got = _onnx_logits(OnnxModel(tmp), **check)
-        diff = float(np.abs(got - expected).max())
-        if not diff <= tolerance:
-            raise ExportCheckError(
-                f"The ONNX model must give the torch model's logits within {tolerance:g} on the "
-                f"validation rows, but they differ by up to {diff:.3g} on {len(got)} rows. "
-                f"Check the model type ({model.config.model_type}) exports with torch.onnx, or "
-                f"pass --tolerance {10 ** np.ceil(np.log10(diff)):g} to accept it."
-            )
-        result = ExportResult(target, len(got), tolerance, diff)
+        diff = _compare(got, expected, tolerance, len(valid), kind, model.config.model_type)
+        result = ExportResult(target, len(valid), tolerance, diff, kind=kind)
         if quantize:
             result.int8 = _quantize(tmp, expected, check, kind)
         swap_in(tmp, target)
@@ -243,19 +261,57 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *,
     return result
 
 
-def _refuse_tokens(meta: dict, what: str) -> None:
-    """Token classification (one label per word) is not handled by ``what`` yet: one line."""
-    from pretune.errors import ConfigError
-
-    if (meta.get("task") or {}).get("kind") == "token":
-        raise ConfigError(f"{what} handles models with one output per row, but this is a token "
-                          f"classification model (a tag per word). Use pretune predict on the "
-                          f"run or model directory instead.")
+def _compare(got: np.ndarray, expected: np.ndarray, tolerance: float, rows: int, kind: str,
+             model_type: str) -> float:
+    """The largest logit difference between ONNX Runtime (``got``) and torch (``expected``) on
+    the ``rows`` checked; ExportCheckError above ``tolerance``."""
+    what = "sentences" if kind == "token" else "rows"
+    if got.shape != expected.shape:  # token windows: the runtime tokenized differently
+        raise ExportCheckError(
+            f"The ONNX runtime must split the {rows} validation {what} into the tokens the torch "
+            f"model reads, but it made {len(got)} tokens where torch made {len(expected)}. "
+            f"Export a model whose tokenizer.json gives the same tokens as its tokenizer."
+        )
+    diff = float(np.abs(got - expected).max()) if got.size else 0.0
+    if not diff <= tolerance:
+        raise ExportCheckError(
+            f"The ONNX model must give the torch model's logits within {tolerance:g} on the "
+            f"validation {what}, but they differ by up to {diff:.3g} on {rows} {what}. "
+            f"Check the model type ({model_type}) exports with torch.onnx, or "
+            f"pass --tolerance {10 ** np.ceil(np.log10(diff)):g} to accept it."
+        )
+    return diff
 
 
 def _export_text(model, tokenizer, meta, kind, valid, tmp: Path):
     """Trace a text model into ``tmp``; return the torch logits of ``valid`` and the runtime's
     view of those rows (preprocessed texts and pairs)."""
+    names, max_length = _trace_text(model, tokenizer, meta, kind, tmp, pairs=valid.pairs is not None)
+    info = json.loads((tmp / DEPLOY_FILE).read_text(encoding="utf-8"))
+    texts, pairs = prepare_texts(info, valid.texts, valid.pairs)
+    expected = _torch_logits_text(model, tokenizer, names, texts, pairs, max_length)
+    return expected, {"texts": texts, "pairs": pairs}
+
+
+def _export_tokens(model, tokenizer, meta, valid, tmp: Path):
+    """Trace a token classification model (logits per sub-token) into ``tmp``; return the
+    torch logits at every token of ``valid``'s sentences, windowed as ``pretune predict``
+    windows them, and the sentences (the runtime windows them itself)."""
+    from pretune.data import tokens
+
+    stride = int(((meta.get("settings") or {}).get("data") or {}).get("stride", 32))
+    names, max_length = _trace_text(model, tokenizer, meta, "token", tmp, pairs=False,
+                                    stride=stride)
+    windows = tokens.encode_words(valid.words, None, tokenizer, max_length, stride=stride)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    expected = _torch_logits_windows(model, names, windows.encoded.input_ids, int(pad))
+    return expected, {"sentences": valid.words}
+
+
+def _trace_text(model, tokenizer, meta, kind, tmp: Path, *, pairs: bool, **extra
+                ) -> tuple[list[str], int]:
+    """Write the tokenizer, ``deploy.json`` (``extra`` added) and the traced graph of a text
+    model into ``tmp``; return the graph's input names and the run's max_length."""
     from torch.export import Dim
 
     from pretune.training.run import position_limit
@@ -272,18 +328,16 @@ def _export_text(model, tokenizer, meta, kind, valid, tmp: Path):
     tokenizer.save_pretrained(tmp)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     info = _deploy_info(meta, model, kind, "text", max_length=max_length, pad_id=int(pad),
-                        inputs=names)
+                        inputs=names, **extra)
     (tmp / DEPLOY_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    texts, pairs = prepare_texts(info, valid.texts, valid.pairs)
     example = tokenizer(["a first example text to trace", "a second one"],
-                        ["and its pair", "pair"] if pairs is not None else None,
+                        ["and its pair", "pair"] if pairs else None,
                         padding=True, return_tensors="pt",
                         return_token_type_ids="token_type_ids" in names)
     batch, sequence = Dim("batch"), Dim("sequence", max=max(max_length, 8))
     _trace(_text_graph(model, names), tuple(example[n] for n in names), names,
            (tuple({0: batch, 1: sequence} for _ in names),), tmp / FP32_FILE)
-    expected = _torch_logits_text(model, tokenizer, names, texts, pairs, max_length)
-    return expected, {"texts": texts, "pairs": pairs}
+    return names, max_length
 
 
 def _export_image(model, processor, meta, kind, valid, tmp: Path):
@@ -327,7 +381,7 @@ def _quantize(tmp: Path, expected: np.ndarray, check: dict, kind: str) -> dict[s
     finally:
         root.setLevel(level)
     got = _onnx_logits(OnnxModel(tmp, int8=True), **check)
-    if kind == "classification":
+    if kind in ("classification", "token"):  # token: (tokens, tags), so per token
         agree = float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1)))
     elif kind == "multilabel":
         agree = float(np.mean((got > 0) == (expected > 0)))

@@ -9,6 +9,9 @@ the same table as ``pretune predict`` on the torch model.
 Text is tokenized with the ``tokenizers`` library from ``tokenizer.json`` (truncated longest-first
 to the run's max_length, as training did), after the text preprocessing the model was trained
 with. Images are decoded with Pillow to uint8; the graph itself scales and normalizes them.
+A token classification model (a tag per word) reads sentences as words, splits long ones into
+overlapping windows and finds each word's first sub-token from the ``tokenizers`` library's
+word ids, through the same windowing as training (``pretune.data.tokens.windows_of``).
 Nothing here imports torch or transformers.
 """
 
@@ -94,16 +97,40 @@ class OnnxModel:
         """One padded batch of the graph's inputs for raw (already preprocessed) texts."""
         items = list(texts) if pairs is None else list(zip(texts, pairs))
         encodings = self.tokenizer.encode_batch(items)
-        width = max(2, max(len(e.ids) for e in encodings))
-        ids = np.full((len(encodings), width), int(self.info["pad_id"]), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        types = np.zeros_like(ids)
-        for i, e in enumerate(encodings):
-            ids[i, :len(e.ids)] = e.ids
-            mask[i, :len(e.ids)] = 1
-            types[i, :len(e.ids)] = e.type_ids
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return self.feed([e.ids for e in encodings], [e.type_ids for e in encodings])
+
+    def feed(self, ids: Sequence[Sequence[int]],
+             type_ids: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+        """The graph's inputs for token ids (and token type ids, else zeros), padded on the
+        right to the longest."""
+        feed = padded(ids, int(self.info["pad_id"]), type_ids)
         return {name: feed[name] for name in self.input_names}
+
+    # --- words (token classification) --------------------------------------------------------
+
+    def windows(self, words: Sequence[Sequence[str]]):
+        """Sentences given as words as token windows (``word_windows``), at the run's
+        max_length and stride."""
+        return word_windows(self.tokenizer, words, int(self.info["max_length"]),
+                            int(self.info.get("stride", 32)))
+
+    def window_probs(self, windows, batch_size: int = 64,
+                     on_batch: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+        """Tag probabilities (tokens, tags) of each window's tokens, windows batched by length."""
+        ids = windows.encoded.input_ids
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        total = -(-len(order) // batch_size)
+        out: list[np.ndarray] = [np.zeros((0, len(self.labels)), np.float32)] * len(ids)
+        for done, start in enumerate(range(0, len(order), batch_size), 1):
+            idx = order[start:start + batch_size]
+            logits = self.logits(self.feed([ids[i] for i in idx]))
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probs = shifted / shifted.sum(axis=-1, keepdims=True)
+            for k, i in enumerate(idx):
+                out[i] = probs[k, :len(ids[i])]
+            if on_batch is not None:
+                on_batch(done, total)
+        return out
 
     # --- images ------------------------------------------------------------------------------
 
@@ -164,6 +191,42 @@ class OnnxModel:
         return result
 
 
+def word_windows(tokenizer, words: Sequence[Sequence[str]], max_length: int, stride: int):
+    """Sentences given as words as token windows (``pretune.data.tokens.Windows``), split and
+    overlapped as training and ``pretune predict`` split them, with a ``tokenizers.Tokenizer``:
+    its pre-tokenized encoding truncated to ``max_length``, its overflowing windows and their
+    word ids (what transformers' fast tokenizers return, read without transformers)."""
+    from pretune.data import tokens
+
+    stride = tokens.window_stride(stride, max_length, tokenizer.num_special_tokens_to_add(False))
+    tokenizer.enable_truncation(max_length, stride=stride, strategy="longest_first",
+                                direction="right")
+    ids, rows, word_ids = [], [], []
+    for row, encoding in enumerate(tokenizer.encode_batch([list(w) for w in words],
+                                                          is_pretokenized=True)):
+        for part in [encoding, *encoding.overflowing]:
+            ids.append(part.ids)
+            rows.append(row)
+            word_ids.append(part.word_ids)
+    return tokens.windows_of(ids, rows, word_ids)
+
+
+def padded(ids: Sequence[Sequence[int]], pad_id: int,
+           type_ids: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+    """``input_ids``, ``attention_mask`` and ``token_type_ids`` (zeros unless given) of rows of
+    token ids, padded on the right to the longest row (and to at least 2 positions)."""
+    width = max(2, max((len(x) for x in ids), default=0))
+    out = {"input_ids": np.full((len(ids), width), pad_id, dtype=np.int64)}
+    out["attention_mask"] = np.zeros_like(out["input_ids"])
+    out["token_type_ids"] = np.zeros_like(out["input_ids"])
+    for i, row in enumerate(ids):
+        out["input_ids"][i, :len(row)] = row
+        out["attention_mask"][i, :len(row)] = 1
+        if type_ids is not None:
+            out["token_type_ids"][i, :len(row)] = type_ids[i]
+    return out
+
+
 def prepare_texts(info: dict[str, Any], texts: Sequence[str], pairs: Sequence[str] | None
                   ) -> tuple[list[str], list[str] | None]:
     """``texts`` and ``pairs`` preprocessed as the model's training run read them (the settings
@@ -178,28 +241,46 @@ def prepare_texts(info: dict[str, Any], texts: Sequence[str], pairs: Sequence[st
 def predict(directory: str | Path, source: str | Path, *, output: str | Path | None = None,
             batch_size: int = 64, text_column: str | None = None,
             text_pair_column: str | None = None, image_column: str | None = None,
-            int8: bool = False, threads: int | None = None,
+            int8: bool = False, threads: int | None = None, entities: bool = False,
             on_batch: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """``pretune predict``'s table (input columns, ``prediction``, ``prob_<label>``) from the
     ONNX model in ``directory``; with ``output`` also written there. ``threads``: ONNX
-    Runtime's intra-op threads (default: its own, one per core)."""
-    from pretune.data.outputs import label_sets, table_format, write_table
+    Runtime's intra-op threads (default: its own, one per core). A token classification
+    model gives one row per sentence with a tag per word, and with ``entities`` its entity
+    spans, as ``pretune predict`` on the torch model does."""
+    from pretune.data.outputs import table_format, write_table
 
     if output is not None:
         table_format(Path(output))
     model = OnnxModel(directory, int8=int8, threads=threads)
+    if model.kind == "token":
+        result = _predict_tags(model, str(source), text_column, batch_size, entities, on_batch)
+    else:
+        result = _predict_rows(model, str(source), batch_size, text_column, text_pair_column,
+                               image_column, on_batch)
+    if output is not None:
+        write_table(result, Path(output))
+    return result
+
+
+def _predict_rows(model: OnnxModel, source: str, batch_size: int, text_column: str | None,
+                  text_pair_column: str | None, image_column: str | None,
+                  on_batch: Callable[[int, int], None] | None) -> pd.DataFrame:
+    """``predict`` for a model with one output per row (text, pair or image)."""
+    from pretune.data.outputs import label_sets
+
     columns = model.info.get("columns") or {}
     if model.modality == "image":
         from pretune.data.images import read_image_inputs
 
-        paths, frame = read_image_inputs(str(source), image_column=image_column,
+        paths, frame = read_image_inputs(source, image_column=image_column,
                                          prefer=columns.get("text"))
         outputs = model.predict_outputs(paths=paths, batch_size=batch_size, on_batch=on_batch)
     else:
         from pretune.data.task import read_inputs
 
         pair_column = text_pair_column or columns.get("text_pair")
-        texts, pairs, frame = read_inputs(str(source), text_column=text_column or columns.get("text"),
+        texts, pairs, frame = read_inputs(source, text_column=text_column or columns.get("text"),
                                           text_pair_column=pair_column,
                                           detect_pair=bool(pair_column) or not columns)
         texts, pairs = model.prepare(texts, pairs)
@@ -214,6 +295,19 @@ def predict(directory: str | Path, source: str | Path, *, output: str | Path | N
             result["prediction"] = [model.labels[i] for i in outputs.argmax(axis=1)]
         for i, name in enumerate(model.labels):
             result[f"prob_{name}"] = outputs[:, i]
-    if output is not None:
-        write_table(result, Path(output))
     return result
+
+
+def _predict_tags(model: OnnxModel, source: str, text_column: str | None, batch_size: int,
+                  entities: bool, on_batch: Callable[[int, int], None] | None) -> pd.DataFrame:
+    """``predict`` for a token classification model: the sentences of ``source`` (word lists,
+    or texts split into words) read, windowed and tagged as the torch model's predict does
+    (``pretune.data.tokens``), each word's tag read at its first sub-token."""
+    from pretune.data import tokens
+    from pretune.data.task import read_sentences
+
+    words, texts, result = read_sentences(source, text_column)
+    windows = model.windows(words)
+    probs = model.window_probs(windows, batch_size, on_batch)
+    per_word = tokens.word_predictions(windows, probs, [len(w) for w in words])
+    return tokens.add_tags(result, per_word, model.labels, texts, words, entities=entities)

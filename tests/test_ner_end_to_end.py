@@ -192,17 +192,14 @@ def test_minilm_search_on_conll_reaches_a_floor(tmp_path):
     assert np.isfinite(result.best_value)
 
 
-def test_onnx_export_and_explain_refuse_a_token_model_in_one_line(trained, tmp_path):
+def test_explain_refuses_a_token_model_in_one_line(trained, tmp_path):
     from pretune.cli.main import app
     from typer.testing import CliRunner
 
     _, model_dir = trained
-    runner = CliRunner()
-    for args in (["export", str(model_dir), "--format", "onnx", "--output", str(tmp_path / "x")],
-                 ["explain", str(model_dir), "--input", str(tmp_path / "in.csv"),
-                  "--output", str(tmp_path / "e.html")]):
-        (tmp_path / "in.csv").write_text("text\nJohn lives in Paris\n")
-        result = runner.invoke(app, args)
-        assert result.exit_code == 2, (args, result.output)
-        assert "token classification" in result.output and "pretune predict" in result.output
-        assert not (tmp_path / "x").exists() and not (tmp_path / "e.html").exists()
+    (tmp_path / "in.csv").write_text("text\nJohn lives in Paris\n")
+    result = CliRunner().invoke(app, ["explain", str(model_dir), "--input", str(tmp_path / "in.csv"),
+                                      "--output", str(tmp_path / "e.html")])
+    assert result.exit_code == 2, result.output
+    assert "token classification" in result.output and "pretune predict" in result.output
+    assert not (tmp_path / "e.html").exists()

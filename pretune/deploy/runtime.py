@@ -199,6 +199,7 @@ def word_windows(tokenizer, words: Sequence[Sequence[str]], max_length: int, str
     from pretune.data import tokens
 
     stride = tokens.window_stride(stride, max_length, tokenizer.num_special_tokens_to_add(False))
+    tokenizer.no_padding()  # a saved tokenizer.json may pad to a fixed length
     tokenizer.enable_truncation(max_length, stride=stride, strategy="longest_first",
                                 direction="right")
     ids, rows, word_ids = [], [], []

@@ -102,13 +102,19 @@ def test_two_workers_on_postgres_share_twelve_trials(tiny_model_dir, tmp_path, p
     assert "12 trials" in result.output
 
 
+WHOLE = {name for name in NARROW if name != "extend"}  # the parameters a trial samples
+
+
 def _running_trial(url: str, name: str, give_up: float, proc):
     while time.monotonic() < give_up and proc.poll() is None:
         try:
             for t in _trials(url, name):
                 # "settings" is written once every parameter is suggested: the trial is then
                 # training, and its params are whole (a snapshot between suggestions is not).
-                if t.state == TrialState.RUNNING and "settings" in t.user_attrs:
+                # On PostgreSQL the attribute has been seen before the last parameter, so
+                # the snapshot also waits for every dimension of the space.
+                if (t.state == TrialState.RUNNING and "settings" in t.user_attrs
+                        and set(t.params) >= WHOLE):
                     return t
         except (KeyError, ValueError):
             pass  # the study is not created yet

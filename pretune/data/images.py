@@ -39,7 +39,7 @@ from pretune.data.columns import (
     LABEL_COLUMNS, find_column, given_column, is_missing, listing, row_number,
 )
 from pretune.data.examples import Split, TaskData
-from pretune.data.labels import class_names
+from pretune.data.labels import class_ids, class_names
 from pretune.data.readers import is_hub_name, read_table
 from pretune.data.sampling import holdout, sample_rows
 from pretune.errors import DataError, MissingExtraError
@@ -214,9 +214,8 @@ def load_image_task(cfg: Any, seed: int) -> ImageTaskData:
             f"--train needs at least two classes, but every image has label {found.pop()!r}. "
             f"Pass images of two or more classes."
         )
-    label_names = order(found)
-    label2id = {name: i for i, name in enumerate(label_names)}
-    train = Split(paths, None, np.array([label2id[n] for n in names], dtype=np.int64))
+    label_names, label2id, ids = class_ids(names, order)
+    train = Split(paths, None, ids)
     if cfg.train_rows is not None and cfg.train_rows < len(train):
         train = train.subset(sample_rows(train.labels, cfg.train_rows, seed))
     if cfg.valid:

@@ -50,6 +50,14 @@ def detect_task(frame: pd.DataFrame, column: str, *, task: str = "auto",
     return "classification" if coded or len(distinct) <= MAX_CODED_CLASSES else "regression"
 
 
+def class_ids(names: list[str], order: Any) -> tuple[list[str], dict[str, int], np.ndarray]:
+    """From each row's class name and ``class_names``'s ordering: the names in id order, the id
+    of each name, and each row's id."""
+    label_names = order(set(names))
+    label2id = {name: i for i, name in enumerate(label_names)}
+    return label_names, label2id, np.array([label2id[n] for n in names], dtype=np.int64)
+
+
 def class_names(frame: pd.DataFrame, column: str, flag: str) -> tuple[list[str], Any]:
     """Each row's label as a name, and a function that orders a set of names into ids.
 

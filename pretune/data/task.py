@@ -33,7 +33,7 @@ from pretune.data.columns import (  # noqa: F401 - the column names are public h
 )
 from pretune.data.examples import PROBLEM_TYPES, TASK_KINDS, Split, TaskData  # noqa: F401
 from pretune.data.labels import (  # noqa: F401 - detect_task is public here too
-    MAX_CODED_CLASSES, class_names, detect_task, indicators, label_sets, order_names,
+    MAX_CODED_CLASSES, class_ids, class_names, detect_task, indicators, label_sets, order_names,
     regression_targets,
 )
 from pretune.data.readers import dataset_splits, is_dataset_source, read_table
@@ -139,9 +139,7 @@ def _train_split(frame: pd.DataFrame, cols: Columns, kind: str, delimiter: str |
             f"--train needs at least two classes in column '{cols.label}', but every row has "
             f"label {found.pop()!r}. Pass data with examples of two or more classes."
         )
-    label_names = order(found)
-    label2id = {name: i for i, name in enumerate(label_names)}
-    labels = np.array([label2id[n] for n in names], dtype=np.int64)
+    label_names, label2id, labels = class_ids(names, order)
     return Split(texts, pairs, labels), label_names, label2id
 
 

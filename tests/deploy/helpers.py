@@ -4,12 +4,28 @@ training run each on the tiny models of tests/conftest.py, on generated data."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 import pretune
 from tests.conftest import SENTIMENT_ROWS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def export_cli(model_dir, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """``pretune export MODEL --format onnx --output OUT --quantize int8`` in a child process
+    with a bare environment, and that environment (for the predict runs that follow)."""
+    env = {"HF_HUB_OFFLINE": "1", "PRETUNE_DEBUG": "", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "pretune.cli.main", "export", model_dir,
+                        "--format", "onnx", "--output", out, "--quantize", "int8"],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    return r, env
+
 
 FAST = {"epochs": 1, "batch_size": 8, "precision": "fp32", "threads": 1, "lr": 1e-3}
 

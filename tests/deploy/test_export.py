@@ -19,7 +19,7 @@ pytest.importorskip("onnxscript", reason="the onnx extra is needed: pip install 
 from pretune.deploy.export import ExportCheckError, export_onnx  # noqa: E402
 from pretune.deploy.runtime import INT8_FILE, OnnxModel  # noqa: E402
 from pretune.training.run import predict as torch_predict  # noqa: E402
-from tests.deploy.helpers import CASES, train_case  # noqa: E402
+from tests.deploy.helpers import CASES, export_cli, train_case  # noqa: E402
 from tests.image_helpers import build_tiny_vit_dir, write_square_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,11 +122,7 @@ finally:
 
 def test_cli_export_then_predict_without_torch(trained, tmp_path):
     model_dir = trained("linear")
-    env = {"HF_HUB_OFFLINE": "1", "PRETUNE_DEBUG": "", "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "pretune.cli.main", "export", model_dir,
-                        "--format", "onnx", "--output", tmp_path / "onnx", "--quantize", "int8"],
-                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    r, env = export_cli(model_dir, tmp_path / "onnx")
     assert r.returncode == 0, r.stderr
     assert "largest logit difference torch vs ONNX Runtime" in r.stderr
     assert "(tolerance 0.0001)" in r.stderr and "int8 copy:" in r.stderr

@@ -20,6 +20,7 @@ import pretune  # noqa: E402
 from pretune.deploy.export import ExportCheckError, export_onnx  # noqa: E402
 from pretune.deploy.runtime import INT8_FILE, OnnxModel  # noqa: E402
 from pretune.deploy.runtime import predict as onnx_predict  # noqa: E402
+from tests.deploy.helpers import export_cli  # noqa: E402
 from tests.deploy.test_export import NO_TORCH  # noqa: E402
 from tests.ner_helpers import sentences, write_conll, write_jsonl  # noqa: E402
 
@@ -118,11 +119,7 @@ def test_a_runtime_that_windows_differently_fails_the_check(ner_model, tmp_path,
 
 
 def test_cli_export_then_predict_entities_without_torch(ner_model, inputs, tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "PRETUNE_DEBUG": "", "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "pretune.cli.main", "export", ner_model,
-                        "--format", "onnx", "--output", tmp_path / "onnx", "--quantize", "int8"],
-                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    r, env = export_cli(ner_model, tmp_path / "onnx")
     assert r.returncode == 0, r.stderr
     assert "checked on 16 validation sentences: largest logit difference" in r.stderr
     assert "of tokens" in r.stderr

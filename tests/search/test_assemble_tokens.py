@@ -118,6 +118,27 @@ def test_the_token_distillation_term_reads_only_taught_tokens():
     assert float(soft_loss("token", student, teacher, 2.0)) > 0.1
 
 
+def test_a_token_teachers_file_is_checked_against_the_sentences(tmp_path):
+    from types import SimpleNamespace
+
+    from pretune.data.task import Split
+    from pretune.training.distill import Distillation, distillation, write_logits
+
+    labels = np.empty(2, dtype=object)
+    labels[:] = [np.array([1, 2]), np.array([0])]
+    task = SimpleNamespace(train=Split(["john smith", "hi"], None, labels, words=None),
+                           label_names=NAMES)
+    logits = torch.zeros(3, 4, len(NAMES))  # three windows of the two sentences
+    path = tmp_path / "t.safetensors"
+    write_logits(path, logits, task, teacher="ensemble", sentences=2)
+    objective = TokenClassification(NAMES)
+    settings = TrainConfig(distill_logits=str(path))
+    assert isinstance(distillation(objective, task, settings), Distillation)
+    write_logits(path, logits, task, teacher="ensemble", sentences=3)
+    with pytest.raises(Exception, match="training split"):
+        distillation(objective, task, settings)
+
+
 # --- a search ----------------------------------------------------------------------------------
 
 
@@ -147,7 +168,9 @@ def test_a_token_search_builds_the_assembly_and_records_every_candidate(token_ru
     assembly = plan["assembly"]
     assert "skipped" not in assembly and plan["plan"]["keep"] == KEEP
     kinds = [c["kind"] for c in assembly["candidates"]]
-    assert kinds[:2] == ["trial", "ensemble"] and "distilled" in kinds
+    assert kinds[:2] == ["trial", "ensemble"]
+    ensemble_members = assembly["candidates"][1]["members"]
+    assert ("distilled" in kinds) == (len(ensemble_members) > 1)  # an ensemble of one: no student
     assert all(isinstance(c["entity_f1"], float) for c in assembly["candidates"])
     assert "final assembly, by validation entity_f1" in output
     kept = sorted((out / "kept").iterdir())

@@ -118,8 +118,10 @@ def keep_trial(out: Path, number: int, result, task, caches, *, metric: str, dir
     meta.update(trial=number)
     path = save_model(result.model, result.tokenizer, Path(out) / KEPT_DIR / f"trial-{number:04d}",
                       meta)
+    # per word, padded to the longest sentence: mostly zeros when one sentence is long
+    save = np.savez_compressed if task.kind == "token" else np.savez
     try:
-        np.savez(path / OUTPUTS_FILE, outputs=outputs, labels=labels)
+        save(path / OUTPUTS_FILE, outputs=outputs, labels=labels)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # a model without its outputs is never used
         raise

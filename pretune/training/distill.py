@@ -128,7 +128,7 @@ def distillation(objective: Objective, task, settings: TrainConfig) -> Distillat
     if logits.shape[-1] != width:
         raise DataError(
             f"The teacher must give one output per label ({width}), but "
-            f"{settings.distill_logits} has {logits.shape[1]}. Distill from a model trained on "
+            f"{settings.distill_logits} has {logits.shape[-1]}. Distill from a model trained on "
             f"the same labels."
         )
     return Distillation(objective, logits)

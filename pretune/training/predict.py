@@ -237,6 +237,7 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
     classification: per word, read at its first sub-token (``tokens.sentence_outputs``):
     (sentences, words, tags) probabilities and (sentences, words) tags, -100 past the end."""
     caches = caches or RunCaches.for_one_run()
+    windows = None  # token classification's
     if is_image_task(task):
         if split != "valid":
             raise ValueError("model_outputs reads the validation split of image data only")
@@ -245,7 +246,8 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
     else:
         task = text_prep.apply_to_task(task, config.data)  # as the run saw it
         rows = task.valid if split == "valid" else task.train
-        windows = token_windows(config, task, tokenizer, split) if task.kind == "token" else None
+        if task.kind == "token":
+            windows = token_windows(config, task, tokenizer, split)
         enc = (windows.encoded if windows is not None
                else caches.tokens.encode(rows, tokenizer, config.data.max_length))  # the run's own
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -151,8 +151,9 @@ def test_search_predict_report(ner_data, tiny_learner_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "best_entity_f1=" in done.stdout
     plan = yaml.safe_load((out / "plan.yaml").read_text())
-    assert plan["assembly"]["skipped"].startswith("skipped for token classification")
-    assert plan["plan"]["keep"] == 0  # nothing kept for an assembly that does not run
+    # the final assembly runs as for the other tasks (tests/search/test_assemble_tokens.py)
+    assert [c["kind"] for c in plan["assembly"]["candidates"]][:2] == ["trial", "ensemble"]
+    assert plan["plan"]["keep"] == 5 and len(list((out / "kept").iterdir())) == 2
     space = yaml.safe_load((out / "pretune.yaml").read_text())["space"]
     assert space["lr"]["low"] == pytest.approx(2e-5) and space["lr"]["high"] == pytest.approx(1e-4)
     assert (space["epochs"]["low"], space["epochs"]["high"]) == (3, 5)

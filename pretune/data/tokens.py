@@ -15,7 +15,10 @@ tokenizer's word ids alone, without torch or transformers: the ONNX runtime
 (``pretune.deploy.runtime``) feeds it from the ``tokenizers`` library. ``word_predictions``
 and ``add_tags`` are ``pretune predict``'s reading of per-token probabilities as tags, shared
 by the torch and ONNX paths; ``entity_spans`` reads predicted tags back as entities with
-character offsets, for ``pretune predict --entities``.
+character offsets, for ``pretune predict --entities``. ``sentence_outputs`` lays a model's
+per-word probabilities out as one array per split (sentences, words, tags), which the final
+assembly averages and scores across models, and ``on_windows`` places such per-word values
+back on a model's windows (a distilled student's soft labels).
 """
 
 from __future__ import annotations
@@ -315,6 +318,41 @@ def word_predictions(windows: Windows, probs: np.ndarray | Sequence[np.ndarray],
     for w, (row, at) in enumerate(zip(windows.rows, windows.word_at)):
         positions = np.flatnonzero(at >= 0)
         out[row][at[positions]] = probs[w][positions]
+    return out
+
+
+def sentence_outputs(windows: Windows, probs: np.ndarray | Sequence[np.ndarray],
+                     tags: Sequence[np.ndarray], outside: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-word probabilities and tags of whole sentences, from per-window, per-token ``probs``
+    (what ``word_predictions`` reads) and each sentence's tag ids ``tags``: arrays
+    (sentences, most words, tags) and (sentences, most words), padded with zeros and -100.
+    A word no token stands for is read as tag ``outside`` (the O tag), as ``add_tags`` tags
+    it. Models that window sentences differently give arrays of one shape, row for row, so
+    their outputs can be averaged and scored together (``pretune.search.assemble``)."""
+    lengths = [len(t) for t in tags]
+    per_word = word_predictions(windows, probs, lengths)
+    k = np.shape(probs[0])[-1] if len(probs) else 0
+    width = max(lengths, default=0)
+    outputs = np.zeros((len(lengths), width, k), dtype=np.float32)
+    labels = np.full((len(lengths), width), IGNORE, dtype=np.int64)
+    for row, (p, t) in enumerate(zip(per_word, tags)):
+        p = p.copy()
+        p[p.sum(axis=1) == 0, outside] = 1.0
+        outputs[row, :len(t)] = p
+        labels[row, :len(t)] = np.asarray(t, dtype=np.int64)
+    return outputs, labels
+
+
+def on_windows(windows: Windows, per_word: np.ndarray) -> np.ndarray:
+    """Per-word values of whole sentences (sentences, words, k; ``sentence_outputs``' layout)
+    placed where ``windows`` read each word, its first sub-token in the window that reads it:
+    (windows, tokens of the widest window, k), NaN at every other position. A teacher's
+    per-word logits become what a student trained on these windows learns from."""
+    width = max((len(at) for at in windows.word_at), default=0)
+    out = np.full((len(windows.rows), width, np.shape(per_word)[-1]), np.nan, dtype=np.float32)
+    for w, (row, at) in enumerate(zip(windows.rows, windows.word_at)):
+        positions = np.flatnonzero(at >= 0)
+        out[w, positions] = per_word[row, at[positions]]
     return out
 
 

@@ -13,6 +13,12 @@ outputs, and its end (``assemble``) builds from them:
   training rows with the ensemble's soft labels (``training.distill``), when the time left
   allows one more trial.
 
+Token classification is assembled the same way, from outputs per word: each kept model's tag
+probabilities for every word of the validation sentences, read at the word's first sub-token
+(``tokens.sentence_outputs``), so that models that window sentences differently line up;
+soups and the ensemble are scored by entity F1 on whole sentences, and the student learns the
+ensemble's tags of each word on its own training windows (``tokens.on_windows``).
+
 ``best/`` then holds whichever single model scores best on the validation data (the best trial,
 a soup or the distilled ensemble); its ``pretune.yaml`` (``made_of``), ``plan.yaml``
 (``assembly``) and the report say what it is made of and every candidate's score. The whole
@@ -112,8 +118,10 @@ def keep_trial(out: Path, number: int, result, task, caches, *, metric: str, dir
     meta.update(trial=number)
     path = save_model(result.model, result.tokenizer, Path(out) / KEPT_DIR / f"trial-{number:04d}",
                       meta)
+    # per word, padded to the longest sentence: mostly zeros when one sentence is long
+    save = np.savez_compressed if task.kind == "token" else np.savez
     try:
-        np.savez(path / OUTPUTS_FILE, outputs=outputs, labels=labels)
+        save(path / OUTPUTS_FILE, outputs=outputs, labels=labels)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # a model without its outputs is never used
         raise
@@ -171,11 +179,8 @@ class _Clock:
 
 
 # Why a task gets no final assembly (recorded in plan.yaml as ``assembly: {skipped: ...}``).
-SKIPPED = {
-    "token": "skipped for token classification: its ensemble, soups and distillation read "
-             "one output per text, and a token model has one per word; best/ keeps the best "
-             "trial's model",
-}
+# Every task kind has one today; a kind that cannot be assembled names its reason here.
+SKIPPED: dict[str, str] = {}
 
 
 def skipped_for(task) -> dict[str, str] | None:
@@ -203,8 +208,8 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
                                     standardize=config.data.standardize_target)
     read = [k.outputs() for k in kept]
     outputs, labels = [o for o, _ in read], read[0][1]
-    candidates = [Candidate("trial", [lead.trial], dict(lead.meta.get("metrics") or {}),
-                            path=lead.path)]
+    candidates = [Candidate("trial", [lead.trial], _lead_metrics(lead, outputs[0], labels,
+                                                                 objective, task), path=lead.path)]
     candidates.append(_ensemble(kept, outputs, labels, objective, config))
     _write_ensemble(out, kept, candidates[-1], metric, task.kind)
     for group in _groups(kept):
@@ -228,6 +233,20 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
              chosen.members, metric, chosen.metrics.get(metric, float("nan")),
              "; ".join(f"{c.kind} {c.metrics.get(metric, float('nan')):.4f}" for c in candidates))
     return summary
+
+
+def _lead_metrics(lead: Kept, outputs: np.ndarray, labels: np.ndarray, objective,
+                  task) -> dict[str, float]:
+    """The best trial's validation metrics as the other candidates are scored. A token model's
+    trial scored the words window by window; here every candidate is scored on whole
+    sentences from its per-word outputs (the same numbers unless a sentence was longer than
+    max_length, whose entity across two windows a window-by-window count splits)."""
+    metrics = dict(lead.meta.get("metrics") or {})
+    if getattr(task, "kind", None) == "token":
+        from pretune.training import ensemble as ens  # torch loads only when this runs
+
+        metrics.update(ens.score(objective, outputs, labels, lead.config.train))
+    return metrics
 
 
 def _step(what: str, build, *args):
@@ -331,18 +350,35 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
         wide = _with_rows(task, extra, _labels_of(objective, outputs[len(task.train):]))
     student_objective = objectives.for_task(wide, config.train,
                                             standardize=config.data.standardize_target)
-    logits_file = _teacher_file(out, student_objective, outputs,
-                                text_prep.apply_to_task(wide, config.data))
+    student_view = text_prep.apply_to_task(wide, config.data)
+    if task.kind == "token":  # the ensemble's words, on the student's own training windows
+        logits_file = _token_teacher_file(out, student_objective, outputs, student_view, config,
+                                          lead.path)
+    else:
+        logits_file = _teacher_file(out, student_objective, outputs, student_view)
     student = config.with_settings({"distill_logits": str(logits_file),
                                     "seed": config.train.seed + 1})
     path = Path(out) / ASSEMBLY_DIR / "distilled"
     result = fit(student, path, task=wide, should_stop=clock.over, caches=caches)
     if result.path is None:
         return None
+    metrics, rescored = dict(result.metrics), {}
+    if task.kind == "token":  # scored on whole sentences, as the other candidates are
+        metrics.update(_sentence_scores(result, objective, task, caches))
+        rescored = {"metrics": metrics}
     _mark(result.path, {"kind": "distilled", "trials": ensemble.members,
                         "weights": [w for w in ensemble.weights if w],
-                        "unlabeled_rows": len(extra)})
-    return Candidate("distilled", list(ensemble.members), dict(result.metrics), path=result.path)
+                        "unlabeled_rows": len(extra)}, **rescored)
+    return Candidate("distilled", list(ensemble.members), metrics, path=result.path)
+
+
+def _sentence_scores(result, objective, task, caches) -> dict[str, float]:
+    """A freshly trained token model's validation metrics from its per-word outputs."""
+    from pretune.training import ensemble as ens  # torch loads only when this runs
+    from pretune.training.run import model_outputs
+
+    outputs, labels = model_outputs(result.model, result.tokenizer, result.config, task, caches)
+    return ens.score(objective, outputs, labels, result.config.train)
 
 
 def student_epochs(config: RunConfig, took: float, left: float) -> RunConfig | None:
@@ -362,8 +398,8 @@ def student_epochs(config: RunConfig, took: float, left: float) -> RunConfig | N
 def _unlabeled(config: RunConfig, task, took: float, clock: _Clock) -> list[str]:
     """The ``--unlabeled`` texts the student can also learn from in the time left (a student
     epoch grows with its rows); none for text pairs, which an unlabeled file cannot give."""
-    if not config.data.unlabeled or task.train.pairs is not None:
-        return []
+    if not config.data.unlabeled or task.train.pairs is not None or task.kind == "token":
+        return []  # (a token student would need words tagged, not texts)
 
     texts = read_unlabeled(config.data.unlabeled, config.data.text_column)
     room = clock.left() / max(took, 1e-9) - 1.0 - SOUP_SHARE
@@ -426,6 +462,28 @@ def _teacher_file(out: Path, objective, outputs: np.ndarray, student_task) -> Pa
         logits = logits[:, None]
     path = Path(out) / ASSEMBLY_DIR / "ensemble-logits.safetensors"
     write_logits(path, torch.as_tensor(logits), student_task, teacher="ensemble")
+    return path
+
+
+def _token_teacher_file(out: Path, objective, outputs: np.ndarray, student_task,
+                        config: RunConfig, lead_dir: Path) -> Path:
+    """The ensemble's per-word logits on the training sentences, placed on the windows the
+    student (the lead trial's settings and tokenizer) trains on (``tokens.on_windows``), as
+    ``training.distill`` reads them."""
+    import torch  # torch loads only when this runs
+
+    from pretune.data import tokens
+    from pretune.models.load import load_tokenizer
+    from pretune.training import ensemble as ens
+    from pretune.training.distill import write_logits
+    from pretune.training.run import token_windows
+
+    tokenizer = load_tokenizer(str(lead_dir), is_local=True)
+    windows = token_windows(config, student_task, tokenizer, "train", training=True)
+    logits = tokens.on_windows(windows, ens.as_logits(objective, outputs))
+    path = Path(out) / ASSEMBLY_DIR / "ensemble-logits.safetensors"
+    write_logits(path, torch.as_tensor(logits), student_task, teacher="ensemble",
+                 sentences=len(student_task.train.labels))
     return path
 
 
@@ -520,7 +578,9 @@ def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path 
                      **options: Any):
     """``pretune predict RUN --ensemble``: each member of ``RUN/ensemble.yaml`` predicts
     ``source`` (as ``training.run.predict`` does) and their outputs are averaged with the
-    ensemble's weights: probabilities for classes and labels, values for regression."""
+    ensemble's weights: probabilities for classes and labels, values for regression, each
+    word's tag probabilities for token classification (its tags then read as
+    ``pretune predict`` reads one model's)."""
 
     # torch loads only when this runs
     from pretune.training.run import label_sets, predict, table_format, write_table
@@ -541,9 +601,14 @@ def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path 
             f"is missing from {run}. Run the search again to rebuild {ENSEMBLE_FILE}.")
     if output is not None:
         table_format(Path(output))
-    frames = [predict(run / m["path"], source, **options) for m in members]
     weights = np.asarray([float(m["weight"]) for m in members])
     weights = weights / weights.sum()
+    if spec.get("task") == "token":
+        result = _token_ensemble([run / m["path"] for m in members], weights, source, options)
+        if output is not None:
+            write_table(result, Path(output))
+        return result
+    frames = [predict(run / m["path"], source, **options) for m in members]
     result = frames[0].copy()
     if spec.get("task") == "regression":
         result["prediction"] = sum(w * f["prediction"].to_numpy() for w, f in zip(weights, frames))
@@ -560,3 +625,29 @@ def predict_ensemble(run: str | Path, source: str | Path, *, output: str | Path 
     if output is not None:
         write_table(result, Path(output))
     return result
+
+
+def _token_ensemble(paths: list[Path], weights: np.ndarray, source, options: dict[str, Any]
+                    ) -> pd.DataFrame:
+    """Each token model's per-word tag probabilities on ``source``, averaged with
+    ``weights`` (tags in the first model's order), read as tags (and entities)."""
+    # torch loads only when this runs
+    from pretune.data import tokens
+    from pretune.models.io import load_model_dir
+    from pretune.training.predict import word_probabilities
+
+    total, names = None, None
+    for path, weight in zip(paths, weights):
+        model, tokenizer, meta = load_model_dir(
+            path, allow_pickle=options.get("allow_pickle", False),
+            trust_remote_code=options.get("trust_remote_code", False))
+        per_word, own, words, texts, result = word_probabilities(
+            model, tokenizer, meta.get("settings") or {}, str(source),
+            options.get("batch_size", 64), options.get("text_column"),
+            options.get("precision", "fp32"), options.get("on_batch"))
+        names = names or own
+        order = [own.index(n) for n in names]
+        part = [weight * p[:, order] for p in per_word]
+        total = part if total is None else [a + b for a, b in zip(total, part)]
+    return tokens.add_tags(result, total, names, texts, words,
+                           entities=bool(options.get("entities", False)))

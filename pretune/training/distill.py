@@ -6,10 +6,12 @@ scales as 1/T^2, so it is multiplied by T^2 to keep its weight as T changes. The
 
     alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * task loss
 
-for single-label classification. Multi-label: the same with each label's Bernoulli
-distribution (sigmoid) in place of the softmax. Regression: the mean squared difference to
-the teacher's output (in the standardized units both train in); there is nothing to soften,
-so ``T`` does not enter.
+for single-label classification. Token classification: the same for each word's tags, at the
+word's first sub-token (the teacher's logits file holds one row per training window and NaN
+where it teaches nothing; ``tokens.on_windows``), averaged over those tokens. Multi-label: the
+same with each label's Bernoulli distribution (sigmoid) in place of the softmax. Regression:
+the mean squared difference to the teacher's output (in the standardized units both train
+in); there is nothing to soften, so ``T`` does not enter.
 
 The teacher's logits on the training split are computed once (``teacher_logits``) and kept in
 a safetensors file keyed by the teacher's weights, the training texts and ``max_length``; the
@@ -57,6 +59,12 @@ def soft_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor,
     if kind == "regression":
         return F.mse_loss(student.reshape(-1), teacher.reshape(-1).to(student.dtype))
     teacher = teacher.to(student.dtype)
+    if kind == "token":  # (windows, tokens, tags): the tokens the teacher has a word's tags for
+        teacher = teacher[:, :student.shape[1]]  # the file is as wide as the widest window
+        taught = ~torch.isnan(teacher[..., 0])
+        if not bool(taught.any()):
+            return student.sum() * 0.0
+        student, teacher = student[taught], teacher[taught]
     if kind == "multilabel":
         p = torch.sigmoid(teacher / t)
         # Bernoulli KL per label: cross-entropy minus the teacher's own entropy.
@@ -107,17 +115,20 @@ def distillation(objective: Objective, task, settings: TrainConfig) -> Distillat
     those of ``task``'s training split."""
     logits, meta = read_logits(settings.distill_logits)
     rows = len(task.train.labels)
-    if logits.shape[0] != rows or meta.get("train_digest") != train_digest(task):
+    given = logits.shape[0]
+    if objective.kind == "token":  # a row per window: the file says how many sentences
+        given = int(meta.get("sentences", -1))
+    if given != rows or meta.get("train_digest") != train_digest(task):
         raise DataError(
             f"distill_logits must hold the teacher's logits on this run's training split, but "
-            f"{settings.distill_logits} was computed on other rows ({logits.shape[0]} rows, this "
+            f"{settings.distill_logits} was computed on other rows ({given} rows, this "
             f"split has {rows}). Run pretune distill again to compute them for this data."
         )
     width = 1 if objective.kind == "regression" else len(task.label_names)
-    if logits.shape[1] != width:
+    if logits.shape[-1] != width:
         raise DataError(
             f"The teacher must give one output per label ({width}), but "
-            f"{settings.distill_logits} has {logits.shape[1]}. Distill from a model trained on "
+            f"{settings.distill_logits} has {logits.shape[-1]}. Distill from a model trained on "
             f"the same labels."
         )
     return Distillation(objective, logits)

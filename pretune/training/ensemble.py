@@ -1,10 +1,11 @@
 """Ensembles of trained models: their outputs averaged, and greedy ensemble selection.
 
 Outputs are what ``Objective.outputs`` gives: class probabilities (classification), per-label
-probabilities (multi-label), values in the data's units (regression). An ensemble averages them
-with weights; ``as_logits`` turns the average back into the logits a model would give (log
-probabilities, log-odds, standardized values), so that the task's own loss and metrics score it
-and a student can be distilled from it.
+probabilities (multi-label), values in the data's units (regression), tag probabilities of
+each word of each sentence (token classification, ``tokens.sentence_outputs``). An ensemble
+averages them with weights; ``as_logits`` turns the average back into the logits a model would
+give (log probabilities, log-odds, standardized values), so that the task's own loss and
+metrics score it and a student can be distilled from it.
 
 ``select`` is ensemble selection (Caruana, Niculescu-Mizil, Crew, Ksikes 2004, "Ensemble
 Selection from Libraries of Models"): start from the best model, then repeatedly add, with
@@ -40,7 +41,7 @@ def as_logits(objective: Objective, outputs: np.ndarray) -> np.ndarray:
     p = np.clip(outputs, EPS, 1 - EPS)
     if objective.kind == "multilabel":
         return np.log(p) - np.log1p(-p)
-    return np.log(p / p.sum(axis=1, keepdims=True))
+    return np.log(p / p.sum(axis=-1, keepdims=True))  # classes last (tags of each word too)
 
 
 def score(objective: Objective, outputs: np.ndarray, labels: np.ndarray,

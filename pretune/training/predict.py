@@ -148,6 +148,19 @@ def _predict_tokens(model, tokenizer, settings: dict, source: str, batch_size: i
     in ``prediction``, one per word (texts also get their words in ``tokens``). ``entities``:
     also each sentence's entities (type, character offsets and text, score) in ``entities``;
     offsets count in the input text, or in the words joined by spaces for word lists."""
+    per_word, names, words, texts, result = word_probabilities(
+        model, tokenizer, settings, source, batch_size, text_column, precision, on_batch)
+    return tokens.add_tags(result, per_word, names, texts, words, entities=entities)
+
+
+def word_probabilities(model, tokenizer, settings: dict, source: str, batch_size: int = 64,
+                       text_column: str | None = None, precision: str = "fp32",
+                       on_batch=None) -> tuple[list[np.ndarray], list[str], list[list[str]],
+                                               list[str], pd.DataFrame]:
+    """A token model's tag probabilities for each word of ``source``'s sentences, read at the
+    word's first sub-token as ``pretune predict`` reads them: ``(per_word, tag names, words,
+    texts, rows)``, one (words, tags) array per sentence (``pretune predict --ensemble``
+    averages them across models)."""
     words, texts, result = read_sentences(source, text_column)
     data = settings.get("data") or {}
     max_length = data.get("max_length") or position_limit(model) or 512
@@ -161,7 +174,7 @@ def _predict_tokens(model, tokenizer, settings: dict, source: str, batch_size: i
     id2label = model.config.id2label
     names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(probs.shape[-1])]
     per_word = tokens.word_predictions(windows, probs, [len(w) for w in words])
-    return tokens.add_tags(result, per_word, names, texts, words, entities=entities)
+    return per_word, names, words, texts, result
 
 
 def _objective_of(kind: str, task: dict) -> objectives.Objective:
@@ -172,6 +185,9 @@ def _objective_of(kind: str, task: dict) -> objectives.Objective:
                                      float(task.get("target_std", 1.0)))
     if kind == "multilabel":
         return objectives.MultiLabel()
+    if kind == "token":
+        return objectives.TokenClassification(list(task.get("label_names") or []),
+                                              str(task.get("scheme") or "IOB2"))
     return objectives.Classification()
 
 
@@ -217,8 +233,11 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs of ``model`` (trained with ``config``) on ``task``'s ``split`` (valid or train),
     read as the run read them (its preprocessing and max_length), and the split's labels.
-    ``objective`` turns logits into outputs (default: ``task``'s, as the run trained)."""
+    ``objective`` turns logits into outputs (default: ``task``'s, as the run trained). Token
+    classification: per word, read at its first sub-token (``tokens.sentence_outputs``):
+    (sentences, words, tags) probabilities and (sentences, words) tags, -100 past the end."""
     caches = caches or RunCaches.for_one_run()
+    windows = None  # token classification's
     if is_image_task(task):
         if split != "valid":
             raise ValueError("model_outputs reads the validation split of image data only")
@@ -227,7 +246,9 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
     else:
         task = text_prep.apply_to_task(task, config.data)  # as the run saw it
         rows = task.valid if split == "valid" else task.train
-        enc = (token_windows(config, task, tokenizer, split).encoded if task.kind == "token"
+        if task.kind == "token":
+            windows = token_windows(config, task, tokenizer, split)
+        enc = (windows.encoded if windows is not None
                else caches.tokens.encode(rows, tokenizer, config.data.max_length))  # the run's own
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batches = Batches(enc, config.train.eval_batch_size, pad_id=pad_id, shuffle=False)
@@ -237,7 +258,16 @@ def model_outputs(model, tokenizer, config: RunConfig, task: TaskData,
     outputs, labels, _ = predict_proba(model, batches, device=device,
                                        precision=resolve_precision(config.train.precision, device),
                                        objective=objective)
+    if windows is not None:  # per word of each sentence, whatever the windows
+        return tokens.sentence_outputs(windows, outputs, rows.labels,
+                                       outside_tag(task.label_names))
     return outputs, labels
+
+
+def outside_tag(names) -> int:
+    """The id of the O tag (what a word no token stands for is tagged), else 0."""
+    names = [str(n) for n in names]
+    return names.index("O") if "O" in names else 0
 
 
 def predictions_frame(outputs: np.ndarray, labels: np.ndarray, label_names, kind: str,

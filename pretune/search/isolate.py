@@ -1,0 +1,196 @@
+"""Training one trial in a child process, so that the kernel killing it for memory fails that
+trial and not the search.
+
+``run`` starts the child with multiprocessing's ``spawn`` context (a fresh interpreter: it
+copies none of the search's memory and none of its threads), hands it the trial's
+``RunConfig``, the task and the cache folder, and serves it until it ends:
+
+- each evaluation comes back through a pipe and is reported to Optuna here (``TrialWatch``);
+  the child waits for the answer, and stops when the pruner prunes the trial;
+- each step feeds the progress display and the trial's peak memory (the child's);
+- the search's deadline reaches the child as an event it checks between steps;
+- an out-of-memory retry (``training.memory.retry_on_oom``) happens in the child and is told.
+
+The child saves the model it kept to a folder in the run directory and sends back the rest of
+its ``FitResult``; the model is loaded here from that folder (best/ and the final assembly
+need it) and the folder is removed. A child that ends without an answer (the kernel's
+SIGKILL, a crash) raises ``ChildFailed`` naming the likely cause, which fails the trial; the
+search goes on with the next one. Optuna stays in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2  # how often the parent looks at the deadline and the child's health
+END_SECONDS = 10.0  # how long an ended trial's child may take to exit before it is terminated
+KILLED = ("the trial's process was killed, most likely out of memory: lower batch_size or "
+          "max_length, or use gradient checkpointing")
+
+
+class ChildFailed(Exception):
+    """A trial whose child process failed; the message is the trial's fail_reason."""
+
+
+class _Pruned(Exception):
+    """Raised in the child when the parent's pruner stopped the trial."""
+
+
+def died(exitcode: int | None) -> str:
+    """Why a child that sent no result ended, from its exit code."""
+    if exitcode == -signal.SIGKILL:
+        return KILLED
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else exitcode
+        return (f"the trial's process crashed ({name}) without a result; if it ran out of "
+                f"memory, lower batch_size or max_length, or use gradient checkpointing")
+    return f"the trial's process ended with exit code {exitcode} without a result"
+
+
+# --- the parent's side ----------------------------------------------------------------------
+
+
+def run(search: Any, watch: Any, config: Any, number: int,
+        on_retry: Callable[[str], None]) -> Any:
+    """Train ``config`` in a child process and return its ``FitResult`` with the model loaded
+    here. Raises ``optuna.TrialPruned`` when the pruner stops it, ``DoesNotFit`` when the child
+    refused it for memory, and ``ChildFailed`` when the child failed or died."""
+    context = multiprocessing.get_context("spawn")
+    mine, theirs = context.Pipe()
+    stop = context.Event()
+    with tempfile.TemporaryDirectory(prefix=f".trial-{number}-", dir=search.out) as folder:
+        caches = getattr(search.caches, "directory", None)
+        job = {"config": config, "task": search.task, "trial": number, "parent": os.getpid(),
+               "cache_dir": None if caches is None else str(caches),
+               "save_to": str(Path(folder) / "model")}
+        child = context.Process(target=CHILD, args=(theirs, stop, job),
+                                name=f"pretune-trial-{number}")
+        child.start()
+        theirs.close()
+        try:
+            result = _serve(search, watch, mine, child, stop, on_retry)
+        finally:
+            _end(child, stop)
+            mine.close()
+        return _with_model(result)
+
+
+def _serve(search: Any, watch: Any, conn: Any, child: Any, stop: Any,
+           on_retry: Callable[[str], None]) -> Any:
+    """Answer the child's messages until it sends its result or ends without one."""
+    from pretune.training.memory import MB, DoesNotFit
+
+    while True:
+        if search.past_deadline():
+            stop.set()
+        if not conn.poll(POLL_SECONDS):
+            if child.is_alive():
+                continue
+            if not conn.poll(0):  # a last message may have come as it ended
+                break
+        try:
+            kind, *rest = conn.recv()
+        except (EOFError, OSError):
+            break
+        if kind == "step":
+            step, total, loss, rss = rest
+            watch.child_mb = rss / MB
+            watch.on_step(step, total, loss)
+        elif kind == "eval":
+            try:
+                watch.on_eval(*rest)
+            except optuna.TrialPruned as err:
+                conn.send(("prune", str(err)))
+                raise
+            conn.send(("go",))
+        elif kind == "retry":
+            on_retry(rest[0])
+        elif kind == "done":
+            return rest[0]
+        elif kind == "refused":
+            raise DoesNotFit(rest[0])
+        elif kind == "error":
+            raise ChildFailed(rest[0])
+    child.join(END_SECONDS)
+    raise ChildFailed(died(child.exitcode))
+
+
+def _end(child: Any, stop: Any) -> None:
+    """Let the child exit (it stops at its next step once ``stop`` is set); terminate it if it
+    does not in time."""
+    stop.set()
+    child.join(END_SECONDS)
+    if child.is_alive():
+        child.terminate()
+        child.join(END_SECONDS)
+    if child.is_alive():  # pragma: no cover - a child ignoring SIGTERM
+        child.kill()
+        child.join()
+
+
+def _with_model(result: Any) -> Any:
+    """``result`` with the model the child saved loaded here, on the device trials use."""
+    if result.path is None:
+        return result
+    from pretune.models.io import load_model_dir  # these load torch
+    from pretune.training.device import pick_device
+
+    model, tokenizer, _ = load_model_dir(
+        result.path, trust_remote_code=result.config.model.trust_remote_code)
+    return replace(result, model=model.to(pick_device()), tokenizer=tokenizer, path=None)
+
+
+# --- the child's side -------------------------------------------------------------------------
+
+
+def child(conn: Any, stop: Any, job: dict[str, Any]) -> None:
+    """Train the job's config, telling the parent through ``conn`` (see the module's docstring)."""
+    from pretune.training import memory, run as training
+    from pretune.training.caches import RunCaches
+
+    caches = RunCaches(job["cache_dir"]) if job["cache_dir"] else RunCaches.for_one_run()
+    orphaned = lambda: os.getppid() != job["parent"]  # noqa: E731 - the search died
+
+    def on_eval(step: int, metrics: dict) -> None:
+        conn.send(("eval", step, dict(metrics)))
+        answer = conn.recv()
+        if answer[0] == "prune":
+            raise _Pruned(answer[1])
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if orphaned():
+            raise _Pruned("the search's process ended")
+        conn.send(("step", step, total, float(loss), memory.rss_bytes()))
+
+    def fit(config: Any) -> Any:
+        return training.fit(config, job["save_to"], task=job["task"], on_eval=on_eval,
+                            should_stop=lambda: stop.is_set() or orphaned(), on_step=on_step,
+                            keep_model=False, caches=caches)
+
+    try:
+        result = memory.retry_on_oom(fit, job["config"],
+                                     on_retry=lambda note: conn.send(("retry", note)))
+    except _Pruned as err:
+        conn.send(("pruned", str(err)))
+        return
+    except memory.DoesNotFit as err:
+        conn.send(("refused", str(err)))
+        return
+    except BaseException as err:  # noqa: BLE001 - the parent records it as the trial's failure
+        conn.send(("error", f"{type(err).__name__}: {' '.join(str(err).split())}"))
+        return
+    conn.send(("done", result))
+
+
+CHILD = child  # what the child process runs (tests put a function that dies in its place)

@@ -9,7 +9,8 @@ copies none of the search's memory and none of its threads), hands it the trial'
   the child waits for the answer, and stops when the pruner prunes the trial;
 - each step feeds the progress display and the trial's peak memory (the child's);
 - the search's deadline reaches the child as an event it checks between steps;
-- an out-of-memory retry (``training.memory.retry_on_oom``) happens in the child and is told.
+- an out-of-memory retry (``training.memory.retry_on_oom``) happens in the child and is told;
+- the child's log records are logged here, under their own logger names.
 
 The child saves the model it kept to a folder in the run directory and sends back the rest of
 its ``FitResult``; the model is loaded here from that folder (best/ and the final assembly
@@ -72,6 +73,8 @@ def run(search: Any, watch: Any, config: Any, number: int,
     with tempfile.TemporaryDirectory(prefix=f".trial-{number}-", dir=search.out) as folder:
         caches = getattr(search.caches, "directory", None)
         job = {"config": config, "task": search.task, "trial": number, "parent": os.getpid(),
+               "log_level": min(logging.getLogger().getEffectiveLevel(),
+                                logging.getLogger("pretune").getEffectiveLevel()),
                "cache_dir": None if caches is None else str(caches),
                "save_to": str(Path(folder) / "model")}
         child = context.Process(target=CHILD, args=(theirs, stop, job),
@@ -116,6 +119,9 @@ def _serve(search: Any, watch: Any, conn: Any, child: Any, stop: Any,
             conn.send(("go",))
         elif kind == "retry":
             on_retry(rest[0])
+        elif kind == "log":
+            level, name, message = rest
+            logging.getLogger(name).log(level, "%s", message)
         elif kind == "done":
             return rest[0]
         elif kind == "refused":
@@ -159,6 +165,7 @@ def child(conn: Any, stop: Any, job: dict[str, Any]) -> None:
     from pretune.training import memory, run as training
     from pretune.training.caches import RunCaches
 
+    _send_logs(conn, job["log_level"])
     caches = RunCaches(job["cache_dir"]) if job["cache_dir"] else RunCaches.for_one_run()
     orphaned = lambda: os.getppid() != job["parent"]  # noqa: E731 - the search died
 
@@ -191,6 +198,21 @@ def child(conn: Any, stop: Any, job: dict[str, Any]) -> None:
         conn.send(("error", f"{type(err).__name__}: {' '.join(str(err).split())}"))
         return
     conn.send(("done", result))
+
+
+def _send_logs(conn: Any, level: int) -> None:
+    """Send the child's log records at ``level`` and above to the parent, formatted."""
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                conn.send(("log", record.levelno, record.name, record.getMessage()))
+            except Exception:  # noqa: BLE001 - a lost log line must not end the trial
+                pass
+
+    root = logging.getLogger()
+    root.handlers[:] = [Forward()]
+    root.setLevel(level)
 
 
 CHILD = child  # what the child process runs (tests put a function that dies in its place)

@@ -3,6 +3,7 @@ child the kernel kills is a failed trial while the search goes on."""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -66,7 +67,9 @@ def test_a_killed_child_is_a_failed_trial_and_the_search_goes_on(tiny_model_dir,
     assert result.best_trial in (0, 2) and (Path(result.path) / "best").is_dir()
 
 
-def test_the_pruner_here_stops_the_trial_in_the_child(tiny_model_dir, tmp_path, monkeypatch):
+def test_the_pruner_here_stops_the_trial_in_the_child(tiny_model_dir, tmp_path, monkeypatch,
+                                                      caplog):
+    caplog.set_level(logging.INFO)
     asked = []
 
     def should_prune(trial):  # the pruner runs in this process, on what the child reported
@@ -80,6 +83,9 @@ def test_the_pruner_here_stops_the_trial_in_the_child(tiny_model_dir, tmp_path, 
     assert trial["state"] == "PRUNED" and trial["stop_reason"] == "pruned"
     assert asked == [0]  # asked once: the child stopped at the first judgement
     assert trial["epochs"] < 1  # judged at its first evaluation, a quarter into the epoch
+    # The child's log records are logged here, under their own names (no model is built here).
+    assert any(r.name == "pretune.training.run" and r.getMessage().startswith("transfer:")
+               for r in caplog.records)
 
 
 def test_auto_isolates_a_trial_whose_estimate_is_tight(tiny_model_dir, monkeypatch):
@@ -114,3 +120,14 @@ def test_a_child_ending_without_a_result_says_why():
     assert isolate.died(-9) == isolate.KILLED
     assert "SIGSEGV" in isolate.died(-11) and "out of memory" in isolate.died(-11)
     assert isolate.died(3) == "the trial's process ended with exit code 3 without a result"
+
+
+def test_the_command_refuses_an_unknown_isolate_trials_in_one_line(tiny_model_dir, tmp_path):
+    from .helpers import cli
+
+    train, valid = data_files(tmp_path / "data")
+    result = cli("tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
+                 "--out", tmp_path / "run", "--isolate-trials", "sometimes")
+    assert result.exit_code == 2, result.output
+    assert "isolate_trials must be auto, always or never, but got 'sometimes'" in result.output
+    assert "Traceback" not in result.output

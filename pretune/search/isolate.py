@@ -1,14 +1,15 @@
 """Training one trial in a child process, so that the kernel killing it for memory fails that
 trial and not the search.
 
-``run`` starts the child with multiprocessing's ``spawn`` context (a fresh interpreter: it
-copies none of the search's memory and none of its threads), hands it the trial's
-``RunConfig``, the task and the cache folder, and serves it until it ends:
+``run`` starts the child as a new Python running ``main`` (a fresh interpreter: it
+copies none of the search's memory and none of its threads, and unlike multiprocessing's
+``spawn`` it does not import the user's ``__main__`` again), hands it the trial's ``RunConfig``,
+the task and the cache folder through a pipe, and serves it until it ends:
 
 - each evaluation comes back through a pipe and is reported to Optuna here (``TrialWatch``);
   the child waits for the answer, and stops when the pruner prunes the trial;
 - each step feeds the progress display and the trial's peak memory (the child's);
-- the search's deadline reaches the child as an event it checks between steps;
+- the search's deadline reaches the child as a message it looks for between steps;
 - an out-of-memory retry (``training.memory.retry_on_oom``) happens in the child and is told;
 - the child's log records are logged here, under their own logger names.
 
@@ -21,10 +22,13 @@ search goes on with the next one. Optuna stays in this process.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -67,38 +71,51 @@ def run(search: Any, watch: Any, config: Any, number: int,
     """Train ``config`` in a child process and return its ``FitResult`` with the model loaded
     here. Raises ``optuna.TrialPruned`` when the pruner stops it, ``DoesNotFit`` when the child
     refused it for memory, and ``ChildFailed`` when the child failed or died."""
-    context = multiprocessing.get_context("spawn")
-    mine, theirs = context.Pipe()
-    stop = context.Event()
+    mine, theirs = multiprocessing.Pipe()
     with tempfile.TemporaryDirectory(prefix=f".trial-{number}-", dir=search.out) as folder:
         caches = getattr(search.caches, "directory", None)
-        job = {"config": config, "task": search.task, "trial": number, "parent": os.getpid(),
+        job = {"entry": CHILD, "sys_path": list(sys.path), "config": config,
+               "task": search.task, "trial": number, "parent": os.getpid(),
                "log_level": min(logging.getLogger().getEffectiveLevel(),
                                 logging.getLogger("pretune").getEffectiveLevel()),
                "cache_dir": None if caches is None else str(caches),
                "save_to": str(Path(folder) / "model")}
-        child = context.Process(target=CHILD, args=(theirs, stop, job),
-                                name=f"pretune-trial-{number}")
-        child.start()
+        child = _start(theirs)
         theirs.close()
         try:
-            result = _serve(search, watch, mine, child, stop, on_retry)
+            mine.send(job)
+            result = _serve(search, watch, mine, child, on_retry)
         finally:
-            _end(child, stop)
+            _end(child, mine)
             mine.close()
         return _with_model(result)
 
 
-def _serve(search: Any, watch: Any, conn: Any, child: Any, stop: Any,
+def _start(conn: Any) -> subprocess.Popen:
+    """A new Python running ``main`` on ``conn``'s end of the pipe, with this process's
+    ``pretune`` importable."""
+    import pretune
+
+    home = str(Path(pretune.__file__).resolve().parent.parent)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))}
+    fd = conn.fileno()
+    return subprocess.Popen([sys.executable, "-c", ENTRY, str(fd)], pass_fds=[fd], env=env,
+                            stdin=subprocess.DEVNULL)
+
+
+def _serve(search: Any, watch: Any, conn: Any, child: subprocess.Popen,
            on_retry: Callable[[str], None]) -> Any:
     """Answer the child's messages until it sends its result or ends without one."""
     from pretune.training.memory import MB, DoesNotFit
 
+    stopping = False
     while True:
-        if search.past_deadline():
-            stop.set()
+        if not stopping and search.past_deadline():
+            conn.send(("stop",))
+            stopping = True
         if not conn.poll(POLL_SECONDS):
-            if child.is_alive():
+            if child.poll() is None:
                 continue
             if not conn.poll(0):  # a last message may have come as it ended
                 break
@@ -128,21 +145,30 @@ def _serve(search: Any, watch: Any, conn: Any, child: Any, stop: Any,
             raise DoesNotFit(rest[0])
         elif kind == "error":
             raise ChildFailed(rest[0])
-    child.join(END_SECONDS)
-    raise ChildFailed(died(child.exitcode))
+    raise ChildFailed(died(_wait(child)))
 
 
-def _end(child: Any, stop: Any) -> None:
-    """Let the child exit (it stops at its next step once ``stop`` is set); terminate it if it
-    does not in time."""
-    stop.set()
-    child.join(END_SECONDS)
-    if child.is_alive():
+def _wait(child: subprocess.Popen) -> int | None:
+    try:
+        return child.wait(END_SECONDS)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _end(child: subprocess.Popen, conn: Any) -> None:
+    """Let the child exit (told to stop, it does at its next step); terminate it if it does
+    not in time."""
+    if child.poll() is not None:
+        return
+    try:
+        conn.send(("stop",))
+    except OSError:  # it closed its end: it is ending
+        pass
+    if _wait(child) is None:
         child.terminate()
-        child.join(END_SECONDS)
-    if child.is_alive():  # pragma: no cover - a child ignoring SIGTERM
-        child.kill()
-        child.join()
+        if _wait(child) is None:  # pragma: no cover - a child ignoring SIGTERM
+            child.kill()
+            child.wait()
 
 
 def _with_model(result: Any) -> Any:
@@ -160,30 +186,65 @@ def _with_model(result: Any) -> Any:
 # --- the child's side -------------------------------------------------------------------------
 
 
-def child(conn: Any, stop: Any, job: dict[str, Any]) -> None:
+def main(fd: int) -> None:
+    """The child process: read the job from the pipe at ``fd`` and run its entry."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    job = conn.recv()
+    sys.path[:] = job["sys_path"]
+    module, name = job["entry"].split(":")
+    getattr(importlib.import_module(module), name)(conn, job)
+
+
+class _Link:
+    """The child's end of the pipe: questions that wait for the parent's answer, and the
+    parent's word to stop, which may come at any time."""
+
+    def __init__(self, conn: Any, parent: int):
+        self.conn = conn
+        self.parent = parent
+        self.stopped = False
+
+    def _take(self) -> tuple:
+        message = self.conn.recv()
+        if message[0] == "stop":
+            self.stopped = True
+        return message
+
+    def ask(self, message: tuple) -> tuple:
+        self.conn.send(message)
+        while (answer := self._take())[0] == "stop":
+            pass
+        return answer
+
+    def should_stop(self) -> bool:
+        while self.conn.poll(0):
+            self._take()
+        return self.stopped or os.getppid() != self.parent  # told, or the search died
+
+
+def child(conn: Any, job: dict[str, Any]) -> None:
     """Train the job's config, telling the parent through ``conn`` (see the module's docstring)."""
     from pretune.training import memory, run as training
     from pretune.training.caches import RunCaches
 
     _send_logs(conn, job["log_level"])
     caches = RunCaches(job["cache_dir"]) if job["cache_dir"] else RunCaches.for_one_run()
-    orphaned = lambda: os.getppid() != job["parent"]  # noqa: E731 - the search died
+    link = _Link(conn, job["parent"])
 
     def on_eval(step: int, metrics: dict) -> None:
-        conn.send(("eval", step, dict(metrics)))
-        answer = conn.recv()
+        answer = link.ask(("eval", step, dict(metrics)))
         if answer[0] == "prune":
             raise _Pruned(answer[1])
 
     def on_step(step: int, total: int, loss: float) -> None:
-        if orphaned():
-            raise _Pruned("the search's process ended")
         conn.send(("step", step, total, float(loss), memory.rss_bytes()))
 
     def fit(config: Any) -> Any:
         return training.fit(config, job["save_to"], task=job["task"], on_eval=on_eval,
-                            should_stop=lambda: stop.is_set() or orphaned(), on_step=on_step,
-                            keep_model=False, caches=caches)
+                            should_stop=link.should_stop, on_step=on_step, keep_model=False,
+                            caches=caches)
 
     try:
         result = memory.retry_on_oom(fit, job["config"],
@@ -215,4 +276,6 @@ def _send_logs(conn: Any, level: int) -> None:
     root.setLevel(level)
 
 
-CHILD = child  # what the child process runs (tests put a function that dies in its place)
+# What the child process runs, as module:function (tests name one that dies in its place).
+CHILD = "pretune.search.isolate:child"
+ENTRY = "import sys; from pretune.search.isolate import main; main(int(sys.argv[1]))"

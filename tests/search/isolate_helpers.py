@@ -1,5 +1,5 @@
-"""Stand-ins for the trial child process of ``pretune.search.isolate`` (importable by name, so
-that the spawned child can find them)."""
+"""Stand-ins for what the trial's child process of ``pretune.search.isolate`` runs (named as
+module:function, so that the child can import them)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import signal
 from pretune.search import isolate
 
 
-def killed_at_trial_1(conn, stop, job):
+def killed_at_trial_1(conn, job):
     """The child of trial 1 dies as the kernel's out-of-memory killer would end it; the others
     train as usual."""
     if job["trial"] == 1:
         os.kill(os.getpid(), signal.SIGKILL)
-    isolate.child(conn, stop, job)
+    isolate.child(conn, job)

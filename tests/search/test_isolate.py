@@ -56,9 +56,7 @@ def test_an_isolated_trial_matches_the_same_trial_here(tiny_model_dir, tmp_path)
 
 def test_a_killed_child_is_a_failed_trial_and_the_search_goes_on(tiny_model_dir, tmp_path,
                                                                   monkeypatch):
-    from .isolate_helpers import killed_at_trial_1
-
-    monkeypatch.setattr(isolate, "CHILD", killed_at_trial_1)
+    monkeypatch.setattr(isolate, "CHILD", "tests.search.isolate_helpers:killed_at_trial_1")
     result = search(tiny_model_dir, tmp_path, "run", "3trials", "always")
     trials = result.trials.set_index("number")
     assert trials["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE"]

@@ -3,7 +3,9 @@
 Before the first trial, the search estimates the time of one full trial from the measured time
 per training example (the learning-rate range test times its steps), the training rows, the
 epochs a typical trial runs (recipe 1 of ``priors``: 3, within the space's epochs) and its
-evaluations, and says about how many full trials the time budget allows.
+evaluations, and says about how many full trials the time budget allows. After each trial the
+time is measured again on the trials that ran (``remeasure``), and the plan follows it when it
+was off by more than ``REPLAN_CHANGE``.
 
 The fidelity is percent of an epoch (``STEPS_PER_EPOCH`` per epoch). No pruner judges a trial
 before its strategy's first rung (the end of epoch 1, or ``Strategy.first_rung``: a share of
@@ -162,16 +164,7 @@ def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
     seconds = trial_seconds(seconds_per_example, round(fraction * train_rows), valid_rows,
                             typical, evals_per_epoch)
     full = None if seconds is None or budget.seconds is None else budget.seconds / max(seconds, 1e-9)
-    pruner = strategy.pruner
-    if pruner == "none":
-        reason = f"strategy {strategy.name} runs every trial to its end"
-    elif strategy.name == "auto" and full is not None and full < FEW_TRIALS:
-        pruner = "none"
-        reason = (f"fewer than {FEW_TRIALS} full trials fit, too few for a pruner to compare, "
-                  "so every trial runs to its end")
-    else:
-        reason = (f"no trial is judged before {min_resource / STEPS_PER_EPOCH:g} epochs "
-                  f"nor before its warmup ends")
+    pruner, reason = _pruner(strategy, full, min_resource)
     return Plan(trial_seconds=seconds, full_trials=full, epochs=typical, max_epochs=longest,
                 pruner=pruner, min_resource=min_resource, max_resource=max_resource,
                 reason=reason,
@@ -179,6 +172,61 @@ def make_plan(strategy: Strategy, budget: Budget, dims: Iterable[Dimension],
                                                      "stop_reason")} if lr_test else None,
                 lr_searched=(float(lr.low), float(lr.high)) if lr is not None else None,
                 data_fraction=float(fraction), train_rows=train_rows)
+
+
+def _pruner(strategy: Strategy, full: float | None, min_resource: int) -> tuple[str, str]:
+    """The pruner a search runs with, and why: ``auto`` prunes nothing when fewer than
+    ``FEW_TRIALS`` full trials fit the budget."""
+    if strategy.pruner == "none":
+        return "none", f"strategy {strategy.name} runs every trial to its end"
+    if strategy.name == "auto" and full is not None and full < FEW_TRIALS:
+        return "none", (f"fewer than {FEW_TRIALS} full trials fit, too few for a pruner to "
+                        "compare, so every trial runs to its end")
+    return strategy.pruner, (f"no trial is judged before {min_resource / STEPS_PER_EPOCH:g} "
+                             f"epochs nor before its warmup ends")
+
+
+# --- the plan again, from the trials' own times ---------------------------------------------------
+
+REPLAN_CHANGE = 0.25  # the plan is made again when the measured time differs by more than this
+MIN_MEASURED_EPOCHS = 0.5  # a trial that trained less than this tells too little of its pace
+
+
+def measured_trial_seconds(trials: Iterable[Any], epochs: float) -> float | None:
+    """The time of an ``epochs``-epoch trial measured on the trials that ran: the median of
+    their seconds per epoch (each trial's ``seconds`` and ``epochs`` attributes, so its model
+    loading and evaluations count), times ``epochs``. None before a trial has trained
+    ``MIN_MEASURED_EPOCHS``."""
+    rates = []
+    for t in trials:
+        seconds, ran = t.user_attrs.get("seconds"), t.user_attrs.get("epochs")
+        if seconds and ran and float(ran) >= MIN_MEASURED_EPOCHS:
+            rates.append(float(seconds) / float(ran))
+    if not rates:
+        return None
+    rates.sort()
+    middle = len(rates) // 2
+    rate = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+    return rate * epochs
+
+
+def remeasure(plan: Plan, strategy: Strategy, budget: Budget, trials: Iterable[Any]
+              ) -> Plan | None:
+    """The plan with its trial time measured on the trials that ran, and the pruner that time
+    calls for; None while nothing was measured or the estimate holds within ``REPLAN_CHANGE``.
+
+    The first estimate comes from the learning-rate range test, whose few steps pay the
+    one-time costs of every new batch shape: on the SST-2 protocol it said 127 s for a trial
+    that took 38 to 50 s, which turned the pruner off and kept too much time for the assembly."""
+    seconds = measured_trial_seconds(trials, plan.epochs)
+    if seconds is None:
+        return None
+    if plan.trial_seconds and abs(seconds / plan.trial_seconds - 1) <= REPLAN_CHANGE:
+        return None
+    full = None if budget.seconds is None else budget.seconds / max(seconds, 1e-9)
+    pruner, reason = _pruner(strategy, full, plan.min_resource)
+    return replace(plan, trial_seconds=seconds, full_trials=full, pruner=pruner,
+                   reason=f"{reason} (trial time measured on the trials that ran)")
 
 
 # --- the learning-rate range ---------------------------------------------------------------------

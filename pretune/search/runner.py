@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import optuna
@@ -71,6 +71,9 @@ class Search:
         self.executor = "local"  # what started this process: local, a worker command, Ray
         self.keep = 0  # the best trials whose models are kept for the final assembly
         self.assembly: dict[str, Any] | None = None  # what the final assembly built
+        # Called after each trial to make the budget plan again from the measured trial times
+        # (it may move ``deadline``, ``min_start`` and the study's pruner).
+        self.replan: Callable[[], None] | None = None
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -203,6 +206,8 @@ class Search:
             self.pending = None
             release_memory()
         self.write_trials()
+        if self.replan is not None:
+            self.replan()
         self._watch_failures(study, trial)
         if self.on_trial is not None:
             self.on_trial(trial_report(trial, self.metric, is_best))

@@ -300,6 +300,7 @@ def _run_here(start: _Start, on_trial: Callable | None, progress: Any) -> TuneRe
     if final and end is not None:  # the trials stop where the assembly's time begins
         search.deadline = end - final
         log.info("keeping %.0fs for building the final model", final)
+    search.replan = lambda: _replan(start, search, end)
     search.write_trials()
     try:
         search.run()
@@ -316,6 +317,27 @@ def _run_here(start: _Start, on_trial: Callable | None, progress: Any) -> TuneRe
     result.assembly = search.assembly or start.skipped
     result.seed_check = search.picked
     return result
+
+
+def _replan(start: _Start, search: Search, end: float | None) -> None:
+    """After a trial: the plan again from the trials' measured times (``planning.remeasure``):
+    the pruner, the time a trial needs to be worth starting, and the time kept for the
+    assembly follow it."""
+    plan = planning.remeasure(start.plan, start.strategy, start.budget,
+                              start.study.get_trials(deepcopy=False))
+    if plan is None:
+        return
+    tune = start.tune
+    plan = _with_keep(plan, tune, start.shared, start.budget, len(start.task.train),
+                      start.parallel)
+    if plan.pruner != start.plan.pruner:
+        start.study.pruner = make_pruner(plan.pruner, plan.fidelity)
+    search.min_start = planning.first_eval_seconds(plan, tune.evals_per_epoch)
+    if end is not None:
+        search.deadline = end - plan.assembly_seconds
+    start.plan = plan
+    rundir.update_plan(start.out, plan=plan.to_dict())
+    log.info("plan, measured: %s", plan.message())
 
 
 def _assemble_safely(out: Path, task, caches, metric: str, direction: str,

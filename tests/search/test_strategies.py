@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import optuna
 import pytest
 import yaml
@@ -170,3 +172,33 @@ def test_no_trial_starts_without_time_to_reach_its_first_evaluation():
     unmeasured = Plan(trial_seconds=None, full_trials=None, epochs=3.0, max_epochs=5.0,
                       pruner="none", min_resource=100, max_resource=500, reason="")
     assert first_eval_seconds(unmeasured, 2) == 0.0
+
+
+def _ran(seconds, epochs):
+    return types.SimpleNamespace(user_attrs={"seconds": seconds, "epochs": epochs})
+
+
+def test_the_plan_is_made_again_from_the_trials_measured_times():
+    context = RunConfig().flat()
+    auto = resolve("auto")
+    # The range test's pace says a 3-epoch trial takes 300 s: 2 fit in 10 minutes, no pruner.
+    plan = planning.make_plan(auto, Budget(seconds=600), DEFAULT_SPACE, context,
+                              seconds_per_example=0.1, train_rows=1000, valid_rows=0,
+                              evals_per_epoch=2)
+    assert plan.trial_seconds == pytest.approx(300) and plan.pruner == "none"
+    assert planning.remeasure(plan, auto, Budget(seconds=600), []) is None
+    # A trial that trained a quarter of an epoch says nothing; the others run 10 s an epoch
+    # (the median, not the mean: one slow trial does not move it).
+    trials = [_ran(1.0, 0.25), _ran(20, 2), _ran(30, 3), _ran(400, 4)]
+    assert planning.measured_trial_seconds(trials, 3) == pytest.approx(30)
+    again = planning.remeasure(plan, auto, Budget(seconds=600), trials)
+    assert again.trial_seconds == pytest.approx(30) and again.full_trials == pytest.approx(20)
+    assert again.pruner == auto.pruner and "measured" in again.reason
+    # Within REPLAN_CHANGE of the estimate nothing changes; a named strategy keeps its pruner.
+    assert planning.remeasure(again, auto, Budget(seconds=600), [_ran(33, 3)]) is None
+    slow = planning.remeasure(again, auto, Budget(seconds=600), [_ran(300, 3)])
+    assert slow.pruner == "none" and slow.full_trials == pytest.approx(2)
+    named = planning.make_plan(resolve("tpe"), Budget(seconds=600), DEFAULT_SPACE, context,
+                               seconds_per_example=0.1, train_rows=1000, valid_rows=0,
+                               evals_per_epoch=2)
+    assert planning.remeasure(named, resolve("tpe"), Budget(seconds=600), trials).pruner == "none"

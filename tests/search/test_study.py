@@ -319,3 +319,23 @@ def test_the_first_trial_starts_even_when_it_cannot_reach_an_evaluation_before_t
     assert (out / "best" / "model.safetensors").is_file()
     text = " ".join(result.output.split())
     assert "stopped with time left" in text and "first evaluation (about 10000s)" in text
+
+
+def test_the_plan_follows_the_measured_trial_time(tiny_model_dir, tmp_path, monkeypatch):
+    from pretune.search import planning
+
+    train, valid = data_files(tmp_path / "data")
+    # The first estimate is far too slow (as the range test's few steps were on SST-2): no
+    # pruner, and after one trial no other would be started, as none seems to reach its first
+    # evaluation in time. Once the first trial has run, its measured time replaces the estimate.
+    monkeypatch.setattr(planning, "trial_seconds", lambda *args: 10_000.0)
+    out = tmp_path / "run"
+    result = cli("tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
+                 "--out", out, "--budget", "10m,3trials", "--space",
+                 space_file(tmp_path / "s.yaml", NARROW), "--fixed", "epochs=1",
+                 "--fixed", "threads=1", "--precision", "fp32", "--no-lr-range-test")
+    assert result.exit_code == 0, result.output
+    assert [t.state.name for t in trials_of(out)] == ["COMPLETE"] * 3
+    plan = yaml.safe_load((out / "plan.yaml").read_text())["plan"]
+    assert plan["trial_seconds"] < 100 and plan["full_trials"] > planning.FEW_TRIALS
+    assert plan["pruner"] == "hyperband" and "measured" in plan["reason"]

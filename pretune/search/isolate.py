@@ -94,9 +94,7 @@ def run(search: Any, watch: Any, config: Any, number: int,
 def _start(conn: Any) -> subprocess.Popen:
     """A new Python running ``main`` on ``conn``'s end of the pipe, with this process's
     ``pretune`` importable."""
-    import pretune
-
-    home = str(Path(pretune.__file__).resolve().parent.parent)
+    home = str(Path(__file__).resolve().parents[2])  # the folder that holds pretune/
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))}
     fd = conn.fileno()

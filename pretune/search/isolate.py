@@ -83,7 +83,10 @@ def run(search: Any, watch: Any, config: Any, number: int,
         child = _start(theirs)
         theirs.close()
         try:
-            mine.send(job)
+            try:
+                mine.send(job)
+            except OSError:  # it died before it read its job
+                raise ChildFailed(died(_wait(child))) from None
             result = _serve(search, watch, mine, child, on_retry)
         finally:
             _end(child, mine)

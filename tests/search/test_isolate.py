@@ -129,3 +129,14 @@ def test_the_command_refuses_an_unknown_isolate_trials_in_one_line(tiny_model_di
     assert result.exit_code == 2, result.output
     assert "isolate_trials must be auto, always or never, but got 'sometimes'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_search_isolates_its_tight_trials_by_default(tiny_model_dir, tmp_path, monkeypatch):
+    # A limit 1.4 times what this process holds: a trial's estimate (which starts from what
+    # the process holds) is more than 0.7 of it, yet fits as set. The child measures its own.
+    monkeypatch.setattr(memory, "limit", lambda device=None: memory.Limit(
+        int(memory.rss_bytes() * 1.4), "a test limit"))
+    trials = search(tiny_model_dir, tmp_path, "run", "1trials", None).trials
+    assert trials.loc[0, "state"] == "COMPLETE"
+    assert "the process may use" in trials.loc[0, "isolated"]
+    assert "a test limit" in trials.loc[0, "isolated"]

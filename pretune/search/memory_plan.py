@@ -97,6 +97,7 @@ def _fit(config: RunConfig, task: Any, caches: Any, device: Any) -> tuple[Any, R
     run that cannot fit raises ``DoesNotFit`` carrying the config as ``.config``."""
     from pretune.models.load import load_config, load_tokenizer, resolve_source
     from pretune.training import memory
+    from pretune.training.run import FULL_BATCH_MICRO
 
     m = config.model
     try:
@@ -119,8 +120,6 @@ def _fit(config: RunConfig, task: Any, caches: Any, device: Any) -> tuple[Any, R
     except Exception as err:  # noqa: BLE001 - the search goes on without a memory estimate
         log.info("no memory estimate: %s: %s", type(err).__name__, err)
         return None, config
-    from pretune.training.run import FULL_BATCH_MICRO
-
     t = config.train
     micro = FULL_BATCH_MICRO if t.batch_size == "full" else int(t.batch_size)
     base = memory.rss_bytes() if device.type == "cpu" else 0

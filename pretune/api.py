@@ -134,6 +134,7 @@ def tune(
     ray_address: str | None = None,
     cpus_per_trial: int | None = None,
     heartbeat: int | None = None,
+    isolate_trials: str | None = None,
     on_trial: Callable[[Any], None] | None = None,
     on_plan: Callable[[Any], None] | None = None,
     progress: Any = None,
@@ -171,7 +172,9 @@ def tune(
     ...); ``executor="ray"`` starts them as Ray tasks (on ``ray_address``, else a local Ray
     instance; ``cpus_per_trial`` cores each). Other machines join with ``pretune worker``
     (``pretune.search.workers.join``). Running trials send a heartbeat every ``heartbeat``
-    seconds; a trial whose worker died is failed and retried once.
+    seconds; a trial whose worker died is failed and retried once. ``isolate_trials``
+    (``auto``, ``always``, ``never``) trains trials in a child process, so that one the kernel
+    kills for memory fails alone (``auto``: when its memory estimate is tight).
     """
     given = dict(locals())  # the TuneConfig fields among them make the search's settings
     from pretune.search.space import FULL  # the search layer loads optuna

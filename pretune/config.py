@@ -585,6 +585,7 @@ PRUNERS = ("hyperband", "asha", "median", "none")
 # Named sampler + pruner pairs (pretune.search.strategies); "auto" is the measured best.
 STRATEGIES = ("auto", "tpe", "random", "hyperband", "asha", "median", "random-hyperband")
 EXECUTORS = ("local", "ray")  # how --workers are started: processes on this machine, Ray tasks
+ISOLATE = ("auto", "always", "never")  # when a trial trains in a child process
 
 
 @dataclass(frozen=True)
@@ -618,6 +619,10 @@ class TuneConfig:
     # (pretune.search.assemble). keep=0 or assemble=False: best/ is the best trial alone.
     keep: int = 5
     assemble: bool = True
+    # Train each trial in a child process, so that one the kernel kills for memory is a failed
+    # trial and the search goes on: auto (when its memory estimate is tight, on the CPU),
+    # always, never.
+    isolate_trials: str = "auto"
 
 
 def validate_tune(tune: TuneConfig) -> TuneConfig:
@@ -642,6 +647,9 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
         _number("cpus_per_trial", tune.cpus_per_trial, 1, 4096, integer=True)
     _number("heartbeat", tune.heartbeat, 1, 3600, integer=True)
     _number("keep", tune.keep, 0, 100, integer=True)
+    _check(tune.isolate_trials in ISOLATE,
+           f"isolate_trials must be auto, always or never, but got {tune.isolate_trials!r}. "
+           f"Pass --isolate-trials auto (child processes when memory is tight).")
     return tune
 
 

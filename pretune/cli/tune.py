@@ -78,6 +78,7 @@ def command(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: a local Ray instance)."),
     cpus_per_trial: Optional[int] = typer.Option(None, "--cpus-per-trial", help="Cores each worker uses (default: all cores / workers)."),
     heartbeat: Optional[int] = typer.Option(None, "--heartbeat", help="Seconds between heartbeats of running trials on a shared storage (default 30)."),
+    isolate_trials: Optional[str] = typer.Option(None, "--isolate-trials", help="Train each trial in a child process, so that one killed for memory fails alone: auto (default: when memory is tight), always, never."),
     text_column: TextColumnOption = None,
     text_pair_column: TextPairColumnOption = None,
     label_column: LabelColumnOption = None,

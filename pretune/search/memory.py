@@ -1,27 +1,21 @@
-"""The memory of this process: measuring it during a trial, and giving it back after one."""
+"""The memory of this process: measuring it during a trial, and giving it back after one.
+
+Both read and free memory as ``pretune.training.memory`` does (one way of measuring for the
+estimates, the trials' peaks and the soft cap), loaded when first called: torch is in the
+process by then, since a trial has started."""
 
 from __future__ import annotations
-
-import ctypes
-import gc
-import os
 
 
 def rss_mb() -> float:
     """Resident memory of this process in MB (current, not peak)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-        import resource  # Unix only
+    from pretune.training.memory import MB, rss_bytes
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return rss_bytes() / MB
 
 
 def release_memory() -> None:
-    """Collect garbage and hand freed heap memory back to the system (glibc)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
+    """Collect garbage and hand freed memory back: the heap to the system, torch's CUDA cache."""
+    from pretune.training.memory import free_memory
+
+    free_memory()

@@ -402,7 +402,7 @@ def _same(a: Any, b: Any) -> bool:
 # Per-trial records (Optuna user attributes) that become columns, in this order.
 ATTR_COLUMNS = ("source", "seed_of", "seed", "seconds", "peak_rss_mb", "steps", "epochs", "stop_reason",
                 "fail_reason", "retry_of", "worker", "memory_estimate_mb", "memory_peak_mb",
-                "memory_adapted", "memory_retry", "memory_refused")
+                "memory_adapted", "memory_retry", "memory_refused", "isolated")
 
 
 def trials_frame(trials: Iterable[Any], space_order: Iterable[str] = ()) -> pd.DataFrame:

@@ -294,6 +294,7 @@ def _run_here(start: _Start, on_trial: Callable | None, progress: Any) -> TuneRe
     if search.reserve.active:
         log.info("keeping %s for the seed check of the final pick", search.reserve)
     search.keep = tune.keep if tune.assemble and tune.keep > 1 else 0  # kept to be used
+    search.isolate_trials = tune.isolate_trials  # child processes when memory is tight
     final = plan.assembly_seconds
     end = search.deadline
     if final and end is not None:  # the trials stop where the assembly's time begins

@@ -4,7 +4,8 @@
 trials: ``TrialWatch`` gives it ``on_step`` and ``on_eval`` callbacks that report the objective
 metric after every evaluation (at ``step = round(epoch * 100)``, see ``planning``) and raise
 ``optuna.TrialPruned`` when the pruner says so, and it records the trial's time, peak memory,
-steps and reasons on the trial.
+steps and reasons on the trial. A trial whose memory is tight (``memory_plan.isolation``)
+trains in a child process (``isolate``), served by the same ``TrialWatch``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import optuna
 
 from pretune.config import RunConfig, validate
-from pretune.search import final_pick, memory_plan, planning, priors
+from pretune.search import final_pick, isolate, memory_plan, planning, priors
 from pretune.search.memory import rss_mb
 from pretune.search.planning import STEPS_PER_EPOCH
 from pretune.search.records import DEADLINE, INTERRUPTED, PRUNED, derive_seed
@@ -39,12 +40,13 @@ class TrialWatch:
         self.trial = trial
         self.started = time.perf_counter()
         self.peak = rss_mb()
+        self.child_mb: float | None = None  # the child's resident memory, when isolated
         self.last: dict[str, Any] = {}
         self.reported: set[int] = set()
         self.warm = math.inf  # the step its warmup ends at: no judgement before it
 
     def sample_memory(self, *_: Any) -> None:
-        self.peak = max(self.peak, rss_mb())
+        self.peak = max(self.peak, rss_mb() if self.child_mb is None else self.child_mb)
 
     def on_step(self, step: int, total: int, loss: float) -> None:
         self.sample_memory()
@@ -87,7 +89,7 @@ def run_trial(search: Any, trial: optuna.Trial) -> float:
 
     The result waits in ``search.pending`` for the after-trial callback, which saves the model
     when it is the best so far. A trial without a usable value raises ``TrialFailed``."""
-    from pretune.training import memory, run  # torch loads with the first trial, not before
+    from pretune.training import memory  # torch loads with the first trial, not before
 
     watch = TrialWatch(search, trial)
     seed = derive_seed(search.base.train.seed, trial.number)
@@ -98,12 +100,7 @@ def run_trial(search: Any, trial: optuna.Trial) -> float:
         params, config = trial_config(search, trial, seed)
         watch.warm = planning.warmup_end(config.train)
         search.tell("trial_started", trial.number, dict(params))
-        # Out of memory anyway: once more at half the micro-batch (training.memory).
-        result = memory.retry_on_oom(
-            lambda c: run.fit(c, None, task=search.task, on_eval=watch.on_eval,
-                              should_stop=search.past_deadline, on_step=watch.on_step,
-                              keep_model=True, caches=search.caches),
-            config, on_retry=lambda note: trial.set_user_attr("memory_retry", note))
+        result = _train(search, trial, watch, config)
     except memory.DoesNotFit as err:  # the sampler hears it as pruned, with the reason
         watch.record("memory")
         trial.set_user_attr("memory_refused", str(err))
@@ -116,12 +113,34 @@ def run_trial(search: Any, trial: optuna.Trial) -> float:
         if "retry_of" not in trial.user_attrs:
             search.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         raise
+    except isolate.ChildFailed as err:  # its reason, as the child said it or died
+        watch.record("failed", str(err))
+        raise
     except Exception as err:
         watch.record("failed", f"{type(err).__name__}: {' '.join(str(err).split())}")
         raise
     value = _finish(search, trial, watch, result)
     search.pending = (trial.number, result)
     return value
+
+
+def _train(search: Any, trial: optuna.Trial, watch: TrialWatch, config: RunConfig) -> Any:
+    """Train one trial, here or in a child process when its memory is tight; out of memory
+    anyway, once more at half the micro-batch (``training.memory.retry_on_oom``)."""
+    from pretune.training import memory, run  # torch loads with the first trial, not before
+
+    on_retry = lambda note: trial.set_user_attr("memory_retry", note)  # noqa: E731
+    why = memory_plan.isolation(getattr(search, "isolate_trials", "auto"), config, search.task,
+                                search.caches)
+    if why is not None:
+        trial.set_user_attr("isolated", why)
+        watch.peak = watch.child_mb = 0.0  # the child's memory, not this process's
+        return isolate.run(search, watch, config, trial.number, on_retry)
+    return memory.retry_on_oom(
+        lambda c: run.fit(c, None, task=search.task, on_eval=watch.on_eval,
+                          should_stop=search.past_deadline, on_step=watch.on_step,
+                          keep_model=True, caches=search.caches),
+        config, on_retry=on_retry)
 
 
 def trial_config(search: Any, trial: optuna.Trial, seed: int) -> tuple[dict[str, Any], RunConfig]:

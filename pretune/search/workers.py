@@ -115,6 +115,7 @@ def join(url: str, study_name: str, *, out: str | Path | None = None, budget: st
     search.executor = executor
     keep = int(record["tune"].get("keep") or 0)  # models kept for the final assembly, if any
     search.keep = keep if record["tune"].get("assemble", True) and keep > 1 else 0
+    search.isolate_trials = record["tune"].get("isolate_trials") or "auto"
     try:
         search.run()
     finally:

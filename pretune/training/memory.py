@@ -494,28 +494,39 @@ def _what_fits(shape: Shape, least: Estimate, lim: Limit, common: dict, ckpt: bo
             f"{ENV_LIMIT} higher if the process may use more.")
 
 
+def plan_config(shape: Shape, config: Any, micro: int, device: torch.device, *, lim: Limit,
+                base: int, checkpoint_ok: bool) -> Fitted:
+    """How a run of ``config`` at micro-batch ``micro`` fits ``lim`` (``plan_run``), from the
+    settings as a run applies them: its precision on ``device``, its sequence length, a full
+    batch, and only as many checkpoint copies as it has evaluations. A trial (``fit_run``) and
+    the search's plan line both call this, so that they decide alike."""
+    from pretune.training.device import resolve_precision
+
+    t = config.train
+    evals = (math.ceil(t.epochs * t.evals_per_epoch) if not t.eval_steps else t.checkpoint_soup)
+    planned = replace(t, checkpoint_soup=max(1, min(t.checkpoint_soup, evals)))  # copies kept
+    return plan_run(shape, planned, micro, seq_len=config.data.max_length or 512,
+                    precision=resolve_precision(t.precision, device), lim=lim, base=base,
+                    device=device.type, checkpoint_ok=checkpoint_ok,
+                    full_batch=t.batch_size == "full")
+
+
 def fit_run(model: nn.Module, config: Any, micro: int, device: torch.device, *,
             frozen_depth: int | None = None) -> tuple[Any, int, Fitted]:
     """Fit a run to memory before it trains: ``(config, micro, fitted)`` with the batch size
     and accumulation changed when the run would not fit as set, and gradient checkpointing
     turned on in ``model`` when needed (or asked for). Raises ``DoesNotFit``."""
     from pretune.training import privacy
-    from pretune.training.device import resolve_precision
 
     t = config.train
     shape = shape_of(model, frozen_depth)
     held = (torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes())
     base = max(0, held - shape.param_bytes)  # the weights are there already
-    seq_len = config.data.max_length or 512
-    evals = (math.ceil(t.epochs * t.evals_per_epoch) if not t.eval_steps else t.checkpoint_soup)
-    planned = replace(t, checkpoint_soup=max(1, min(t.checkpoint_soup, evals)))  # copies kept
     lim = limit(device)
     if privacy.enabled(t):  # DP-SGD's batches and accounting are its own: estimated, not adapted
         lim = Limit(None, "not adapted under DP-SGD")
-    fitted = plan_run(shape, planned, micro, seq_len=seq_len,
-                      precision=resolve_precision(t.precision, device), lim=lim,
-                      base=base, device=device.type, checkpoint_ok=can_checkpoint(model),
-                      full_batch=t.batch_size == "full")
+    fitted = plan_config(shape, config, micro, device, lim=lim, base=base,
+                         checkpoint_ok=can_checkpoint(model))
     if fitted.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if fitted.adapted:

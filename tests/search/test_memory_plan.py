@@ -105,3 +105,32 @@ def test_the_plan_says_how_close_earlier_estimates_came():
     assert memory_plan.calibration(trials) == {"trials": 3, "median": 1.02, "min": 0.95,
                                                "max": 1.1}
     assert memory_plan.calibration([]) is None
+
+
+def test_the_plan_line_picks_the_micro_batch_the_trial_runs_at(tiny_model_dir, monkeypatch):
+    """The line and the trial decide through one function on the same inputs: here a run of
+    one evaluation keeps one copy of its weights however large checkpoint_soup is, in both."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from pretune.config import RunConfig
+    from pretune.search import memory_plan
+
+    held = 500 * memory.MB  # what the process holds, fixed so that the limit below is exact
+    monkeypatch.setattr(memory, "rss_bytes", lambda: held)
+    config = RunConfig().with_settings({
+        "model": tiny_model_dir, "max_length": 128, "batch_size": 32, "epochs": 1,
+        "evals_per_epoch": 1, "checkpoint_soup": 5, "gradient_checkpointing": "false",
+        "eval_batch_size": 16})
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    shape = memory.shape_of(model)
+    need = {m: memory.estimate(shape, micro_batch=m, seq_len=128, eval_batch=16,
+                               base=held - shape.param_bytes).total for m in (8, 16)}
+    room = (need[8] + need[16]) / 2 / memory.HEADROOM  # micro-batch 8 fits, 16 does not
+    monkeypatch.setattr(memory, "limit", lambda device=None: memory.Limit(int(room), "test"))
+    _, micro, fitted = memory.fit_run(model, config, 32, torch.device("cpu"))
+    task = SimpleNamespace(label_names=["negative", "positive"], fingerprint="toy")
+    text = memory_plan.line(config, (), task)
+    assert micro == 8 and fitted.estimate.kept == 1
+    assert "running with micro-batch 8 with 4 accumulation steps" in text, text

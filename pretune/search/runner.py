@@ -70,6 +70,7 @@ class Search:
         self.picked: dict[str, Any] | None = None  # the seed check's outcome
         self.executor = "local"  # what started this process: local, a worker command, Ray
         self.keep = 0  # the best trials whose models are kept for the final assembly
+        self.isolate_trials = "auto"  # when a trial trains in a child process (memory_plan)
         self.assembly: dict[str, Any] | None = None  # what the final assembly built
         # Called after each trial to make the budget plan again from the measured trial times
         # (it may move ``deadline``, ``min_start`` and the study's pruner).

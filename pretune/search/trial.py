@@ -130,7 +130,7 @@ def _train(search: Any, trial: optuna.Trial, watch: TrialWatch, config: RunConfi
     from pretune.training import memory, run  # torch loads with the first trial, not before
 
     on_retry = lambda note: trial.set_user_attr("memory_retry", note)  # noqa: E731
-    why = memory_plan.isolation(getattr(search, "isolate_trials", "auto"), config, search.task,
+    why = memory_plan.isolation(search.isolate_trials, config, search.task,
                                 search.caches)
     if why is not None:
         trial.set_user_attr("isolated", why)

@@ -58,8 +58,8 @@ HF_SETTINGS = {
     "hf": dict(learning_rate=2e-5, per_device_train_batch_size=16, num_train_epochs=2,
                weight_decay=0.01),
     "hf-careful": dict(learning_rate=1e-4, per_device_train_batch_size=32, num_train_epochs=3,
-                       weight_decay=0.01, warmup_ratio=0.06, lr_scheduler_type="linear",
-                       bf16=True),
+                       weight_decay=0.01, warmup_steps=0.06, lr_scheduler_type="linear",
+                       bf16=True),  # warmup_steps below 1: a share of the steps
 }
 
 

@@ -42,11 +42,12 @@ def _largest(dims: Iterable[Any], name: str, default: Any) -> Any:
 
 
 def line(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any = None,
-         trials: Iterable[Any] = ()) -> str | None:
+         trials: Iterable[Any] = (), isolate: str = "auto") -> str | None:
     """One sentence on the memory of the largest trial, or None when it cannot be estimated
-    (a model pretune cannot read the shape of, images); with how close the estimates of the
-    study's earlier ``trials`` came to their measured peaks, when it has any."""
-    text = _largest_trial(shared, dims, task, caches)
+    (a model pretune cannot read the shape of, images); whether such a trial would train in a
+    child process (``isolate``: the ``isolate_trials`` setting); with how close the estimates of
+    the study's earlier ``trials`` came to their measured peaks, when it has any."""
+    text = _largest_trial(shared, dims, task, caches, isolate)
     seen = calibration(trials)
     if text and seen:
         text += (f"; the estimates of {seen['trials']} earlier trials were {seen['min']:g} to "
@@ -54,7 +55,8 @@ def line(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any = None,
     return text
 
 
-def _largest_trial(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any) -> str | None:
+def _largest_trial(shared: RunConfig, dims: Iterable[Any], task: Any, caches: Any,
+                   isolate: str = "auto") -> str | None:
     from pretune.training import memory  # torch: not imported until a search plans
     from pretune.training.device import pick_device, resolve_precision
     from pretune.training.run import FULL_BATCH_MICRO
@@ -82,8 +84,16 @@ def _largest_trial(shared: RunConfig, dims: Iterable[Any], task: Any, caches: An
         return f"{what} would not fit: {fitted}"
     if fitted.adapted:
         return f"{what}: {fitted.adapted}"
-    return (f"{what} needs about {memory.gib(fitted.estimate.total)} of "
+    text = (f"{what} needs about {memory.gib(fitted.estimate.total)} of "
             f"{fitted.limit.describe()}, so it fits")
+    if isolate == "always":
+        return text + "; every trial trains in a child process (isolate_trials=always)"
+    tight = (isolate == "auto" and device.type == "cpu" and fitted.limit.bytes
+             and fitted.estimate.total > TIGHT_SHARE * fitted.limit.bytes)
+    if tight:
+        text += (f", but tightly: trials this large train in a child process, so that running "
+                 f"out fails the trial and not the search (isolate_trials=auto)")
+    return text
 
 
 # What ``_fit`` read once per model and data: transformers configs, and sequence lengths.

@@ -238,7 +238,8 @@ def _plan(start: _Start, on_plan: Callable[[Plan], None] | None) -> None:
         fraction=shared.train.data_fraction)
     plan = _with_keep(plan, tune, shared, start.budget, len(task.train), start.parallel)
     plan = replace(plan, memory=memory_plan.line(shared, start.dims, task, start.caches,
-                                                 start.study.get_trials(deepcopy=False)))
+                                                 start.study.get_trials(deepcopy=False),
+                                                 tune.isolate_trials))
     rundir.update_plan(start.out, plan=plan.to_dict())
     if start.skipped is not None:
         rundir.update_plan(start.out, assembly=start.skipped)

@@ -134,3 +134,35 @@ def test_the_plan_line_picks_the_micro_batch_the_trial_runs_at(tiny_model_dir, m
     text = memory_plan.line(config, (), task)
     assert micro == 8 and fitted.estimate.kept == 1
     assert "running with micro-batch 8 with 4 accumulation steps" in text, text
+
+
+@pytest.mark.parametrize("isolate, said", [("auto", "train in a child process"),
+                                           ("always", "isolate_trials=always"),
+                                           ("never", None)])
+def test_the_plan_line_says_when_trials_train_in_a_child_process(tiny_model_dir, monkeypatch,
+                                                                  isolate, said):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from pretune.config import RunConfig
+    from pretune.search import memory_plan
+
+    held = 500 * memory.MB
+    monkeypatch.setattr(memory, "rss_bytes", lambda: held)
+    config = RunConfig().with_settings({
+        "model": tiny_model_dir, "max_length": 128, "batch_size": 8, "epochs": 1,
+        "evals_per_epoch": 1, "checkpoint_soup": 1, "gradient_checkpointing": "false",
+        "eval_batch_size": 16})
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    shape = memory.shape_of(model)
+    need = memory.estimate(shape, micro_batch=8, seq_len=128, eval_batch=16,
+                           base=held - shape.param_bytes).total
+    # It fits, at 70% of what the process may use: past TIGHT_SHARE.
+    room = int(need / 0.7)
+    assert need <= memory.HEADROOM * room and need > memory_plan.TIGHT_SHARE * room
+    monkeypatch.setattr(memory, "limit", lambda device=None: memory.Limit(room, "test"))
+    task = SimpleNamespace(label_names=["negative", "positive"], fingerprint="toy")
+    text = memory_plan.line(config, (), task, isolate=isolate)
+    assert "so it fits" in text, text
+    assert (said in text) if said else ("child process" not in text), text

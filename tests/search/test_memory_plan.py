@@ -107,26 +107,35 @@ def test_the_plan_says_how_close_earlier_estimates_came():
     assert memory_plan.calibration([]) is None
 
 
+HELD = 500 * memory.MB  # what the process holds, fixed so that the limits below are exact
+
+
+def _tiny_run(model_dir, monkeypatch, batch_size: int, soup: int):
+    """A run of the tiny model (length 128, one evaluation) and its shape, with the process
+    holding ``HELD``: ``(config, shape, model)``."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pretune.config import RunConfig
+
+    monkeypatch.setattr(memory, "rss_bytes", lambda: HELD)
+    config = RunConfig().with_settings({
+        "model": model_dir, "max_length": 128, "batch_size": batch_size, "epochs": 1,
+        "evals_per_epoch": 1, "checkpoint_soup": soup, "gradient_checkpointing": "false",
+        "eval_batch_size": 16})
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    return config, memory.shape_of(model), model
+
+
 def test_the_plan_line_picks_the_micro_batch_the_trial_runs_at(tiny_model_dir, monkeypatch):
     """The line and the trial decide through one function on the same inputs: here a run of
     one evaluation keeps one copy of its weights however large checkpoint_soup is, in both."""
     from types import SimpleNamespace
 
-    from transformers import AutoModelForSequenceClassification
-
-    from pretune.config import RunConfig
     from pretune.search import memory_plan
 
-    held = 500 * memory.MB  # what the process holds, fixed so that the limit below is exact
-    monkeypatch.setattr(memory, "rss_bytes", lambda: held)
-    config = RunConfig().with_settings({
-        "model": tiny_model_dir, "max_length": 128, "batch_size": 32, "epochs": 1,
-        "evals_per_epoch": 1, "checkpoint_soup": 5, "gradient_checkpointing": "false",
-        "eval_batch_size": 16})
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    shape = memory.shape_of(model)
+    config, shape, model = _tiny_run(tiny_model_dir, monkeypatch, batch_size=32, soup=5)
     need = {m: memory.estimate(shape, micro_batch=m, seq_len=128, eval_batch=16,
-                               base=held - shape.param_bytes).total for m in (8, 16)}
+                               base=HELD - shape.param_bytes).total for m in (8, 16)}
     room = (need[8] + need[16]) / 2 / memory.HEADROOM  # micro-batch 8 fits, 16 does not
     monkeypatch.setattr(memory, "limit", lambda device=None: memory.Limit(int(room), "test"))
     _, micro, fitted = memory.fit_run(model, config, 32, torch.device("cpu"))
@@ -143,21 +152,11 @@ def test_the_plan_line_says_when_trials_train_in_a_child_process(tiny_model_dir,
                                                                   isolate, said):
     from types import SimpleNamespace
 
-    from transformers import AutoModelForSequenceClassification
-
-    from pretune.config import RunConfig
     from pretune.search import memory_plan
 
-    held = 500 * memory.MB
-    monkeypatch.setattr(memory, "rss_bytes", lambda: held)
-    config = RunConfig().with_settings({
-        "model": tiny_model_dir, "max_length": 128, "batch_size": 8, "epochs": 1,
-        "evals_per_epoch": 1, "checkpoint_soup": 1, "gradient_checkpointing": "false",
-        "eval_batch_size": 16})
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    shape = memory.shape_of(model)
+    config, shape, _ = _tiny_run(tiny_model_dir, monkeypatch, batch_size=8, soup=1)
     need = memory.estimate(shape, micro_batch=8, seq_len=128, eval_batch=16,
-                           base=held - shape.param_bytes).total
+                           base=HELD - shape.param_bytes).total
     # It fits, at 70% of what the process may use: past TIGHT_SHARE.
     room = int(need / 0.7)
     assert need <= memory.HEADROOM * room and need > memory_plan.TIGHT_SHARE * room

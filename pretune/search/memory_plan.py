@@ -88,9 +88,7 @@ def _largest_trial(shared: RunConfig, dims: Iterable[Any], task: Any, caches: An
             f"{fitted.limit.describe()}, so it fits")
     if isolate == "always":
         return text + "; every trial trains in a child process (isolate_trials=always)"
-    tight = (isolate == "auto" and device.type == "cpu" and fitted.limit.bytes
-             and fitted.estimate.total > TIGHT_SHARE * fitted.limit.bytes)
-    if tight:
+    if isolate == "auto" and device.type == "cpu" and tight_share(fitted) is not None:
         text += (f", but tightly: trials this large train in a child process, so that running "
                  f"out fails the trial and not the search (isolate_trials=auto)")
     return text
@@ -166,6 +164,15 @@ def _data_length(source: str, local: bool, shared: RunConfig, task: Any, caches:
 TIGHT_SHARE = 0.6
 
 
+def tight_share(fitted: Any) -> float | None:
+    """The share of its limit a fitted run's estimate takes, when past ``TIGHT_SHARE``; None
+    when it is not tight or the limit is unknown."""
+    if not fitted.limit.bytes:
+        return None
+    share = fitted.estimate.total / fitted.limit.bytes
+    return share if share > TIGHT_SHARE else None
+
+
 def isolation(setting: str, config: RunConfig, task: Any, caches: Any) -> str | None:
     """Why the trial of ``config`` should train in a child process (``isolate_trials``), or
     None to train it here: always when asked; with ``auto``, on the CPU when its estimate is
@@ -184,10 +191,8 @@ def isolation(setting: str, config: RunConfig, task: Any, caches: Any) -> str | 
         fitted, _ = _fit(config, task, caches, device)
     except memory.DoesNotFit:  # refused in a moment, without training: no need
         return None
-    if fitted is None or fitted.limit.bytes is None:
-        return None
-    share = fitted.estimate.total / fitted.limit.bytes
-    if share <= TIGHT_SHARE:
+    share = None if fitted is None else tight_share(fitted)
+    if share is None:
         return None
     return (f"its estimate, {memory.gib(fitted.estimate.total)}, is {share:.0%} of the "
             f"{fitted.limit.describe()} the process may use")

@@ -39,6 +39,7 @@ and what follows them, run to their end. A strategy the user named is run as nam
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping
 
@@ -202,12 +203,7 @@ def measured_trial_seconds(trials: Iterable[Any], epochs: float) -> float | None
         seconds, ran = t.user_attrs.get("seconds"), t.user_attrs.get("epochs")
         if seconds and ran and float(ran) >= MIN_MEASURED_EPOCHS:
             rates.append(float(seconds) / float(ran))
-    if not rates:
-        return None
-    rates.sort()
-    middle = len(rates) // 2
-    rate = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
-    return rate * epochs
+    return statistics.median(rates) * epochs if rates else None
 
 
 def remeasure(plan: Plan, strategy: Strategy, budget: Budget, trials: Iterable[Any]

@@ -61,8 +61,8 @@ def pii_csv(tmp_path):
     return path
 
 
-def test_the_model_sees_placeholders_at_training_and_at_predict(tiny_model_dir, pii_csv,
-                                                                tmp_path, monkeypatch):
+def ids_seen(monkeypatch) -> list:
+    """The token ids every forward pass of a BERT model embeds from now on, in one list."""
     seen = []
     original = modeling_bert.BertEmbeddings.forward
 
@@ -72,6 +72,12 @@ def test_the_model_sees_placeholders_at_training_and_at_predict(tiny_model_dir, 
         return original(self, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(modeling_bert.BertEmbeddings, "forward", watching)
+    return seen
+
+
+def test_the_model_sees_placeholders_at_training_and_at_predict(tiny_model_dir, pii_csv,
+                                                                tmp_path, monkeypatch):
+    seen = ids_seen(monkeypatch)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
 
     def texts_seen() -> str:
@@ -97,15 +103,7 @@ def test_the_model_sees_placeholders_at_training_and_at_predict(tiny_model_dir, 
 
 def test_without_mask_pii_the_model_sees_the_raw_text(tiny_model_dir, pii_csv, tmp_path,
                                                       monkeypatch):
-    seen = []
-    original = modeling_bert.BertEmbeddings.forward
-
-    def watching(self, input_ids=None, *args, **kwargs):
-        if input_ids is not None:
-            seen.extend(input_ids.tolist())
-        return original(self, input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(modeling_bert.BertEmbeddings, "forward", watching)
+    seen = ids_seen(monkeypatch)
     config = build_config(None, dict(model=tiny_model_dir, train=str(pii_csv), epochs=1,
                                      batch_size=4, precision="fp32", threads=1,
                                      feature_cache=False))

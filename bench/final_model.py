@@ -12,7 +12,10 @@ Protocol
   and its validation score beside the best single evaluation's shows what that soup added),
   the soup across trials, the ensemble (``pretune predict --ensemble``), the distilled
   ensemble, and the model in ``best/``; then the mean and standard deviation over seeds.
-  A candidate the search did not build (no second model joined, or no time) is ``-``.
+  A candidate the search did not build (no second model joined, or no time; with ``refit``
+  on, the default, the ensemble is not distilled) is ``-``. ``best/ is`` says what the
+  assembly chose and whether its recipe was then refit on the training and validation rows
+  (``pretune.search.refit``); ``--no-refit`` runs the searches without it.
 
 Run it (from the repo root)::
 
@@ -59,7 +62,8 @@ def unlabeled_texts(root: Path, rows: int) -> Path:
     return path
 
 
-def one_search(seed: int, budget: str, root: Path, unlabeled: int = 0) -> dict:
+def one_search(seed: int, budget: str, root: Path, unlabeled: int = 0, refit: bool = True
+               ) -> dict:
     import pandas as pd
     import yaml
 
@@ -67,21 +71,24 @@ def one_search(seed: int, budget: str, root: Path, unlabeled: int = 0) -> dict:
     from pretune.search.assemble import kept_models
 
     files = data_files()
-    out = root / (f"seed{seed}" + (f"-unlabeled{unlabeled}" if unlabeled else ""))
+    out = root / (f"seed{seed}" + (f"-unlabeled{unlabeled}" if unlabeled else "")
+                  + ("" if refit else "-no-refit"))
     # tapt_steps pinned at 0: the texts serve the distilled student alone here
     extra = ({"unlabeled": str(unlabeled_texts(root, unlabeled)), "fixed": {"tapt_steps": 0}}
              if unlabeled else {})
     started = time.perf_counter()
     result = pretune.tune(model=model_dir(), train=str(train_sample(root)),
                           valid=str(files["validation"]), budget=budget, out=out, seed=seed,
-                          **extra)
+                          refit=refit, **extra)
     seconds = time.perf_counter() - started
     truth = pd.read_csv(files["test"])["label"].astype(str).to_numpy()
     test = files["test"]
-    plan = yaml.safe_load((out / "plan.yaml").read_text()).get("assembly") or {}
+    record = yaml.safe_load((out / "plan.yaml").read_text())
+    plan = record.get("assembly") or {}
     kept = kept_models(out, result.metric, result.direction)
+    chosen = plan.get("chosen", "trial")
     row: dict = {"seed": seed, "seconds": round(seconds), "trials": len(result.trials),
-                 "chosen": plan.get("chosen", "trial")}
+                 "chosen": f"refit of {chosen}" if record.get("refit") else chosen}
     if kept:
         lead = kept[0]
         history = (lead.meta.get("training") or {})
@@ -110,16 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlabeled", type=int, default=0,
                         help="give the search this many other training texts, without labels, "
                              "as --unlabeled (the distilled student learns from them)")
+    parser.add_argument("--no-refit", action="store_true",
+                        help="search without refitting best/ on the training and validation rows")
     args = parser.parse_args(argv)
     check_data()
     root = args.out or Path(tempfile.mkdtemp(prefix="final-model-"))
     root.mkdir(parents=True, exist_ok=True)
-    rows = [one_search(seed, args.budget, root, args.unlabeled) for seed in args.seeds]
+    rows = [one_search(seed, args.budget, root, args.unlabeled, not args.no_refit)
+            for seed in args.seeds]
 
     def cell(row, key):
         return f"{row[key]:.4f}" if key in row else "-"
 
     given = f", {args.unlabeled:,} unlabeled texts" if args.unlabeled else ""
+    given += ", no refit" if args.no_refit else ""
     print(f"\nSST-2, 2,000 training rows{given}, budget {args.budget}: test accuracy (1,821 rows)")
     table = [[r["seed"], r["trials"], r["chosen"], *(cell(r, k) for k in COLUMNS)] for r in rows]
     for name, fn in (("mean", statistics.mean), ("std", statistics.pstdev)):

@@ -129,6 +129,7 @@ def tune(
     seed_check: int | None = None,
     keep: int | None = None,
     assemble: bool | None = None,
+    refit: bool | None = None,
     workers: int | None = None,
     executor: str | None = None,
     ray_address: str | None = None,
@@ -164,6 +165,8 @@ def tune(
     (``priors=False`` skips them); ``on_plan`` gets the budget plan before the first trial.
     When the budget allows, the ``seed_check`` (3) best settings are re-run with another seed at
     the end and the best mean wins (``0`` skips it; see ``pretune.search.final_pick``).
+    ``refit`` (on by default) trains the recipe of the model in best/ once more on the training
+    and validation rows at the end and puts that model in best/ (see ``pretune.search.refit``).
     ``data_fraction`` is the part of the training rows each epoch of a trial runs on (default
     1: all; see ``pretune.search.planning``).
 

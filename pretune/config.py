@@ -619,6 +619,10 @@ class TuneConfig:
     # (pretune.search.assemble). keep=0 or assemble=False: best/ is the best trial alone.
     keep: int = 5
     assemble: bool = True
+    # The recipe of the model in best/ trained once more on the training and the validation
+    # rows at the end, for the epochs its trial's model was taken at (pretune.search.refit);
+    # the ensemble is then not distilled (best/ would be replaced).
+    refit: bool = True
     # Train each trial in a child process, so that one the kernel kills for memory is a failed
     # trial and the search goes on: auto (when its memory estimate is tight, on the CPU),
     # always, never.

@@ -136,15 +136,15 @@ def disk_bytes(weights: int, keep: int) -> int:
 
 
 def reserve(budget: Budget, trial_seconds: float | None, enabled: bool,
-            unlabeled_share: float = 0.0) -> float:
+            unlabeled_share: float = 0.0, distill: bool = True) -> float:
     """Seconds of a time budget kept for the assembly: a distillation (about one trial, longer
     by ``unlabeled_share``, the unlabeled texts per training row, that it may learn from too)
-    and the tasting, at most ``MAX_SHARE`` of the budget; the tasting alone when not even a
-    distillation on the training rows fits."""
+    and the tasting, at most ``MAX_SHARE`` of the budget; the tasting alone without
+    ``distill`` or when not even a distillation on the training rows fits."""
     if not enabled or budget.seconds is None or not trial_seconds:
         return 0.0
     most = MAX_SHARE * budget.seconds
-    if trial_seconds * (1 + SOUP_SHARE) <= most:
+    if distill and trial_seconds * (1 + SOUP_SHARE) <= most:
         return min(trial_seconds * (1 + unlabeled_share + SOUP_SHARE), most)
     return min(trial_seconds * SOUP_SHARE, most)
 

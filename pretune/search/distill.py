@@ -176,7 +176,9 @@ def distill(
                                "distill_logits": str(Path(logits_path).resolve())})
     options = dict(budget=budget, priors=priors, lr_range_test=lr_range_test,
                    seed_check=seed_check)
-    tune = TuneConfig(**{k: v for k, v in options.items() if v is not None})
+    # refit=False: the student's logits cover the training rows alone, and it is compared with
+    # the teacher on the validation rows
+    tune = TuneConfig(refit=False, **{k: v for k, v in options.items() if v is not None})
     result = run_tune(base, tune, out, space=space, fixed=dict(fixed or {}),
                       on_trial=on_trial, on_plan=on_plan, progress=progress,
                       space_source="the distillation space")
@@ -187,6 +189,10 @@ def distill(
     report = compare(teacher_dir, out / rundir.BEST_DIR, task, result.metric,
                      batch_size=speed_batch_size or base.train.eval_batch_size,
                      threads=base.train.threads)
+    if (best_meta.get("made_of") or {}).get("kind") == "refit":
+        log.warning("the teacher was refit on the training and validation rows: its validation "
+                    "scores in distill.yaml are on rows it trained on")
+        report["teacher_trained_on_valid"] = True
     report.update(student_spec=str(student), teacher_run=str(path.resolve()),
                   teacher_logits=str(Path(logits_path).resolve()),
                   student_settings={k: v for k, v in result.best_params.items()},

@@ -186,6 +186,13 @@ def final_message(made_of: Any, metric: str) -> str | None:
         return ("trial " if len(members) == 1 else "trials ") + ", ".join(members)
 
     text = f"{made_of.get('kind', 'trial')} of {trials(made_of)}"
+    again = made_of.get("refit")
+    if isinstance(again, dict):  # pretune.search.refit
+        before = made_of.get("before") or {}
+        text = (f"trial {again.get('trial')}'s recipe trained again on {again.get('rows')} "
+                f"training and validation rows for {again.get('epochs')} epochs (refit; the "
+                f"search had chosen the {before.get('kind', 'trial')} of {trials(before)}, and "
+                f"the score is the trial's, on rows it did not train on)")
     scored = []
     for c in made_of.get("candidates") or []:
         value = c.get(metric)

@@ -72,6 +72,7 @@ class Plan:
     keep: int = 0  # trials whose models are kept for the final assembly
     keep_mb: float | None = None  # what keeping them takes on disk, in MB (None: not known)
     assembly_seconds: float = 0.0  # the time the search keeps for building the final model
+    refit_seconds: float = 0.0  # of which: training best/'s recipe on train and valid rows
     memory: str | None = None  # the largest trial's memory estimate (search.memory_plan)
 
     @property
@@ -100,9 +101,12 @@ class Plan:
         if self.keep:
             disk = f" (about {self.keep_mb:,.0f} MB on disk)" if self.keep_mb is not None else ""
             text += f". The best {self.keep} trials' models are kept{disk}"
-            if self.assembly_seconds:
-                text += (f" and {self.assembly_seconds:.0f}s are kept at the end to build the "
-                         f"final model from them")
+            if self.assembly_seconds - self.refit_seconds >= 0.5:
+                text += (f" and {self.assembly_seconds - self.refit_seconds:.0f}s are kept at "
+                         f"the end to build the final model from them")
+        if self.refit_seconds:
+            text += (f". {self.refit_seconds:.0f}s are kept to train the final model's recipe "
+                     f"again on the training and validation rows (refit)")
         if self.data_fraction < 1:
             rows = (f" (about {round(self.data_fraction * self.train_rows):,} of "
                     f"{self.train_rows:,})" if self.train_rows else "")

@@ -52,7 +52,7 @@ from pretune.config import (
 from pretune.data.images import detect_modality
 from pretune.data.unlabeled import read_unlabeled
 from pretune.errors import ConfigError
-from pretune.search import (assemble, final_pick, memory_plan, planning, prepare, priors,
+from pretune.search import (assemble, final_pick, memory_plan, planning, prepare, priors, refit,
                             rundir, storage, strategies, workers)
 from pretune.search.handoff import STUDY_ATTR, open_study, publish, recover_interrupted  # noqa: F401
 from pretune.search.memory import release_memory, rss_mb  # noqa: F401 - public here too
@@ -236,7 +236,7 @@ def _plan(start: _Start, on_plan: Callable[[Plan], None] | None) -> None:
         train_rows=len(task.train.labels), valid_rows=len(task.valid.labels),
         evals_per_epoch=tune.evals_per_epoch, lr_test=start.found,
         fraction=shared.train.data_fraction)
-    plan = _with_keep(plan, tune, shared, start.budget, len(task.train), start.parallel)
+    plan = _with_keep(plan, tune, shared, start.budget, task, start.parallel)
     plan = replace(plan, memory=memory_plan.line(shared, start.dims, task, start.caches,
                                                  start.study.get_trials(deepcopy=False),
                                                  tune.isolate_trials))
@@ -276,6 +276,9 @@ def _run_workers(start: _Start, on_trial: Callable | None, progress: Any) -> Tun
         result.assembly = _assemble_safely(start.out, start.task, start.caches, start.metric,
                                            start.direction, distill=False)
         from_best(result)
+    if tune.refit and start.budget.seconds is None:  # a time budget: the workers spent it all
+        _refit_safely(start)
+        from_best(result)
     result.assembly = result.assembly or start.skipped
     return result
 
@@ -312,8 +315,10 @@ def _run_here(start: _Start, on_trial: Callable | None, progress: Any) -> TuneRe
     if tune.assemble and tune.keep > 1 and search.stop_error is None:
         if search.trials_run or not built:  # a rerun that trained nothing rebuilds nothing
             built = _assemble_safely(start.out, start.task, start.caches, start.metric,
-                                     start.direction, deadline=end)
+                                     start.direction, deadline=end, distill=not tune.refit)
         search.assembly = built
+    if tune.refit and search.stop_error is None:
+        _refit_safely(start, deadline=end)
     result = search.result()
     result.assembly = search.assembly or start.skipped
     result.seed_check = search.picked
@@ -329,8 +334,7 @@ def _replan(start: _Start, search: Search, end: float | None) -> None:
     if plan is None:
         return
     tune = start.tune
-    plan = _with_keep(plan, tune, start.shared, start.budget, len(start.task.train),
-                      start.parallel)
+    plan = _with_keep(plan, tune, start.shared, start.budget, start.task, start.parallel)
     if plan.pruner != start.plan.pruner:
         start.study.pruner = make_pruner(plan.pruner, plan.fidelity)
     search.min_start = planning.first_eval_seconds(plan, tune.evals_per_epoch)
@@ -354,24 +358,43 @@ def _assemble_safely(out: Path, task, caches, metric: str, direction: str,
         return None
 
 
-def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget,
-               train_rows: int, parallel: bool = False) -> Plan:
-    """The plan with what keeping models for the final assembly costs: disk and time (the
-    distilled student may learn from the --unlabeled texts too; workers distill nothing, so a
-    search with workers keeps no time for it)."""
+def _refit_safely(start: _Start, deadline: float | None = None) -> None:
+    """best/'s recipe trained again on the training and validation rows (``refit``); a
+    failure there is a warning, since best/ already holds the search's model."""
+    try:
+        refit.refit(start.out, start.task, start.caches, metric=start.metric, deadline=deadline)
+    except Exception as err:  # noqa: BLE001 - the search's own result stands
+        log.warning("best/'s recipe could not be refit on the training and validation rows; "
+                    "best/ keeps the search's model (%s: %s)", type(err).__name__, err)
+
+
+def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget, task,
+               parallel: bool = False) -> Plan:
+    """The plan with what building the final model costs: the kept models' disk, the time of
+    the assembly (the distilled student may learn from the --unlabeled texts too; workers, and
+    a search that refits, distill nothing) and of the refit (``refit.reserve``)."""
     from pretune.models.load import weights_bytes  # models.load loads torch
 
-    if not (tune.assemble and tune.keep > 1):
-        return plan
-    weights = weights_bytes(shared.model)
-    share = 0.0
-    if shared.data.unlabeled:
-        share = len(read_unlabeled(shared.data.unlabeled, shared.data.text_column)) / max(
-            train_rows, 1)
-    seconds = 0.0 if parallel else assemble.reserve(budget, plan.trial_seconds, True, share)
-    return replace(plan, keep=tune.keep,
-                   keep_mb=None if weights is None else assemble.disk_bytes(weights, tune.keep) / 2**20,
-                   assembly_seconds=round(seconds, 1))
+    train_rows = len(task.train)
+    assembling = tune.assemble and tune.keep > 1
+    seconds = 0.0
+    if assembling and not parallel:
+        share = 0.0
+        if shared.data.unlabeled and not tune.refit:
+            share = len(read_unlabeled(shared.data.unlabeled, shared.data.text_column)) / max(
+                train_rows, 1)
+        seconds = assemble.reserve(budget, plan.trial_seconds, True, share,
+                                   distill=not tune.refit)
+    again = 0.0
+    if tune.refit and not parallel and shared.train.dp_epsilon is None and budget.seconds:
+        again = refit.reserve(budget, plan.trial_seconds,
+                              refit.rows_share(train_rows, len(task.valid)),
+                              most=assemble.MAX_SHARE * budget.seconds - seconds)
+    if assembling:
+        weights = weights_bytes(shared.model)
+        plan = replace(plan, keep=tune.keep, keep_mb=None if weights is None
+                       else assemble.disk_bytes(weights, tune.keep) / 2**20)
+    return replace(plan, assembly_seconds=round(seconds + again, 1), refit_seconds=round(again, 1))
 
 
 def check_storage(tune: TuneConfig) -> bool:

@@ -33,7 +33,7 @@ def assembled(tiny_learner_dir, tmp_path_factory):
             "--budget", f"{TRIALS}trials", "--out", out, "--space", space,
             "--fixed", "epochs=4", "--metric", "loss", "--pruner", "none",
             "--precision", "fp32", "--fixed", "threads=1", "--keep", str(KEEP),
-            "--no-priors", "--no-report"]
+            "--no-priors", "--no-report", "--no-refit"]  # best/ as the assembly left it
     result = cli(*args)
     assert result.exit_code == 0, result.output
     _ARGS[out] = args
@@ -252,7 +252,7 @@ def test_a_failing_assembly_leaves_the_search_and_its_best_trial(tiny_learner_di
     result = pretune.tune(model=tiny_learner_dir, train=str(train), valid=str(valid),
                           out=tmp_path / "run", budget="2trials", space=NARROW,
                           fixed={"epochs": 1, "threads": 1}, pruner="none", precision="fp32",
-                          lr_range_test=False, priors=False)
+                          lr_range_test=False, priors=False, refit=False)
     assert result.best_trial is not None and result.assembly is None
     meta = yaml.safe_load((tmp_path / "run" / "best" / "pretune.yaml").read_text())
     assert meta["trial"] == result.best_trial and "made_of" not in meta

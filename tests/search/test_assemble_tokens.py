@@ -157,7 +157,7 @@ def token_run(tiny_learner_dir, tmp_path_factory):
                  "--fixed", "epochs=10", "--fixed", "patience=100", "--fixed", "batch_size=8",
                  "--fixed", "threads=1",
                  "--fixed", "warmup_ratio=0", "--precision", "fp32", "--pruner", "none",
-                 "--no-lr-range-test", "--no-priors", "--no-report")
+                 "--no-lr-range-test", "--no-priors", "--no-report", "--no-refit")
     assert result.exit_code == 0, result.output
     return out, valid, test, result.output
 

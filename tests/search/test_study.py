@@ -29,7 +29,7 @@ def study_run(tiny_model_dir, tmp_path_factory):
     args = ["tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
             "--budget", f"{BUDGET}trials", "--out", out, "--space", space, "--fixed", "epochs=1",
             "--metric", "loss", "--pruner", "none", "--precision", "fp32",
-            "--fixed", "threads=1"]
+            "--fixed", "threads=1", "--no-refit"]  # best/: the search's own model (test_refit)
     result = cli(*args)
     assert result.exit_code == 0, result.output
     return out, args, result, valid
@@ -263,7 +263,7 @@ def test_trials_share_the_run_directorys_caches(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     common = dict(model=tiny_model_dir, train=str(train), valid=str(valid), out=out,
                   space=NARROW, fixed={"epochs": 1, "threads": 1, "transfer": "linear_probe"},
-                  pruner="none", precision="fp32")
+                  pruner="none", precision="fp32", refit=False)
     pretune.tune(budget="3trials", **common)
     cache = out / "cache"
     assert len(list(cache.glob("tokens-*.npz"))) == 2  # train and valid, once for 3 trials

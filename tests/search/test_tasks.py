@@ -41,7 +41,7 @@ def tune(tmp, model_dir, train, valid, space, *extra):
     result = cli("tune", "--model", model_dir, "--train", train, "--valid", valid,
                  "--budget", "3trials", "--out", out, "--space", space_file(tmp / "space.yaml", space),
                  "--fixed", "epochs=3", "--pruner", "none", "--precision", "fp32",
-                 "--fixed", "threads=1", "--no-priors", *extra)
+                 "--fixed", "threads=1", "--no-priors", "--no-refit", *extra)  # the search's model
     assert result.exit_code == 0, result.output
     return out, result
 

@@ -1,0 +1,195 @@
+"""The final model trained once more on the training and the validation rows (``refit``).
+
+A search spends its validation rows on choosing: the settings, when each trial stops, what the
+final assembly keeps. Once those choices are made, the validation rows are labelled examples no
+model has learned from. ``refit`` trains the recipe of the trial behind ``best/`` again on the
+training rows and the validation rows together, and puts that model in ``best/``: the same
+settings and seed, for the epochs at which the trial's own model was taken (its best evaluation,
+or the last checkpoint of its soup), with nothing left to decide on the validation rows (no
+early stopping, no checkpoint soup, no threshold tuning; one evaluation at the end). AutoGluon's
+``refit_full`` does the same for the models of its quality presets.
+
+What follows for a user:
+
+* ``best/``'s ``pretune.yaml`` keeps the score of the trial the recipe came from (``metrics``:
+  the held-out estimate) and says what was refit in ``made_of``; the model has seen the
+  validation rows, so scoring it on them again measures nothing.
+* The plan keeps time for it (``reserve``): about a trial, longer by the validation rows'
+  share. When less time is left than the refit needs, or it is stopped by the deadline,
+  ``best/`` keeps the search's model and the log says why.
+* Skipped for differentially private runs (the validation rows are outside the privacy
+  accounting) and when ``best/`` holds no model of this search.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import replace as with_fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pretune.config import Budget, RunConfig
+from pretune.data.task import Split
+from pretune.outdir import atomic_write
+from pretune.search import rundir
+from pretune.search.records import PREDICTIONS_FILE
+
+log = logging.getLogger(__name__)
+
+KEPT_DIR = "kept"  # where the search keeps its best trials' models (search.assemble)
+MIN_EPOCHS = 0.1  # a kept model taken earlier than this is refit for this long
+SLACK = 1.15  # the refit's estimated time, times this, must fit in the time left
+NO_EVALUATION = 10**9  # eval_steps: evaluate at the end only
+
+
+def rows_share(train_rows: int, valid_rows: int) -> float:
+    """A refit's rows per training row of a trial."""
+    return (train_rows + valid_rows) / max(train_rows, 1)
+
+
+def reserve(budget: Budget, trial_seconds: float | None, share: float, most: float) -> float:
+    """Seconds of a time budget kept for the refit: a trial's time on ``share`` times its rows,
+    or nothing when that is more than ``most`` seconds (then the refit is not planned)."""
+    if budget.seconds is None or not trial_seconds:
+        return 0.0
+    seconds = trial_seconds * share * SLACK
+    return seconds if seconds <= most else 0.0
+
+
+def taken_at(meta: dict[str, Any], config: RunConfig) -> float:
+    """The epoch at which a trial's saved model was taken: the last checkpoint of its soup, or
+    its best evaluation; all its epochs when its record does not say."""
+    training = meta.get("training") or {}
+    steps, epochs = training.get("steps"), training.get("epochs")
+    last = max(training.get("soup") or [training.get("best_step") or 0])
+    if not steps or not epochs or not last:
+        return float(config.train.epochs)
+    return max(MIN_EPOCHS, round(float(last) * float(epochs) / float(steps), 2))
+
+
+def recipe(config: RunConfig, epochs: float, meta: dict[str, Any]) -> RunConfig:
+    """``config`` for the refit: ``epochs`` long (its schedule fitted to them), nothing chosen
+    on the validation rows, a multi-label threshold fixed where the trial tuned it."""
+    settings: dict[str, Any] = {"epochs": epochs, "patience": None, "checkpoint_soup": 1,
+                                "eval_steps": NO_EVALUATION, "distill_logits": None,
+                                "max_steps": None}
+    threshold = (meta.get("task") or {}).get("threshold")
+    if threshold is not None and config.train.threshold is None:
+        settings["threshold"] = float(threshold)
+    return config.with_settings(settings)
+
+
+def merged(task):
+    """``task`` whose training split is its training rows followed by its validation rows."""
+    train, valid = task.train, task.valid
+    pairs = None if train.pairs is None else list(train.pairs) + list(valid.pairs)
+    words = None if train.words is None else list(train.words) + list(valid.words)
+    if train.labels.dtype == object:  # token tags: one array per sentence
+        labels = np.empty(len(train) + len(valid), dtype=object)
+        labels[:] = list(train.labels) + list(valid.labels)
+    else:
+        labels = np.concatenate([train.labels, valid.labels.astype(train.labels.dtype)])
+    both = Split(list(train.texts) + list(valid.texts), pairs, labels, words)
+    return with_fields(task, train=both)
+
+
+def source_of(out: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]] | None:
+    """(the recipe, the record of the trial it came from, best/'s record) for best/'s model;
+    None when best/ holds no model this search trained or assembled."""
+    from pretune.models.io import read_meta  # torch loads only when this runs
+
+    best = read_meta(Path(out) / rundir.BEST_DIR)
+    if best.get("trial") is None or not best.get("settings"):
+        return None
+    kind = (best.get("made_of") or {}).get("kind", "trial")
+    source = best
+    if kind != "trial":  # a soup or student: the recipe of the trial it was built around
+        kept = Path(out) / KEPT_DIR / f"trial-{int(best['trial']):04d}"
+        source = read_meta(kept) if (kept / "config.json").is_file() else best
+    return RunConfig.from_dict(source["settings"]), source, best
+
+
+def estimate(source: dict[str, Any], epochs: float, share: float) -> float | None:
+    """Seconds the refit should take: the trial's own pace, ``epochs`` long, on ``share`` times
+    its rows; None when its record has no pace."""
+    training = source.get("training") or {}
+    seconds, ran = training.get("seconds"), training.get("epochs")
+    if not seconds or not ran:
+        return None
+    return float(seconds) / float(ran) * epochs * share
+
+
+def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
+          ) -> dict[str, Any] | None:
+    """Train best/'s recipe on the training and validation rows and make it best/; returns
+    what ``plan.yaml`` records (``refit``), None when it was not done (the log says why)."""
+    from pretune.training.run import fit  # torch loads only when this runs
+
+    found = source_of(out)
+    if found is None:
+        log.info("refit: best/ holds no model of this search; nothing to refit")
+        return None
+    config, source, best = found
+    if config.train.dp_epsilon is not None:
+        log.info("refit: skipped under differential privacy (the validation rows are outside "
+                 "its accounting)")
+        return None
+    if (best.get("made_of") or {}).get("kind") == "refit":
+        return None  # done by an earlier start of this search
+    share = rows_share(len(task.train), len(task.valid))
+    epochs = taken_at(source, config)
+    needs = estimate(source, epochs, share)
+    left = math.inf if deadline is None else deadline - time.monotonic()
+    if needs is not None and needs * SLACK > left:
+        log.info("refit: %.0fs left, less than the %.0fs it would take; best/ keeps the "
+                 "search's model", left, needs * SLACK)
+        return None
+    started = time.monotonic()
+    staged = Path(out) / f"{rundir.BEST_DIR}.tmp-refit"
+    shutil.rmtree(staged, ignore_errors=True)
+    should_stop = None if deadline is None else (lambda: time.monotonic() >= deadline)
+    result = fit(recipe(config, epochs, source), staged, task=merged(task), caches=caches,
+                 should_stop=should_stop, keep_model=False)
+    if result.path is None or result.train_result.stop_reason != "completed":
+        shutil.rmtree(staged, ignore_errors=True)
+        log.info("refit: stopped (%s) before its end; best/ keeps the search's model",
+                 result.train_result.stop_reason)
+        return None
+    record = {"trial": int(best["trial"]), "rows": len(task.train) + len(task.valid),
+              "train_rows": len(task.train), "valid_rows": len(task.valid), "epochs": epochs,
+              "seconds": round(time.monotonic() - started, 1),
+              "estimated_seconds": None if needs is None else round(needs, 1)}
+    _describe(staged, best, source, record)
+    held_out = Path(out) / rundir.BEST_DIR / PREDICTIONS_FILE
+    if held_out.is_file():  # the report's confusion matrix: predictions on rows not trained on
+        shutil.copy2(held_out, staged / PREDICTIONS_FILE)
+    rundir.replace_best(out, staged)
+    rundir.update_plan(out, refit=record)
+    log.info("final model: trial %d's recipe refit on %d rows (training and validation) for "
+             "%g epochs in %.0fs; its validation %s estimate stays the trial's %.4f",
+             record["trial"], record["rows"], epochs, record["seconds"], metric,
+             (source.get("metrics") or {}).get(metric, float("nan")))
+    return record
+
+
+def _describe(path: Path, best: dict[str, Any], source: dict[str, Any], record: dict[str, Any]
+              ) -> None:
+    """best/'s record for the refit model: the held-out scores of the trial it came from (the
+    model's own last evaluation was on rows it trained on), and what it is made of."""
+    from pretune.models.io import META_FILE, read_meta  # torch loads only when this runs
+
+    meta = read_meta(path)
+    before = best.get("made_of") or {"kind": "trial", "trials": [best.get("trial")]}
+    meta.update(trial=record["trial"], metrics=dict(source.get("metrics") or {}),
+                made_of={"kind": "refit", "trials": [record["trial"]], "refit": record,
+                         "before": {k: v for k, v in before.items() if k != "candidates"},
+                         "candidates": before.get("candidates") or []})
+    if best.get("params") is not None:  # the searched values of the trial (the report's)
+        meta["params"] = best["params"]
+    atomic_write(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))

@@ -1,0 +1,158 @@
+"""best/'s recipe trained again on the training and validation rows at the end of a search."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+import pretune
+from pretune.config import Budget, RunConfig
+from pretune.data.task import Split, TaskData
+from pretune.search import refit
+from pretune.search.history import read_history
+
+from .helpers import NARROW, cli, data_files, regression_rows, space_file
+
+
+def _search(root, tiny_learner_dir, *extra) -> tuple:
+    train, valid = data_files(root / "data")
+    space = space_file(root / "space.yaml", NARROW)
+    out = root / "run"
+    result = cli("tune", "--model", tiny_learner_dir, "--train", train, "--valid", valid,
+                 "--budget", "3trials", "--out", out, "--space", space, "--fixed", "epochs=3",
+                 "--precision", "fp32", "--fixed", "threads=1", "--keep", "2", "--no-priors",
+                 "--no-report", *extra)
+    assert result.exit_code == 0, result.output
+    return out, train, valid
+
+
+def _meta(directory) -> dict:
+    return yaml.safe_load((directory / "pretune.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_learner_dir, tmp_path_factory):
+    """A search that did not refit, to refit by hand."""
+    return _search(tmp_path_factory.mktemp("refit"), tiny_learner_dir, "--no-refit")
+
+
+def test_a_search_refits_best_by_default_and_records_what_it_did(tiny_learner_dir, tmp_path):
+    out, train, valid = _search(tmp_path, tiny_learner_dir)
+    rows, valid_rows = len(pd.read_csv(train)), len(pd.read_csv(valid))
+    meta = _meta(out / "best")
+    made_of = meta["made_of"]
+    assert made_of["kind"] == "refit" and made_of["trials"] == [meta["trial"]]
+    assert made_of["refit"]["rows"] == rows + valid_rows == meta["data"]["train_rows"]
+    plan = yaml.safe_load((out / "plan.yaml").read_text())
+    assert plan["refit"]["trial"] == meta["trial"]
+    # best/'s score is the held-out score of the trial whose recipe it is
+    trials = pd.read_csv(out / "trials.csv").set_index("number")
+    assert meta["metrics"]["accuracy"] == pytest.approx(trials.loc[meta["trial"], "value"])
+    assert (out / "best" / "valid-predictions.csv").is_file()
+    frame = pretune.predict(out, valid)
+    assert len(frame) == valid_rows
+    final = read_history(out, importance=False).final  # the report's "final model" line
+    assert f"trial {meta['trial']}'s recipe trained again on {rows + valid_rows}" in final
+
+
+def test_refit_trains_the_recipe_on_both_splits_and_replaces_best(searched):
+    out, train, valid = searched
+    before = _meta(out / "best")
+    source = _meta(out / "kept" / f"trial-{before['trial']:04d}")
+    from pretune.data.task import load_task
+
+    config = RunConfig.from_dict(source["settings"])
+    task = load_task(config.data, 0)
+    record = refit.refit(out, task, None, metric="accuracy")
+    assert record is not None and record["trial"] == before["trial"]
+    assert record["rows"] == len(task.train) + len(task.valid)
+    assert record["epochs"] == refit.taken_at(source, config)
+    after = _meta(out / "best")
+    assert after["made_of"]["before"]["kind"] == before.get("made_of", {}).get("kind", "trial")
+    assert after["settings"]["train"]["epochs"] == record["epochs"]
+    assert after["settings"]["train"]["patience"] is None
+    assert after["settings"]["train"]["seed"] == config.train.seed
+    weights = load_file(str(out / "best" / "model.safetensors"))
+    kept = load_file(str(out / "kept" / f"trial-{before['trial']:04d}" / "model.safetensors"))
+    assert any(not np.array_equal(weights[k], kept[k]) for k in kept)
+    # a second call finds the refit done
+    assert refit.refit(out, task, None, metric="accuracy") is None
+
+
+def test_refit_leaves_best_alone_when_the_time_left_is_too_short(searched, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(searched[0], out)
+    shutil.rmtree(out / "best")
+    shutil.copytree(next((out / "kept").iterdir()), out / "best")  # a trial's model, not refit
+    before = (out / "best" / "model.safetensors").read_bytes()
+    config = RunConfig.from_dict(_meta(out / "best")["settings"])
+    from pretune.data.task import load_task
+
+    task = load_task(config.data, 0)
+    assert refit.refit(out, task, None, metric="accuracy", deadline=time.monotonic()) is None
+    assert (out / "best" / "model.safetensors").read_bytes() == before
+    assert not (out / "best.tmp-refit").exists()
+
+
+def test_the_refit_epoch_is_where_the_trials_model_was_taken():
+    config = RunConfig().with_settings({"epochs": 5})
+    # steps 221 over 3.5 epochs: 63 a epoch; the soup's last checkpoint at step 189 = epoch 3
+    soup = {"training": {"steps": 221, "epochs": 3.5079, "best_step": 126, "soup": [126, 158, 189]}}
+    assert refit.taken_at(soup, config) == pytest.approx(3.0, abs=0.01)
+    best = {"training": {"steps": 221, "epochs": 3.5079, "best_step": 126}}
+    assert refit.taken_at(best, config) == pytest.approx(2.0, abs=0.01)
+    assert refit.taken_at({}, config) == 5.0
+    tuned = refit.recipe(config, 3.0, {"task": {"threshold": 0.3}})
+    assert (tuned.train.epochs, tuned.train.patience, tuned.train.checkpoint_soup) == (3.0, None, 1)
+    assert tuned.train.threshold == 0.3  # a multi-label threshold tuned on valid is kept fixed
+
+
+def test_the_refit_data_is_the_training_rows_then_the_validation_rows():
+    def split(words, tags):
+        labels = np.empty(len(tags), dtype=object)
+        labels[:] = [np.array(t) for t in tags]
+        return Split([" ".join(w) for w in words], None, labels, words)
+
+    task = TaskData(train=split([["a", "b"]], [[0, 1]]), valid=split([["c"]], [[2]]),
+                    label_names=["O", "B-X", "I-X"], text_column="tokens", text_pair_column=None,
+                    label_column="tags", fingerprint="f", valid_source="file", kind="token")
+    both = refit.merged(task)
+    assert both.train.words == [["a", "b"], ["c"]] and both.valid is task.valid
+    assert [list(t) for t in both.train.labels] == [[0, 1], [2]]
+    pairs = TaskData(train=Split(["x"], ["y"], np.array([1])), valid=Split(["z"], ["w"], np.array([0])),
+                     label_names=["0", "1"], text_column="a", text_pair_column="b",
+                     label_column="label", fingerprint="f", valid_source="file")
+    both = refit.merged(pairs)
+    assert (both.train.texts, both.train.pairs, both.train.labels.tolist()) == (
+        ["x", "z"], ["y", "w"], [1, 0])
+
+
+def test_the_plan_keeps_time_for_the_refit_only_where_it_fits():
+    budget = Budget.parse("10m")
+    assert refit.reserve(budget, 40.0, 1.5, most=200.0) == pytest.approx(40 * 1.5 * refit.SLACK)
+    assert refit.reserve(budget, 400.0, 1.5, most=200.0) == 0.0  # a refit longer than allowed
+    assert refit.reserve(Budget.parse("5trials"), 40.0, 1.5, most=200.0) == 0.0
+
+
+def test_a_regression_refit_learns_the_scale_of_both_splits(tiny_learner_dir, tmp_path):
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    regression_rows(64, 0).to_csv(train, index=False)
+    regression_rows(24, 1).to_csv(valid, index=False)
+    result = cli("tune", "--model", tiny_learner_dir, "--train", train, "--valid", valid,
+                 "--label-column", "price", "--budget", "2trials", "--out", tmp_path / "run",
+                 "--space", space_file(tmp_path / "space.yaml", NARROW), "--fixed", "epochs=3",
+                 "--pruner", "none", "--precision", "fp32", "--fixed", "threads=1",
+                 "--no-priors", "--no-report")
+    assert result.exit_code == 0, result.output
+    meta = _meta(tmp_path / "run" / "best")
+    both = pd.concat([pd.read_csv(train), pd.read_csv(valid)])["price"]
+    assert meta["made_of"]["kind"] == "refit"
+    assert meta["task"]["target_mean"] == pytest.approx(both.mean())  # the rows it learned
+    preds = pretune.predict(tmp_path / "run", valid)["prediction"]
+    assert abs(preds.mean() - both.mean()) < both.std()  # in the data's units

@@ -63,6 +63,9 @@ class TuneResult:
     # What the final assembly built from the kept trials (see ``assemble``): the chosen kind
     # (trial, soup, distilled), its trials, every candidate's score; None when it did not run.
     assembly: dict[str, Any] | None = None
+    # best/'s recipe trained again on the training and validation rows (``refit``): the trial,
+    # rows, epochs and seconds; None when it did not run.
+    refit: dict[str, Any] | None = None
     _loaded: tuple | None = field(default=None, repr=False)
 
     @property

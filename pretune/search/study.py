@@ -277,7 +277,7 @@ def _run_workers(start: _Start, on_trial: Callable | None, progress: Any) -> Tun
                                            start.direction, distill=False)
         from_best(result)
     if tune.refit and start.budget.seconds is None:  # a time budget: the workers spent it all
-        _refit_safely(start)
+        result.refit = _refit_safely(start)
         from_best(result)
     result.assembly = result.assembly or start.skipped
     return result
@@ -317,9 +317,11 @@ def _run_here(start: _Start, on_trial: Callable | None, progress: Any) -> TuneRe
             built = _assemble_safely(start.out, start.task, start.caches, start.metric,
                                      start.direction, deadline=end, distill=not tune.refit)
         search.assembly = built
+    again = None
     if tune.refit and search.stop_error is None:
-        _refit_safely(start, deadline=end)
+        again = _refit_safely(start, deadline=end)
     result = search.result()
+    result.refit = again
     result.assembly = search.assembly or start.skipped
     result.seed_check = search.picked
     return result
@@ -358,14 +360,16 @@ def _assemble_safely(out: Path, task, caches, metric: str, direction: str,
         return None
 
 
-def _refit_safely(start: _Start, deadline: float | None = None) -> None:
+def _refit_safely(start: _Start, deadline: float | None = None) -> dict[str, Any] | None:
     """best/'s recipe trained again on the training and validation rows (``refit``); a
     failure there is a warning, since best/ already holds the search's model."""
     try:
-        refit.refit(start.out, start.task, start.caches, metric=start.metric, deadline=deadline)
+        return refit.refit(start.out, start.task, start.caches, metric=start.metric,
+                           deadline=deadline)
     except Exception as err:  # noqa: BLE001 - the search's own result stands
         log.warning("best/'s recipe could not be refit on the training and validation rows; "
                     "best/ keeps the search's model (%s: %s)", type(err).__name__, err)
+        return None
 
 
 def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget, task,

@@ -20,6 +20,13 @@ from pretune.search.history import read_history
 from .helpers import NARROW, cli, data_files, regression_rows, space_file
 
 
+_OUTPUT: dict = {}  # what each search printed
+
+
+def out_text(out) -> str:
+    return _OUTPUT[out]
+
+
 def _search(root, tiny_learner_dir, *extra) -> tuple:
     train, valid = data_files(root / "data")
     space = space_file(root / "space.yaml", NARROW)
@@ -29,6 +36,7 @@ def _search(root, tiny_learner_dir, *extra) -> tuple:
                  "--precision", "fp32", "--fixed", "threads=1", "--keep", "2", "--no-priors",
                  "--no-report", *extra)
     assert result.exit_code == 0, result.output
+    _OUTPUT[out] = result.output
     return out, train, valid
 
 
@@ -57,6 +65,7 @@ def test_a_search_refits_best_by_default_and_records_what_it_did(tiny_learner_di
     assert (out / "best" / "valid-predictions.csv").is_file()
     frame = pretune.predict(out, valid)
     assert len(frame) == valid_rows
+    assert f"then refit: trial {meta['trial']}'s recipe" in out_text(out)
     final = read_history(out, importance=False).final  # the report's "final model" line
     assert f"trial {meta['trial']}'s recipe trained again on {rows + valid_rows}" in final
 
@@ -125,7 +134,8 @@ def test_the_refit_data_is_the_training_rows_then_the_validation_rows():
     both = refit.merged(task)
     assert both.train.words == [["a", "b"], ["c"]] and both.valid is task.valid
     assert [list(t) for t in both.train.labels] == [[0, 1], [2]]
-    pairs = TaskData(train=Split(["x"], ["y"], np.array([1])), valid=Split(["z"], ["w"], np.array([0])),
+    pairs = TaskData(train=Split(["x"], ["y"], np.array([1])),
+                     valid=Split(["z"], ["w"], np.array([0])),
                      label_names=["0", "1"], text_column="a", text_pair_column="b",
                      label_column="label", fingerprint="f", valid_source="file")
     both = refit.merged(pairs)

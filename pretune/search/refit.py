@@ -15,8 +15,10 @@ What follows for a user:
   the held-out estimate) and says what was refit in ``made_of``; the model has seen the
   validation rows, so scoring it on them again measures nothing.
 * The plan keeps time for it (``reserve``): about a trial, longer by the validation rows'
-  share. When less time is left than the refit needs, or it is stopped by the deadline,
-  ``best/`` keeps the search's model and the log says why.
+  share, with a margin. It starts when the time left covers its estimate (the trial's own
+  pace on the larger data) and may run past the deadline by ``GRACE`` of that estimate; when
+  less time is left, or it is stopped even so, ``best/`` keeps the search's model and the log
+  says why.
 * Skipped for differentially private runs (the validation rows are outside the privacy
   accounting) and when ``best/`` holds no model of this search.
 """
@@ -44,7 +46,9 @@ log = logging.getLogger(__name__)
 
 KEPT_DIR = "kept"  # where the search keeps its best trials' models (search.assemble)
 MIN_EPOCHS = 0.1  # a kept model taken earlier than this is refit for this long
-SLACK = 1.15  # the refit's estimated time, times this, must fit in the time left
+SLACK = 1.2  # the plan keeps the refit's estimated time times this
+GRACE = 0.15  # a refit that started in time may run past the deadline by this share of its
+              # estimate (a refit stopped before its end is thrown away)
 NO_EVALUATION = 10**9  # eval_steps: evaluate at the end only
 
 
@@ -146,13 +150,15 @@ def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
     epochs = taken_at(source, config)
     needs = estimate(source, epochs, share)
     left = math.inf if deadline is None else deadline - time.monotonic()
-    if needs is not None and needs * SLACK > left:
+    if needs is not None and needs > left:
         log.info("refit: %.0fs left, less than the %.0fs it would take; best/ keeps the "
-                 "search's model", left, needs * SLACK)
+                 "search's model", left, needs)
         return None
     started = time.monotonic()
     staged = Path(out) / f"{rundir.BEST_DIR}.tmp-refit"
     shutil.rmtree(staged, ignore_errors=True)
+    if deadline is not None:
+        deadline += GRACE * (needs or 0.0)
     should_stop = None if deadline is None else (lambda: time.monotonic() >= deadline)
     result = fit(recipe(config, epochs, source), staged, task=merged(task), caches=caches,
                  should_stop=should_stop, keep_model=False)

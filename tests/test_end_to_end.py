@@ -53,8 +53,12 @@ def test_tune_keeps_a_best_model_whose_recorded_score_is_real(sst2_small, tmp_pa
     assert result.best_trial is not None
     meta = yaml.safe_load((result.path / "best" / "pretune.yaml").read_text())
     assert meta["trial"] == result.best_trial
-
-    preds = pretune.predict(result.path, sst2_small / "valid.csv")
+    # best/ is that trial's recipe refit on the training and validation rows (the default), so
+    # its recorded score is the trial's own, which the trial's kept model gives afresh.
+    assert meta["made_of"]["kind"] == "refit"
+    assert meta["data"]["train_rows"] == meta["made_of"]["refit"]["rows"]
+    kept = result.path / "kept" / f"trial-{result.best_trial:04d}"
+    preds = pretune.predict(kept, sst2_small / "valid.csv")
     valid = pd.read_csv(sst2_small / "valid.csv")
     fresh = (preds["prediction"].astype(int) == valid["label"]).mean()
     assert fresh == pytest.approx(result.best_metrics["accuracy"], abs=1 / 200 + 1e-9)

@@ -190,10 +190,12 @@ def skipped_for(task) -> dict[str, str] | None:
 
 
 def assemble(out: Path, task, caches, *, metric: str, direction: str,
-             deadline: float | None = None, distill: bool = True) -> dict[str, Any] | None:
+             deadline: float | None = None, distill: bool = True, soups: bool = True
+             ) -> dict[str, Any] | None:
     """Build soups, an ensemble and its distillation from the kept trials; put the best
     single model in ``best/``. ``deadline`` is a ``time.monotonic()`` time. Returns what
-    ``plan.yaml`` records (None when fewer than two models were kept)."""
+    ``plan.yaml`` records (None when fewer than two models were kept). A search that refits
+    builds neither soups nor a student (``distill``, ``soups``): the refit replaces them."""
     from pretune.training import objectives  # torch loads only when this runs
 
     clock = _Clock(deadline)
@@ -212,7 +214,7 @@ def assemble(out: Path, task, caches, *, metric: str, direction: str,
                                                                  objective, task), path=lead.path)]
     candidates.append(_ensemble(kept, outputs, labels, objective, config))
     _write_ensemble(out, kept, candidates[-1], metric, task.kind)
-    for group in _groups(kept):
+    for group in _groups(kept) if soups else []:
         if clock.over():
             break
         soup = _step("a soup", _soup, out, group, task, caches, metric, clock)

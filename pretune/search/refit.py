@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 KEPT_DIR = "kept"  # where the search keeps its best trials' models (search.assemble)
 MIN_EPOCHS = 0.1  # a kept model taken earlier than this is refit for this long
 SLACK = 1.2  # the plan keeps the refit's estimated time times this
+# The most of a time budget the refit and the assembly may keep together. More than the
+# assembly alone may (0.35): measured with one fixed recipe (bench/refit.py), the rows a refit
+# adds gained more than the later trials of a search did (README, bench/README.md).
+MAX_SHARE = 0.5
 GRACE = 0.15  # a refit that started in time may run past the deadline by this share of its
               # estimate (a refit stopped before its end is thrown away)
 NO_EVALUATION = 10**9  # eval_steps: evaluate at the end only

@@ -315,7 +315,8 @@ def _run_here(start: _Start, on_trial: Callable | None, progress: Any) -> TuneRe
     if tune.assemble and tune.keep > 1 and search.stop_error is None:
         if search.trials_run or not built:  # a rerun that trained nothing rebuilds nothing
             built = _assemble_safely(start.out, start.task, start.caches, start.metric,
-                                     start.direction, deadline=end, distill=not tune.refit)
+                                     start.direction, deadline=end, distill=not tune.refit,
+                                     soups=not tune.refit)
         search.assembly = built
     again = None
     if tune.refit and search.stop_error is None:
@@ -393,7 +394,7 @@ def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget, 
     if tune.refit and not parallel and shared.train.dp_epsilon is None and budget.seconds:
         again = refit.reserve(budget, plan.trial_seconds,
                               refit.rows_share(train_rows, len(task.valid)),
-                              most=assemble.MAX_SHARE * budget.seconds - seconds)
+                              most=refit.MAX_SHARE * budget.seconds - seconds)
     if assembling:
         weights = weights_bytes(shared.model)
         plan = replace(plan, keep=tune.keep, keep_mb=None if weights is None

@@ -59,6 +59,8 @@ def test_a_search_refits_best_by_default_and_records_what_it_did(tiny_learner_di
     assert made_of["refit"]["rows"] == rows + valid_rows == meta["data"]["train_rows"]
     plan = yaml.safe_load((out / "plan.yaml").read_text())
     assert plan["refit"]["trial"] == meta["trial"]
+    # the refit replaces soups and students, so the assembly built only the ensemble
+    assert {c["kind"] for c in plan["assembly"]["candidates"]} <= {"trial", "ensemble"}
     # best/'s score is the held-out score of the trial whose recipe it is
     trials = pd.read_csv(out / "trials.csv").set_index("number")
     assert meta["metrics"]["accuracy"] == pytest.approx(trials.loc[meta["trial"], "value"])

@@ -88,7 +88,7 @@ def one_search(seed: int, budget: str, root: Path, unlabeled: int = 0, refit: bo
     kept = kept_models(out, result.metric, result.direction)
     chosen = plan.get("chosen", "trial")
     row: dict = {"seed": seed, "seconds": round(seconds), "trials": len(result.trials),
-                 "chosen": f"refit of {chosen}" if record.get("refit") else chosen}
+                 "chosen": "refit" if record.get("refit") else chosen}
     if kept:
         lead = kept[0]
         history = (lead.meta.get("training") or {})

@@ -136,7 +136,8 @@ def estimate(source: dict[str, Any], epochs: float, share: float) -> float | Non
 def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
           ) -> dict[str, Any] | None:
     """Train best/'s recipe on the training and validation rows and make it best/; returns
-    what ``plan.yaml`` records (``refit``), None when it was not done (the log says why)."""
+    what ``plan.yaml`` records (``refit``; an earlier start's when best/ is its refit), None
+    when it was not done (the log says why)."""
     from pretune.training.run import fit  # torch loads only when this runs
 
     found = source_of(out)
@@ -148,8 +149,8 @@ def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
         log.info("refit: skipped under differential privacy (the validation rows are outside "
                  "its accounting)")
         return None
-    if (best.get("made_of") or {}).get("kind") == "refit":
-        return None  # done by an earlier start of this search
+    if (best.get("made_of") or {}).get("kind") == "refit":  # by an earlier start of the search
+        return dict(best["made_of"].get("refit") or {})
     share = rows_share(len(task.train), len(task.valid))
     epochs = taken_at(source, config)
     needs = estimate(source, epochs, share)

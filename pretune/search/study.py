@@ -312,15 +312,17 @@ def _run_here(start: _Start, on_trial: Callable | None, progress: Any) -> TuneRe
         search.write_trials()
         search.deadline = end
     built = rundir.read_plan(start.out).get("assembly")
+    again = None
+    if tune.refit and search.stop_error is None:  # first: the model is the product
+        again = _refit_safely(start, deadline=end)
     if tune.assemble and tune.keep > 1 and search.stop_error is None:
         if search.trials_run or not built:  # a rerun that trained nothing rebuilds nothing
+            # after a refit, only the ensemble (predict --ensemble); else the whole assembly
+            plain = again is None
             built = _assemble_safely(start.out, start.task, start.caches, start.metric,
-                                     start.direction, deadline=end, distill=not tune.refit,
-                                     soups=not tune.refit)
+                                     start.direction, deadline=end, distill=plain,
+                                     soups=plain, adopt=plain)
         search.assembly = built
-    again = None
-    if tune.refit and search.stop_error is None:
-        again = _refit_safely(start, deadline=end)
     result = search.result()
     result.refit = again
     result.assembly = search.assembly or start.skipped

@@ -68,14 +68,17 @@ def _beats(new: dict, old: dict, metric: str) -> bool:
 
 
 def select(outputs: list[np.ndarray], labels: np.ndarray, objective: Objective,
-           settings: TrainConfig, rounds: int = ROUNDS) -> Selection:
-    """Ensemble selection over ``outputs`` (one array per model, best model first)."""
+           settings: TrainConfig, rounds: int = ROUNDS, should_stop=None) -> Selection:
+    """Ensemble selection over ``outputs`` (one array per model, best model first); with
+    ``should_stop``, the rounds end when it says so (the best round so far is kept)."""
     metric = settings.metric
     counts = [0] * len(outputs)
     counts[0] = 1
     current = score(objective, outputs[0], labels, settings)
     best = Selection(list(counts), current, [current[metric]])
     for _ in range(rounds):
+        if should_stop is not None and should_stop():
+            break
         trials = []
         for i in range(len(outputs)):
             tried = list(counts)

@@ -59,8 +59,9 @@ def test_a_search_refits_best_by_default_and_records_what_it_did(tiny_learner_di
     assert made_of["refit"]["rows"] == rows + valid_rows == meta["data"]["train_rows"]
     plan = yaml.safe_load((out / "plan.yaml").read_text())
     assert plan["refit"]["trial"] == meta["trial"]
-    # the refit replaces soups and students, so the assembly built only the ensemble
+    # the refit replaces soups and students, so the assembly built only the ensemble, after it
     assert {c["kind"] for c in plan["assembly"]["candidates"]} <= {"trial", "ensemble"}
+    assert plan["assembly"]["chosen"] == "refit" and (out / "ensemble.yaml").is_file()
     # best/'s score is the held-out score of the trial whose recipe it is
     trials = pd.read_csv(out / "trials.csv").set_index("number")
     assert meta["metrics"]["accuracy"] == pytest.approx(trials.loc[meta["trial"], "value"])
@@ -92,8 +93,8 @@ def test_refit_trains_the_recipe_on_both_splits_and_replaces_best(searched):
     weights = load_file(str(out / "best" / "model.safetensors"))
     kept = load_file(str(out / "kept" / f"trial-{before['trial']:04d}" / "model.safetensors"))
     assert any(not np.array_equal(weights[k], kept[k]) for k in kept)
-    # a second call finds the refit done
-    assert refit.refit(out, task, None, metric="accuracy") is None
+    # a second call finds the refit done, and says what it was
+    assert refit.refit(out, task, None, metric="accuracy") == record
 
 
 def test_refit_leaves_best_alone_when_the_time_left_is_too_short(searched, tmp_path):

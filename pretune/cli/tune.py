@@ -171,7 +171,7 @@ def print_summary(result) -> None:
         )
     params = escape(", ".join(f"{k}={short(v)}" for k, v in result.best_params.items()))
     final = result.assembly or {}
-    built = final.get("chosen") not in (None, "trial")
+    built = final.get("chosen") not in (None, "trial", "refit")  # a refit: the next line
     what = (f"{final['chosen']} of trials {', '.join(map(str, final['members']))}, with the "
             f"settings of trial {result.best_trial}" if built else f"trial {result.best_trial}")
     console.print(

@@ -86,6 +86,11 @@ class Kept:
             return f["outputs"], f["labels"]
 
 
+def kept_path(out: Path, number: int) -> Path:
+    """Where trial ``number``'s model is kept."""
+    return Path(out) / KEPT_DIR / f"trial-{number:04d}"
+
+
 def kept_models(out: Path, metric: str, direction: str) -> list[Kept]:
     """The kept trials' models, best first (a directory without its outputs is skipped)."""
     from pretune.models.io import read_meta  # torch loads only when this runs
@@ -116,8 +121,7 @@ def keep_trial(out: Path, number: int, result, task, caches, *, metric: str, dir
     outputs, labels = valid_outputs(result, task, caches)
     meta = run_metadata(result.config, task, result.train_result)
     meta.update(trial=number)
-    path = save_model(result.model, result.tokenizer, Path(out) / KEPT_DIR / f"trial-{number:04d}",
-                      meta)
+    path = save_model(result.model, result.tokenizer, kept_path(out, number), meta)
     # per word, padded to the longest sentence: mostly zeros when one sentence is long
     save = np.savez_compressed if task.kind == "token" else np.savez
     try:
@@ -378,7 +382,7 @@ def _distill(out: Path, kept: list[Kept], ensemble: Candidate, objective, task, 
     if task.kind == "token":  # scored on whole sentences, as the other candidates are
         metrics.update(_sentence_scores(result, objective, task, caches))
         rescored = {"metrics": metrics}
-    _mark(result.path, {"kind": "distilled", "trials": ensemble.members,
+    mark(result.path, {"kind": "distilled", "trials": ensemble.members,
                         "weights": [w for w in ensemble.weights if w],
                         "unlabeled_rows": len(extra)}, **rescored)
     return Candidate("distilled", list(ensemble.members), metrics, path=result.path)
@@ -499,7 +503,7 @@ def _token_teacher_file(out: Path, objective, outputs: np.ndarray, student_task,
     return path
 
 
-def _mark(path: Path, made_of: dict[str, Any], **fields: Any) -> None:
+def mark(path: Path, made_of: dict[str, Any], **fields: Any) -> None:
     """Add ``made_of`` (and ``fields``) to the pretune.yaml of the model in ``path``."""
     from pretune.models.io import META_FILE, read_meta  # torch loads only when this runs
 
@@ -552,12 +556,12 @@ def _adopt(out: Path, candidates: list[Candidate], metric: str, task) -> Candida
         # and what was tried
         prior = held.get("made_of") or {}
         kind, trials = prior.get("kind", "trial"), prior.get("trials") or [held.get("trial")]
-        _mark(best, {"kind": kind, "trials": trials, **record})
+        mark(best, {"kind": kind, "trials": trials, **record})
         return Candidate(kind, list(trials), dict(held.get("metrics") or {}), path=best)
     staged = best.with_name(f"{rundir.BEST_DIR}.tmp-assembly")
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(chosen.path, staged)
-    _mark(staged, {"kind": chosen.kind, "trials": chosen.members, **record},
+    mark(staged, {"kind": chosen.kind, "trials": chosen.members, **record},
           trial=chosen.members[0])
     _write_predictions(staged, chosen, task)
     rundir.replace_best(out, staged)

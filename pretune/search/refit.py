@@ -34,17 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from pretune.config import Budget, RunConfig
 from pretune.data.task import Split
-from pretune.outdir import atomic_write
 from pretune.search import rundir
+from pretune.search.assemble import kept_path, mark
 from pretune.search.records import PREDICTIONS_FILE
 
 log = logging.getLogger(__name__)
 
-KEPT_DIR = "kept"  # where the search keeps its best trials' models (search.assemble)
 MIN_EPOCHS = 0.1  # a kept model taken earlier than this is refit for this long
 SLACK = 1.2  # the plan keeps the refit's estimated time times this
 # The most of a time budget the refit and the assembly may keep together. More than the
@@ -118,7 +116,7 @@ def source_of(out: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]] | N
     kind = (best.get("made_of") or {}).get("kind", "trial")
     source = best
     if kind != "trial":  # a soup or student: the recipe of the trial it was built around
-        kept = Path(out) / KEPT_DIR / f"trial-{int(best['trial']):04d}"
+        kept = kept_path(out, int(best["trial"]))
         source = read_meta(kept) if (kept / "config.json").is_file() else best
     return RunConfig.from_dict(source["settings"]), source, best
 
@@ -193,14 +191,11 @@ def _describe(path: Path, best: dict[str, Any], source: dict[str, Any], record: 
               ) -> None:
     """best/'s record for the refit model: the held-out scores of the trial it came from (the
     model's own last evaluation was on rows it trained on), and what it is made of."""
-    from pretune.models.io import META_FILE, read_meta  # torch loads only when this runs
-
-    meta = read_meta(path)
     before = best.get("made_of") or {"kind": "trial", "trials": [best.get("trial")]}
-    meta.update(trial=record["trial"], metrics=dict(source.get("metrics") or {}),
-                made_of={"kind": "refit", "trials": [record["trial"]], "refit": record,
-                         "before": {k: v for k, v in before.items() if k != "candidates"},
-                         "candidates": before.get("candidates") or []})
+    fields: dict[str, Any] = {"trial": record["trial"],
+                              "metrics": dict(source.get("metrics") or {})}
     if best.get("params") is not None:  # the searched values of the trial (the report's)
-        meta["params"] = best["params"]
-    atomic_write(path / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+        fields["params"] = best["params"]
+    mark(path, {"kind": "refit", "trials": [record["trial"]], "refit": record,
+                "before": {k: v for k, v in before.items() if k != "candidates"},
+                "candidates": before.get("candidates") or []}, **fields)

@@ -178,10 +178,12 @@ def print_summary(result) -> None:
         f"[bold green]best[/]: {what}, {result.metric} {result.best_value:.4f} ({params}); "
         f"model saved to {escape(str(result.best_path))}", highlight=False, soft_wrap=True)
     if result.refit:
+        from pretune.search.refit import rows_phrase  # the search layer loads only here
+
         again = result.refit
         console.print(f"then refit: trial {again['trial']}'s recipe trained again on "
-                      f"{again['rows']} training and validation rows for {again['epochs']:g} "
-                      f"epochs ({again['seconds']:.0f}s); the {result.metric} above is the "
+                      f"{rows_phrase(again)} ({again['seconds']:.0f}s); the "
+                      f"{result.metric} above is the "
                       f"trial's, on rows it did not train on", highlight=False, soft_wrap=True)
     if final.get("skipped"):
         console.print(f"final assembly {escape(final['skipped'])}", highlight=False,

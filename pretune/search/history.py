@@ -22,7 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from pretune.errors import ConfigError
-from pretune.search import rundir
+from pretune.search import refit, rundir
 from pretune.search.planning import Plan, STEPS_PER_EPOCH
 from pretune.search.records import PREDICTIONS_FILE
 from pretune.search.storage import open_storage
@@ -189,8 +189,8 @@ def final_message(made_of: Any, metric: str) -> str | None:
     again = made_of.get("refit")
     if isinstance(again, dict):  # pretune.search.refit
         before = made_of.get("before") or {}
-        text = (f"trial {again.get('trial')}'s recipe trained again on {again.get('rows')} "
-                f"training and validation rows for {again.get('epochs')} epochs (refit; the "
+        text = (f"trial {again.get('trial')}'s recipe trained again on "
+                f"{refit.rows_phrase(again)} (refit; the "
                 f"search had chosen the {before.get('kind', 'trial')} of {trials(before)}, and "
                 f"the score is the trial's, on rows it did not train on)")
     scored = []

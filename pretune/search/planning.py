@@ -25,6 +25,15 @@ deadline after a fifth of an epoch (``bench/data_fraction.py``; 1.2 and 3.4 in a
 more rows seen beat a finished schedule and a second recipe. A continued search keeps the
 fraction it started with, so its trials stay comparable.
 
+**Large data: screen, then train the chosen recipe long.** When one typical trial on all rows
+does not fit the whole time budget (``screening_fraction``), and the user named no fraction,
+the trials screen recipes on a data fraction at which ``SCREEN_TRIALS`` typical trials fit in
+``share`` of the budget; the rest of it is kept for the refit, which trains the chosen recipe
+on as many rows as that time allows (``refit.widened``), with its schedule fitted to them. The
+trials' evaluations and the pruner's rungs then fall every half of a screening epoch: trials
+are judged long before an epoch of the whole data ends. Before this rule the first recipe ran
+on all rows until the deadline stopped it, with its schedule cut where it stood.
+
 **The first trial always starts.** A trial is not started when the time left is shorter than
 it needs to reach its first evaluation (``first_eval_seconds``), except while no trial has
 given a model: on large data with a short budget the first one runs until the deadline stops
@@ -51,6 +60,8 @@ STEPS_PER_EPOCH = 100  # fidelity unit: percent of an epoch
 TYPICAL_EPOCHS = 3  # what a typical trial runs (recipe 1 of the priors)
 EVAL_COST = 1 / 3  # an evaluation example costs about a third of a training example (no backward)
 FEW_TRIALS = 6  # below this many full trials in the budget, auto does not prune
+SCREEN_TRIALS = FEW_TRIALS  # typical trials a screening fraction lets finish in the trials' time
+MIN_SCREEN_ROWS = 1000  # an epoch of a screening trial runs on at least this many rows
 
 
 @dataclass
@@ -105,8 +116,10 @@ class Plan:
                 text += (f" and {self.assembly_seconds - self.refit_seconds:.0f}s are kept at "
                          f"the end to build the final model from them")
         if self.refit_seconds:
+            rows = ("on as many of the training and validation rows as that time allows"
+                    if self.data_fraction < 1 else "on the training and validation rows")
             text += (f". {self.refit_seconds:.0f}s are kept to train the final model's recipe "
-                     f"again on the training and validation rows (refit)")
+                     f"again {rows} (refit)")
         if self.data_fraction < 1:
             rows = (f" (about {round(self.data_fraction * self.train_rows):,} of "
                     f"{self.train_rows:,})" if self.train_rows else "")
@@ -137,6 +150,22 @@ def trial_seconds(seconds_per_example: float | None, train_rows: int, valid_rows
         return None
     examples = epochs * (train_rows + EVAL_COST * evals_per_epoch * valid_rows)
     return seconds_per_example * examples
+
+
+def screening_fraction(budget: Budget, seconds_per_example: float | None, train_rows: int,
+                       valid_rows: int, epochs: float, evals_per_epoch: int, share: float
+                       ) -> float | None:
+    """The data fraction at which ``SCREEN_TRIALS`` typical trials (``epochs`` long, their
+    evaluations included) fit in ``share`` of a time budget; None when one such trial on all
+    rows fits the whole budget, or when the time of a trial is not known."""
+    full = trial_seconds(seconds_per_example, train_rows, valid_rows, epochs, evals_per_epoch)
+    if full is None or budget.seconds is None or full <= budget.seconds or not train_rows:
+        return None
+    evaluating = trial_seconds(seconds_per_example, 0, valid_rows, epochs, evals_per_epoch)
+    per_trial = budget.seconds * share / SCREEN_TRIALS
+    rows = (per_trial - evaluating) / (seconds_per_example * epochs)
+    fraction = max(rows, MIN_SCREEN_ROWS) / train_rows
+    return None if fraction >= 1 else float(f"{fraction:.3g}")
 
 
 def warmup_end(train: Any) -> float:

@@ -19,6 +19,10 @@ What follows for a user:
   pace on the larger data) and may run past the deadline by ``GRACE`` of that estimate; when
   less time is left, or it is stopped even so, ``best/`` keeps the search's model and the log
   says why.
+* A trial that ran on a data fraction (``--data-fraction``, or the plan's screening fraction on
+  large data) is refit on more of the rows: as many as the time left allows at the trial's pace
+  of training, all of them at most (``widened``), for the same epochs, so its schedule is
+  fitted to the longer run.
 * Skipped for differentially private runs (the validation rows are outside the privacy
   accounting) and when ``best/`` holds no model of this search.
 """
@@ -79,12 +83,16 @@ def taken_at(meta: dict[str, Any], config: RunConfig) -> float:
     return max(MIN_EPOCHS, round(float(last) * float(epochs) / float(steps), 2))
 
 
-def recipe(config: RunConfig, epochs: float, meta: dict[str, Any]) -> RunConfig:
-    """``config`` for the refit: ``epochs`` long (its schedule fitted to them), nothing chosen
-    on the validation rows, a multi-label threshold fixed where the trial tuned it."""
+def recipe(config: RunConfig, epochs: float, meta: dict[str, Any],
+           fraction: float | None = None) -> RunConfig:
+    """``config`` for the refit: ``epochs`` long (its schedule fitted to them) on ``fraction``
+    of the rows an epoch (default: the trial's), nothing chosen on the validation rows, a
+    multi-label threshold fixed where the trial tuned it."""
     settings: dict[str, Any] = {"epochs": epochs, "patience": None, "checkpoint_soup": 1,
                                 "eval_steps": NO_EVALUATION, "distill_logits": None,
                                 "max_steps": None}
+    if fraction is not None:
+        settings["data_fraction"] = fraction
     threshold = (meta.get("task") or {}).get("threshold")
     if threshold is not None and config.train.threshold is None:
         settings["threshold"] = float(threshold)
@@ -122,13 +130,24 @@ def source_of(out: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]] | N
 
 
 def estimate(source: dict[str, Any], epochs: float, share: float) -> float | None:
-    """Seconds the refit should take: the trial's own pace, ``epochs`` long, on ``share`` times
-    its rows; None when its record has no pace."""
+    """Seconds the refit should take: the trial's own pace of training (its evaluations left
+    out, since the refit evaluates once), ``epochs`` long, on ``share`` times its rows; None
+    when its record has no pace."""
     training = source.get("training") or {}
     seconds, ran = training.get("seconds"), training.get("epochs")
     if not seconds or not ran:
         return None
-    return float(seconds) / float(ran) * epochs * share
+    training_seconds = float(seconds) - float(training.get("eval_seconds") or 0.0)
+    return max(training_seconds, 0.0) / float(ran) * epochs * share
+
+
+def widened(fraction: float, needs: float | None, left: float) -> float:
+    """The data fraction of the refit of a trial that ran on ``fraction`` of the rows an epoch:
+    as many more as ``left`` seconds allow (``needs``: the refit's estimate at ``fraction``,
+    with ``SLACK``), all of them at most, never fewer than the trial's."""
+    if fraction >= 1 or not needs or not math.isfinite(left):
+        return fraction
+    return float(f"{min(1.0, max(fraction, fraction * left / (needs * SLACK))):.3g}")
 
 
 def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
@@ -153,6 +172,9 @@ def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
     epochs = taken_at(source, config)
     needs = estimate(source, epochs, share)
     left = math.inf if deadline is None else deadline - time.monotonic()
+    fraction = widened(config.train.data_fraction, needs, left)
+    if needs is not None:
+        needs *= fraction / config.train.data_fraction
     if needs is not None and needs > left:
         log.info("refit: %.0fs left, less than the %.0fs it would take; best/ keeps the "
                  "search's model", left, needs)
@@ -163,8 +185,8 @@ def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
     if deadline is not None:
         deadline += GRACE * (needs or 0.0)
     should_stop = None if deadline is None else (lambda: time.monotonic() >= deadline)
-    result = fit(recipe(config, epochs, source), staged, task=merged(task), caches=caches,
-                 should_stop=should_stop, keep_model=False)
+    result = fit(recipe(config, epochs, source, fraction), staged, task=merged(task),
+                 caches=caches, should_stop=should_stop, keep_model=False)
     if result.path is None or result.train_result.stop_reason != "completed":
         shutil.rmtree(staged, ignore_errors=True)
         log.info("refit: stopped (%s) before its end; best/ keeps the search's model",
@@ -172,6 +194,7 @@ def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
         return None
     record = {"trial": int(best["trial"]), "rows": len(task.train) + len(task.valid),
               "train_rows": len(task.train), "valid_rows": len(task.valid), "epochs": epochs,
+              "data_fraction": fraction, "trial_data_fraction": config.train.data_fraction,
               "seconds": round(time.monotonic() - started, 1),
               "estimated_seconds": None if needs is None else round(needs, 1)}
     _describe(staged, best, source, record)
@@ -180,11 +203,22 @@ def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
         shutil.copy2(held_out, staged / PREDICTIONS_FILE)
     rundir.replace_best(out, staged)
     rundir.update_plan(out, refit=record)
-    log.info("final model: trial %d's recipe refit on %d rows (training and validation) for "
-             "%g epochs in %.0fs; its validation %s estimate stays the trial's %.4f",
-             record["trial"], record["rows"], epochs, record["seconds"], metric,
-             (source.get("metrics") or {}).get(metric, float("nan")))
+    log.info("final model: trial %d's recipe trained again on %s in %.0fs; its validation %s "
+             "estimate stays the trial's %.4f", record["trial"], rows_phrase(record),
+             record["seconds"], metric, (source.get("metrics") or {}).get(metric, float("nan")))
     return record
+
+
+def rows_phrase(record: dict[str, Any]) -> str:
+    """What a refit trained on, in words, from its record: '2,872 training and validation rows
+    for 3 epochs', with the part of them an epoch ran on where that was a fraction."""
+    rows, epochs = int(record.get("rows") or 0), float(record.get("epochs") or 0)
+    fraction = float(record.get("data_fraction") or 1.0)
+    if fraction >= 1:
+        return f"{rows:,} training and validation rows for {epochs:g} epochs"
+    return (f"{fraction:.3g} of the {rows:,} training and validation rows an epoch (about "
+            f"{round(fraction * rows):,}) for {epochs:g} epochs (the trial ran on "
+            f"{float(record.get('trial_data_fraction') or 1.0):.3g})")
 
 
 def _describe(path: Path, best: dict[str, Any], source: dict[str, Any], record: dict[str, Any]

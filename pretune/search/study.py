@@ -191,9 +191,34 @@ def _open(start: _Start, space: Mapping[str, Any] | None) -> None:
                                            start.caches)
             start.dims = prepare.search_space(start.dims, space, start.pinned, start.found)
             start.record["space"] = space_to_dict(start.dims)
+        start.tune = _screening(start, start.tune)
         rundir.write_record(out, start.record)
     if own_sqlite:
         recover_interrupted(start.study)
+
+
+def _screening(start: _Start, tune: TuneConfig) -> TuneConfig:
+    """On a first start with data too large for one trial in the time budget: ``tune`` with
+    the data fraction its trials screen recipes on (``planning.screening_fraction``), recorded
+    so that a continued search keeps it. Only where the refit will train the chosen recipe on
+    more rows, the user named no fraction and the strategy is ``auto``."""
+    if (tune.data_fraction is not None or not tune.refit or start.parallel
+            or start.strategy.name != "auto" or start.shared.train.dp_epsilon is not None):
+        return tune
+    task = start.task
+    typical, _ = planning.epochs_range(start.dims, {**start.shared.flat(), **start.pinned})
+    fraction = planning.screening_fraction(
+        start.budget, (start.found or {}).get("seconds_per_example"), len(task.train),
+        len(task.valid), typical, tune.evals_per_epoch, share=1 - refit.MAX_SHARE)
+    if fraction is None:
+        return tune
+    log.info("large data: one %g-epoch trial on all %d rows would not fit the budget, so the "
+             "trials screen recipes on %.3g of the rows an epoch and the refit trains the chosen "
+             "one on as many rows as its time allows", typical, len(task.train), fraction)
+    tune = replace(tune, data_fraction=fraction)
+    start.shared = validate(start.shared.with_settings({"data_fraction": fraction}))
+    start.record.update(_record(start, tune))
+    return tune
 
 
 def _record(start: _Start, tune: TuneConfig) -> dict[str, Any]:
@@ -379,7 +404,8 @@ def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget, 
                parallel: bool = False) -> Plan:
     """The plan with what building the final model costs: the kept models' disk, the time of
     the assembly (the distilled student may learn from the --unlabeled texts too; workers, and
-    a search that refits, distill nothing) and of the refit (``refit.reserve``)."""
+    a search that refits, distill nothing) and of the refit (``refit.reserve``; a search on a
+    data fraction keeps the refit's whole share, which its refit widens to fill)."""
     from pretune.models.load import weights_bytes  # models.load loads torch
 
     train_rows = len(task.train)
@@ -394,9 +420,10 @@ def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget, 
                                    distill=not tune.refit)
     again = 0.0
     if tune.refit and not parallel and shared.train.dp_epsilon is None and budget.seconds:
-        again = refit.reserve(budget, plan.trial_seconds,
-                              refit.rows_share(train_rows, len(task.valid)),
-                              most=refit.MAX_SHARE * budget.seconds - seconds)
+        most = refit.MAX_SHARE * budget.seconds - seconds
+        again = (max(0.0, most) if shared.train.data_fraction < 1  # it widens to fill it
+                 else refit.reserve(budget, plan.trial_seconds,
+                                    refit.rows_share(train_rows, len(task.valid)), most=most))
     if assembling:
         weights = weights_bytes(shared.model)
         plan = replace(plan, keep=tune.keep, keep_mb=None if weights is None

@@ -60,6 +60,7 @@ class TrainResult:
     soup: list[int] | None = None
     # Differential privacy: the budget and the epsilon spent (pretune.training.privacy), or None.
     privacy: dict | None = None
+    eval_seconds: float = 0.0  # of ``seconds``: the evaluations' (the pace of training without)
 
     @property
     def failed(self) -> bool:
@@ -92,10 +93,15 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
     evals = _Evaluations(settings)
     clock = timing.current()
 
+    evaluating = [0.0]  # seconds spent evaluating
+
     def measure() -> dict[str, float]:
+        began = time.perf_counter()
         with clock.phase("evaluation"):
-            return evaluate_model(model, valid_batches, precision=precision, device=device,
-                                  objective=objective, settings=settings)
+            metrics = evaluate_model(model, valid_batches, precision=precision, device=device,
+                                     objective=objective, settings=settings)
+        evaluating[0] += time.perf_counter() - began
+        return metrics
 
     def evaluate(step: int) -> bool:
         """Evaluate, keep the best weights, call on_eval; True when early stopping says stop."""
@@ -145,7 +151,8 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
         log.info("stopped at max_steps=%d", settings.max_steps)
     return TrainResult(evals.best_metrics, evals.best_step, stop_reason, step,
                        round(step / plan.steps_per_epoch, 4), time.perf_counter() - started,
-                       evals.history, precision, soup, private and private.report())
+                       evals.history, precision, soup, private and private.report(),
+                       evaluating[0])
 
 
 @dataclass

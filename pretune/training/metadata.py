@@ -39,6 +39,7 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
             "soup": result.soup,  # steps whose weights were averaged (checkpoint_soup)
             "epochs": result.epochs,
             "seconds": round(result.seconds, 2),
+            "eval_seconds": round(result.eval_seconds, 2),
             "precision": result.precision,
         },
         "privacy": result.privacy,  # DP-SGD: the budget and the epsilon spent; None without

@@ -6,6 +6,7 @@ import shutil
 import time
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -151,6 +152,67 @@ def test_the_plan_keeps_time_for_the_refit_only_where_it_fits():
     assert refit.reserve(budget, 40.0, 1.5, most=200.0) == pytest.approx(40 * 1.5 * refit.SLACK)
     assert refit.reserve(budget, 400.0, 1.5, most=200.0) == 0.0  # a refit longer than allowed
     assert refit.reserve(Budget.parse("5trials"), 40.0, 1.5, most=200.0) == 0.0
+
+
+def test_a_refit_of_a_trial_on_a_fraction_runs_on_as_many_rows_as_the_time_allows():
+    # the trial's pace of training: 30 s for 3 epochs, of which 6 s evaluating
+    source = {"training": {"seconds": 30.0, "eval_seconds": 6.0, "epochs": 3.0}}
+    needs = refit.estimate(source, 3.0, 1.0)
+    assert needs == pytest.approx(24.0)
+    assert refit.widened(0.01, needs, 240.0) == pytest.approx(0.01 * 240 / (24 * refit.SLACK),
+                                                              rel=0.01)
+    assert refit.widened(0.01, needs, 10_000.0) == 1.0  # all rows at most
+    assert refit.widened(0.01, needs, 5.0) == 0.01  # never fewer rows than the trial's
+    assert refit.widened(0.01, needs, float("inf")) == 0.01  # no time budget: the trial's
+    assert refit.widened(1.0, needs, 240.0) == 1.0
+    config = refit.recipe(RunConfig().with_settings({"data_fraction": 0.01}), 3.0, {}, 0.08)
+    assert config.train.data_fraction == 0.08
+    phrase = refit.rows_phrase({"rows": 68_221, "epochs": 3.0, "data_fraction": 0.08,
+                                "trial_data_fraction": 0.01})
+    assert phrase == ("0.08 of the 68,221 training and validation rows an epoch (about 5,458) "
+                      "for 3 epochs (the trial ran on 0.01)")
+
+
+def test_on_data_too_large_for_a_trial_the_search_screens_on_a_fraction_then_refits_on_more(
+        tiny_learner_dir, tmp_path, monkeypatch):
+    from pretune.search import planning, prepare
+
+    measured = prepare.lr_range
+
+    def slow_machine(*args, **kwargs):  # the range test's pace, as if a step took seconds
+        found = measured(*args, **kwargs)
+        return {**found, "seconds_per_example": 1.0}
+
+    monkeypatch.setattr(prepare, "lr_range", slow_machine)
+    monkeypatch.setattr(planning, "MIN_SCREEN_ROWS", 12)
+    train, valid = data_files(tmp_path / "data")  # 48 training rows, 12 validation rows
+    out = tmp_path / "run"
+    args = ["tune", "--model", tiny_learner_dir, "--train", train, "--valid", valid,
+            "--out", out, "--space", space_file(tmp_path / "space.yaml", NARROW),
+            "--fixed", "epochs=3", "--precision", "fp32", "--fixed", "threads=1",
+            "--no-priors", "--no-report"]
+    result = cli(*args, "--budget", "20s,3trials")
+    assert result.exit_code == 0, result.output
+    # one 3-epoch trial at a second an example takes minutes: the trials screen on 12 rows
+    record = yaml.safe_load((out / "pretune.yaml").read_text())
+    assert record["tune"]["data_fraction"] == 0.25
+    plan = yaml.safe_load((out / "plan.yaml").read_text())
+    assert plan["plan"]["data_fraction"] == 0.25
+    assert plan["plan"]["refit_seconds"] > 0.3 * 20  # the refit's whole share of the budget
+    trials = optuna.load_study(study_name="pretune", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert len(trials) == 3
+    for t in trials:  # each epoch a quarter of the rows
+        assert t.user_attrs["settings"]["data_fraction"] == 0.25
+    # the trials took less than a second, so the time left allows the refit all the rows
+    again = plan["refit"]
+    assert (again["trial_data_fraction"], again["data_fraction"]) == (0.25, 1.0)
+    best = _meta(out / "best")
+    assert best["settings"]["train"]["data_fraction"] == 1.0
+    assert best["data"]["train_rows"] == 48 + 12
+    assert "then refit:" in result.output and "60 training and validation rows" in result.output
+    # a continued search keeps the fraction its trials started with
+    assert cli(*args, "--budget", "20s,4trials").exit_code == 0
+    assert yaml.safe_load((out / "plan.yaml").read_text())["plan"]["data_fraction"] == 0.25
 
 
 def test_a_regression_refit_learns_the_scale_of_both_splits(tiny_learner_dir, tmp_path):

@@ -132,6 +132,28 @@ def test_the_plan_keeps_all_rows_unless_a_data_fraction_is_given():
         in given.message()
 
 
+def test_on_data_too_large_for_one_trial_the_trials_screen_on_a_fraction():
+    budget = Budget(seconds=600)
+    # 60,000 rows, 1,000 validation rows, 3 epochs evaluated twice each, 0.01 s an example:
+    # a trial on all rows takes 1,820 s, more than the whole budget.
+    kw = dict(valid_rows=1000, epochs=3.0, evals_per_epoch=2, share=0.5)
+    fraction = planning.screening_fraction(budget, 0.01, 60_000, **kw)
+    # six trials in 300 s: 50 s each, of which the evaluations take 20 s; 1,000 rows an epoch
+    assert fraction == pytest.approx(1000 / 60_000, rel=0.01)
+    trial = planning.trial_seconds(0.01, round(fraction * 60_000), 1000, 3.0, 2)
+    assert trial * planning.SCREEN_TRIALS == pytest.approx(0.5 * 600, rel=0.01)
+    longer = planning.screening_fraction(Budget(seconds=1200), 0.01, 60_000, **kw)
+    assert longer == pytest.approx(2667 / 60_000, rel=0.01)  # 100 s a trial, 80 s training
+    # a screening epoch runs on MIN_SCREEN_ROWS at least, however short the budget
+    assert planning.screening_fraction(Budget(seconds=60), 0.01, 60_000, **kw) == \
+        pytest.approx(planning.MIN_SCREEN_ROWS / 60_000, rel=0.01)
+    # one trial fits the budget, or nothing is known of the pace or the time: all rows
+    assert planning.screening_fraction(budget, 0.001, 60_000, **kw) is None
+    assert planning.screening_fraction(budget, None, 60_000, **kw) is None
+    assert planning.screening_fraction(Budget(trials=5), 0.01, 60_000, **kw) is None
+    assert planning.screening_fraction(Budget(seconds=30), 0.01, 900, **kw) is None  # the floor
+
+
 def test_the_lr_range_moves_only_when_the_user_left_it_alone():
     dims, pinned = resolve_space(None, None, RunConfig())
     assert planning.lr_is_free(dims, None, pinned)

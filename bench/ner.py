@@ -20,6 +20,10 @@ Protocol
 * Contender C, the same Trainer set up as a careful user would for a small model on a couple
   of thousand sentences: ``learning_rate=1e-4``, batch 32, 3 epochs, 6% linear warmup, bf16
   (pretune's first recipe from practice, run once).
+* Contender D, only when named (``--contenders pretune,pretune-all-rows``): pretune with
+  ``data_fraction=1``, every trial on all rows, as the plan ran on data too large for one trial
+  in the budget before it screened recipes on a fraction (``--train-rows 14041``: the whole
+  training file).
 * Both are scored the same way: seqeval's strict entity F1 (IOB2) on the test words, and the
   wall-clock seconds of the work itself (after the imports), prediction on test included.
 * Each contender runs in its own subprocess (this script again, with ``--only NAME --json
@@ -48,8 +52,9 @@ from typing import Any
 from common import REPO, fail, model_dir, print_table, run_contender  # noqa: E402 - sets the offline switches
 
 DATA = REPO / ".." / "shared" / "data" / "conll2003"
-CONTENDERS = ("pretune", "hf", "hf-careful")
-LABELS = {"pretune": "pretune", "hf": "HF Trainer (guide settings)",
+CONTENDERS = ("pretune", "hf", "hf-careful", "pretune-all-rows")
+LABELS = {"pretune": "pretune", "pretune-all-rows": "pretune, every trial on all rows "
+          "(--data-fraction 1)", "hf": "HF Trainer (guide settings)",
           "hf-careful": "HF Trainer (careful: lr 1e-4, batch 32, 3 epochs, warmup, bf16)"}
 # The Trainer's settings: the guide's, and those a user who knows that a small model on a
 # couple of thousand sentences needs a higher rate and more epochs would pick (pretune's first
@@ -90,12 +95,13 @@ def entity_f1(true: list[list[str]], pred: list[list[str]]) -> float:
     return float(f1_score(true, pred, mode="strict", scheme=IOB2))
 
 
-def run_pretune(files: dict[str, Path], budget: str, run_dir: Path) -> dict[str, Any]:
+def run_pretune(files: dict[str, Path], budget: str, run_dir: Path,
+                fraction: float | None = None) -> dict[str, Any]:
     import pretune
 
     started = time.perf_counter()
     result = pretune.tune(model=model_dir(), train=str(files["train"]), valid=str(files["valid"]),
-                          budget=budget, out=str(run_dir))
+                          budget=budget, out=str(run_dir), data_fraction=fraction)
     searched = time.perf_counter() - started
     preds = pretune.predict(run_dir, files["test"])
     test = read(files["test"])
@@ -103,6 +109,8 @@ def run_pretune(files: dict[str, Path], budget: str, run_dir: Path) -> dict[str,
                                         [list(p) for p in preds["prediction"]]),
             "valid_entity_f1": result.best_metrics.get("entity_f1"),
             "trials": int((result.trials["state"] == "COMPLETE").sum()),
+            "data_fraction": (result.plan or {}).get("data_fraction", 1.0),
+            "refit": result.refit,
             "seconds": time.perf_counter() - started, "search_seconds": searched}
 
 
@@ -182,8 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--valid-rows", type=int, help="the first N validation sentences (default all)")
     parser.add_argument("--test-rows", type=int, help="the first N test sentences (default all)")
     parser.add_argument("--only", choices=CONTENDERS, help="run one contender in this process")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help="which to run, comma-separated (default all three)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS[:3]),
+                        help="which to run, comma-separated (default the first three)")
     parser.add_argument("--out-dir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--json", type=Path, help="with --only: write the result here")
     return parser.parse_args(argv)
@@ -199,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     files = prepare(out_dir, args)
     if args.only:
         run_dir = out_dir / args.only
-        result = (run_pretune(files, args.budget, run_dir) if args.only == "pretune"
-                  else run_hf(files, run_dir, args.only))
+        if args.only.startswith("pretune"):  # all rows: the plan before large-data screening
+            result = run_pretune(files, args.budget, run_dir,
+                                 1.0 if args.only == "pretune-all-rows" else None)
+        else:
+            result = run_hf(files, run_dir, args.only)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2, default=str))
         else:

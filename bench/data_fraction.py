@@ -41,11 +41,13 @@ from common import (  # noqa: E402 - bench/common.py sets the offline switches f
     check_data, data_files, fail, model_dir, print_table, test_accuracy, train_sample)
 
 def one_run(name: str, train_csv: Path, budget: str, out: Path, threads: int | None,
-            fraction: float | None = None) -> dict:
+            fraction: float | None = None, seed: int | None = None) -> dict:
     import pretune
 
     files = data_files()
     extra = {} if threads is None else {"threads": threads}
+    if seed is not None:
+        extra["seed"] = seed
     started = time.perf_counter()
     result = pretune.tune(train=str(train_csv), valid=str(files["validation"]), model=model_dir(),
                           budget=budget, out=out, data_fraction=fraction, **extra)
@@ -81,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run with --data-fraction F")
     parser.add_argument("--only", choices=("default", "all rows"), default=None,
                         help="run one of the two runs")
+    parser.add_argument("--seed", type=int, default=None, help="the search's seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where the runs go (default: a temporary folder)")
@@ -108,13 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name, fraction in runs.items():
             row = one_run(name, train_csv, args.budget, out_dir / name.replace(" ", "-"),
-                          args.threads, fraction)
+                          args.threads, fraction, args.seed)
             print(f"[fraction] {name}: data_fraction {row['fraction']:g}, trials {row['trials']}, "
                   f"judged {row['judged']}, refit {row['refit']}, valid {row['valid']:.4f}, "
                   f"test {row['test']:.4f}, {row['seconds']:.0f}s, best {row['best']}", flush=True)
             rows.append(row)
     print()
-    print(f"SST-2, {train_csv.name}, budget {args.budget}, all-MiniLM-L6-v2, pretune defaults")
+    print(f"SST-2, {train_csv.name}, budget {args.budget}, all-MiniLM-L6-v2, pretune defaults, "
+          f"seed {args.seed or 0}; valid acc: the best trial's (a refit's model has seen them)")
     print_table(("run", "data_fraction", "trials", "settings judged", "refit (fraction x epochs)",
                  "valid acc", "test acc", "seconds"),
                 [(r["run"], f"{r['fraction']:g}", r["trials"], r["judged"], r["refit"],

@@ -1,4 +1,4 @@
-"""Large data on a short budget: the search as it plans it against every trial on all rows.
+"""Large data on a short budget: the search as it comes against the same with ``--screen``.
 
 Protocol
 --------
@@ -9,13 +9,13 @@ Protocol
 * Runs: ``pretune.tune`` with its defaults and ``--budget``, one after the other in this
   process, each in its own run directory (no cache shared):
 
-  - ``default``: as it comes. One trial on all rows would not fit the budget, so the trials
-    screen recipes on a data fraction (six typical trials in half the budget; evaluations and
-    the pruner's rungs every half of such an epoch) and the refit trains the chosen recipe on as
-    many rows as the other half allows, its schedule fitted to them.
-  - ``all rows``: ``--data-fraction 1``, the default before the screening: every trial on all
-    rows; the first recipe runs until the deadline stops it (its schedule cut where it stands)
-    and is evaluated then.
+  - ``screen``: ``--screen``. The trials screen recipes on a data fraction (six typical
+    trials in half the budget; evaluations and the pruner's rungs every half of such an epoch)
+    and the refit trains the chosen recipe on as many rows as the other half allows, its
+    schedule fitted to them.
+  - ``default``: as it comes, every trial on all rows: one trial does not fit the budget, so
+    the first recipe runs until the deadline stops it (its schedule cut where it stands) and
+    is evaluated then.
   - ``fraction``: only with ``--fraction F``: ``--data-fraction F``.
 
 * Reported per run: the trials' data fraction, the trials and how they ended, the distinct
@@ -41,7 +41,8 @@ from common import (  # noqa: E402 - bench/common.py sets the offline switches f
     check_data, data_files, fail, model_dir, print_table, test_accuracy, train_sample)
 
 def one_run(name: str, train_csv: Path, budget: str, out: Path, threads: int | None,
-            fraction: float | None = None, seed: int | None = None) -> dict:
+            fraction: float | None = None, seed: int | None = None, screen: bool = False
+            ) -> dict:
     import pretune
 
     files = data_files()
@@ -50,7 +51,8 @@ def one_run(name: str, train_csv: Path, budget: str, out: Path, threads: int | N
         extra["seed"] = seed
     started = time.perf_counter()
     result = pretune.tune(train=str(train_csv), valid=str(files["validation"]), model=model_dir(),
-                          budget=budget, out=out, data_fraction=fraction, **extra)
+                          budget=budget, out=out, data_fraction=fraction, screen=screen,
+                          **extra)
     seconds = time.perf_counter() - started
     plan, again = result.plan or {}, result.refit or {}
     return {"run": name, "fraction": float(plan.get("data_fraction", 1.0)),
@@ -81,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training rows to sample (default: all of train.csv)")
     parser.add_argument("--fraction", type=float, default=None,
                         help="also run with --data-fraction F")
-    parser.add_argument("--only", choices=("default", "all rows"), default=None,
+    parser.add_argument("--only", choices=("screen", "default"), default=None,
                         help="run one of the two runs")
     parser.add_argument("--seed", type=int, default=None, help="the search's seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -98,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_data()
-    runs = {"default": None, "all rows": 1.0}
+    runs = {"screen": None, "default": None}
     if args.only:
         runs = {args.only: runs[args.only]}
     if args.fraction is not None:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name, fraction in runs.items():
             row = one_run(name, train_csv, args.budget, out_dir / name.replace(" ", "-"),
-                          args.threads, fraction, args.seed)
+                          args.threads, fraction, args.seed, screen=name == "screen")
             print(f"[fraction] {name}: data_fraction {row['fraction']:g}, trials {row['trials']}, "
                   f"judged {row['judged']}, refit {row['refit']}, valid {row['valid']:.4f}, "
                   f"test {row['test']:.4f}, {row['seconds']:.0f}s, best {row['best']}", flush=True)

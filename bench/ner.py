@@ -20,10 +20,10 @@ Protocol
 * Contender C, the same Trainer set up as a careful user would for a small model on a couple
   of thousand sentences: ``learning_rate=1e-4``, batch 32, 3 epochs, 6% linear warmup, bf16
   (pretune's first recipe from practice, run once).
-* Contender D, only when named (``--contenders pretune,pretune-all-rows``): pretune with
-  ``data_fraction=1``, every trial on all rows, as the plan ran on data too large for one trial
-  in the budget before it screened recipes on a fraction (``--train-rows 14041``: the whole
-  training file).
+* Contender D, only when named (``--contenders pretune,pretune-screen``): pretune with
+  ``screen=True``: on data too large for the budget (``--train-rows 14041``, the whole training
+  file, and a few minutes) the trials screen recipes on a fraction of the rows and the refit
+  trains the chosen one on as many as half the budget allows.
 * Both are scored the same way: seqeval's strict entity F1 (IOB2) on the test words, and the
   wall-clock seconds of the work itself (after the imports), prediction on test included.
 * Each contender runs in its own subprocess (this script again, with ``--only NAME --json
@@ -52,9 +52,9 @@ from typing import Any
 from common import REPO, fail, model_dir, print_table, run_contender  # noqa: E402 - sets the offline switches
 
 DATA = REPO / ".." / "shared" / "data" / "conll2003"
-CONTENDERS = ("pretune", "hf", "hf-careful", "pretune-all-rows")
-LABELS = {"pretune": "pretune", "pretune-all-rows": "pretune, every trial on all rows "
-          "(--data-fraction 1)", "hf": "HF Trainer (guide settings)",
+CONTENDERS = ("pretune", "hf", "hf-careful", "pretune-screen")
+LABELS = {"pretune": "pretune", "pretune-screen": "pretune --screen",
+          "hf": "HF Trainer (guide settings)",
           "hf-careful": "HF Trainer (careful: lr 1e-4, batch 32, 3 epochs, warmup, bf16)"}
 # The Trainer's settings: the guide's, and those a user who knows that a small model on a
 # couple of thousand sentences needs a higher rate and more epochs would pick (pretune's first
@@ -96,12 +96,12 @@ def entity_f1(true: list[list[str]], pred: list[list[str]]) -> float:
 
 
 def run_pretune(files: dict[str, Path], budget: str, run_dir: Path,
-                fraction: float | None = None) -> dict[str, Any]:
+                screen: bool = False) -> dict[str, Any]:
     import pretune
 
     started = time.perf_counter()
     result = pretune.tune(model=model_dir(), train=str(files["train"]), valid=str(files["valid"]),
-                          budget=budget, out=str(run_dir), data_fraction=fraction)
+                          budget=budget, out=str(run_dir), screen=screen)
     searched = time.perf_counter() - started
     preds = pretune.predict(run_dir, files["test"])
     test = read(files["test"])
@@ -207,9 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     files = prepare(out_dir, args)
     if args.only:
         run_dir = out_dir / args.only
-        if args.only.startswith("pretune"):  # all rows: the plan before large-data screening
-            result = run_pretune(files, args.budget, run_dir,
-                                 1.0 if args.only == "pretune-all-rows" else None)
+        if args.only.startswith("pretune"):
+            result = run_pretune(files, args.budget, run_dir, args.only == "pretune-screen")
         else:
             result = run_hf(files, run_dir, args.only)
         if args.json:

@@ -130,6 +130,7 @@ def tune(
     keep: int | None = None,
     assemble: bool | None = None,
     refit: bool | None = None,
+    screen: bool | None = None,
     workers: int | None = None,
     executor: str | None = None,
     ray_address: str | None = None,
@@ -168,7 +169,8 @@ def tune(
     ``refit`` (on by default) trains the recipe of the model in best/ once more on the training
     and validation rows at the end and puts that model in best/ (see ``pretune.search.refit``).
     ``data_fraction`` is the part of the training rows each epoch of a trial runs on (default
-    1: all; see ``pretune.search.planning``).
+    1: all; see ``pretune.search.planning``). ``screen`` picks one on data too large for the
+    budget: the trials screen recipes on it and the refit trains the chosen one on more rows.
 
     ``workers`` runs that many trials at once, each in its own process, on a storage that
     several processes may write (``OUT/study.journal`` by default, or ``storage``: PostgreSQL,

@@ -623,6 +623,11 @@ class TuneConfig:
     # rows at the end, for the epochs its trial's model was taken at (pretune.search.refit);
     # the ensemble is then not distilled (best/ would be replaced).
     refit: bool = True
+    # On data too large for the budget, the trials screen recipes on a data fraction (six in
+    # half the budget) and the refit trains the chosen one on as many rows as the other half
+    # allows (pretune.search.planning.screening_fraction). Off by default: it won on SST-2 and
+    # lost on CoNLL-2003 (docs/search.md).
+    screen: bool = False
     # Train each trial in a child process, so that one the kernel kills for memory is a failed
     # trial and the search goes on: auto (when its memory estimate is tight, on the CPU),
     # always, never.

@@ -71,6 +71,7 @@ def command(
     keep: Optional[int] = typer.Option(None, "--keep", help="Models of the best trials kept for the final assembly (default 5; 0: none)."),
     assemble: Optional[bool] = typer.Option(None, "--assemble/--no-assemble", help="Build the final model from the kept trials: soups, an ensemble, its distillation (default on)."),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Train the final model's recipe again on the training and validation rows at the end (default on)."),
+    screen: Optional[bool] = typer.Option(None, "--screen/--no-screen", help="On data too large for the budget: the trials screen recipes on a fraction of the rows and the refit trains the chosen one on as many rows as half the budget allows (default off)."),
     data_fraction: Optional[float] = typer.Option(None, "--data-fraction", help="Part of the training rows each epoch of a trial runs on, the next part of a shuffled pass (default 1: all)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL; default: sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in the storage (default pretune)."),

@@ -62,7 +62,7 @@ LOST = "worker lost: its heartbeat stopped"  # fail reason of a trial another wo
 MAY_CHANGE = {"tune.budget", "tune.space", "tune.priors", "tune.lr_range_test",
               "tune.lr_range_steps", "tune.seed_check", "tune.seed_check_runs", "tune.workers",
               "tune.executor", "tune.ray_address", "tune.cpus_per_trial", "tune.heartbeat", "tune.keep",
-              "tune.assemble"}
+              "tune.assemble", "tune.screen"}  # a screening fraction is kept as data_fraction
 
 
 class RunLock:
@@ -349,6 +349,9 @@ def _as_before(key: str, value: Any) -> bool:
     """Whether a setting that a run directory's record lacks (it was written before the setting
     existed) has the value that version ran with: its default, or classification as the task."""
     parts = key.split(".")
+    if parts[0] == "tune" and len(parts) == 2:  # a search setting added since (refit, ...)
+        defaults = vars(TuneConfig())
+        return parts[1] in defaults and _same(plain(defaults[parts[1]]), value)
     if parts[0] != "settings" or len(parts) != 3 or parts[1] not in GROUPS:
         return False
     if parts[2] == "task":

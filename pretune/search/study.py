@@ -198,11 +198,11 @@ def _open(start: _Start, space: Mapping[str, Any] | None) -> None:
 
 
 def _screening(start: _Start, tune: TuneConfig) -> TuneConfig:
-    """On a first start with data too large for one trial in the time budget: ``tune`` with
+    """``--screen``, on a first start with data too large for the time budget: ``tune`` with
     the data fraction its trials screen recipes on (``planning.screening_fraction``), recorded
     so that a continued search keeps it. Only where the refit will train the chosen recipe on
     more rows, the user named no fraction and the strategy is ``auto``."""
-    if (tune.data_fraction is not None or not tune.refit or start.parallel
+    if (not tune.screen or tune.data_fraction is not None or not tune.refit or start.parallel
             or start.strategy.name != "auto" or start.shared.train.dp_epsilon is not None):
         return tune
     task = start.task
@@ -211,10 +211,12 @@ def _screening(start: _Start, tune: TuneConfig) -> TuneConfig:
         start.budget, (start.found or {}).get("seconds_per_example"), len(task.train),
         len(task.valid), typical, tune.evals_per_epoch, share=1 - refit.MAX_SHARE)
     if fraction is None:
+        log.info("screen: %d typical trials on all %d rows fit half the budget; no fraction",
+                 planning.SCREEN_TRIALS, len(task.train))
         return tune
-    log.info("large data: one %g-epoch trial on all %d rows would not fit the budget, so the "
-             "trials screen recipes on %.3g of the rows an epoch and the refit trains the chosen "
-             "one on as many rows as its time allows", typical, len(task.train), fraction)
+    log.info("screen: the trials screen recipes on %.3g of the %d rows an epoch and the refit "
+             "trains the chosen one on as many rows as its time allows", fraction,
+             len(task.train))
     tune = replace(tune, data_fraction=fraction)
     start.shared = validate(start.shared.with_settings({"data_fraction": fraction}))
     start.record.update(_record(start, tune))

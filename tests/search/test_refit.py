@@ -173,7 +173,7 @@ def test_a_refit_of_a_trial_on_a_fraction_runs_on_as_many_rows_as_the_time_allow
                       "for 3 epochs (the trial ran on 0.01)")
 
 
-def test_on_data_too_large_for_a_trial_the_search_screens_on_a_fraction_then_refits_on_more(
+def test_with_screen_a_search_on_large_data_screens_on_a_fraction_then_refits_on_more(
         tiny_learner_dir, tmp_path, monkeypatch):
     from pretune.search import planning, prepare
 
@@ -191,7 +191,11 @@ def test_on_data_too_large_for_a_trial_the_search_screens_on_a_fraction_then_ref
             "--out", out, "--space", space_file(tmp_path / "space.yaml", NARROW),
             "--fixed", "epochs=3", "--precision", "fp32", "--fixed", "threads=1",
             "--no-priors", "--no-report"]
-    result = cli(*args, "--budget", "20s,3trials")
+    plain = cli(*args, "--out", tmp_path / "plain", "--budget", "20s,1trials")
+    assert plain.exit_code == 0, plain.output  # no --screen: every trial on all rows
+    assert yaml.safe_load((tmp_path / "plain" / "pretune.yaml").read_text())["tune"][
+        "data_fraction"] is None
+    result = cli(*args, "--budget", "20s,3trials", "--screen")
     assert result.exit_code == 0, result.output
     # one 3-epoch trial at a second an example takes minutes: the trials screen on 12 rows
     record = yaml.safe_load((out / "pretune.yaml").read_text())
@@ -210,7 +214,7 @@ def test_on_data_too_large_for_a_trial_the_search_screens_on_a_fraction_then_ref
     assert best["settings"]["train"]["data_fraction"] == 1.0
     assert best["data"]["train_rows"] == 48 + 12
     assert "then refit:" in result.output and "60 training and validation rows" in result.output
-    # a continued search keeps the fraction its trials started with
+    # a continued search keeps the fraction its trials started with, --screen given or not
     assert cli(*args, "--budget", "20s,4trials").exit_code == 0
     assert yaml.safe_load((out / "plan.yaml").read_text())["plan"]["data_fraction"] == 0.25
 

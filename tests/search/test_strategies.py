@@ -132,7 +132,7 @@ def test_the_plan_keeps_all_rows_unless_a_data_fraction_is_given():
         in given.message()
 
 
-def test_on_data_too_large_for_an_epoch_in_the_refits_time_the_trials_screen_on_a_fraction():
+def test_on_data_too_large_for_the_budget_the_screening_fraction_fits_six_trials_in_half():
     budget = Budget(seconds=600)
     # 60,000 rows, 1,000 validation rows, 3 epochs evaluated twice each, 0.01 s an example:
     # a trial on all rows takes 1,820 s, more than the whole budget.
@@ -147,10 +147,11 @@ def test_on_data_too_large_for_an_epoch_in_the_refits_time_the_trials_screen_on_
     # a screening epoch runs on MIN_SCREEN_ROWS at least, however short the budget
     assert planning.screening_fraction(Budget(seconds=60), 0.01, 60_000, **kw) == \
         pytest.approx(planning.MIN_SCREEN_ROWS / 60_000, rel=0.01)
-    # the refit's half of the budget covers an epoch of all rows (one at 0.0045 s an example
-    # takes 273 s, though the trial of 3 takes 819 s), or nothing is known: all rows
-    assert planning.screening_fraction(budget, 0.0045, 60_000, **kw) is None
-    assert planning.screening_fraction(budget, 0.001, 60_000, **kw) is None
+    # 182 s a trial on all rows: six do not fit 300 s, six of 50 s on 16,000 rows do
+    assert planning.screening_fraction(budget, 0.001, 60_000, **kw) == pytest.approx(
+        16_000 / 60_000, rel=0.01)
+    # six trials on all rows fit half the budget, or nothing is known: all rows
+    assert planning.screening_fraction(budget, 0.0001, 60_000, **kw) is None
     assert planning.screening_fraction(budget, None, 60_000, **kw) is None
     assert planning.screening_fraction(Budget(trials=5), 0.01, 60_000, **kw) is None
     assert planning.screening_fraction(Budget(seconds=30), 0.01, 900, **kw) is None  # the floor

@@ -29,7 +29,7 @@ built) or a model id or directory. The student's search (default space plus dist
 distill_temperature) runs in --out (default RUN/distill), which gets its own trials.csv, best/
 and report; OUT/distill.yaml holds the comparison (size, speed, and the task's main validation
 metrics), and pretune show OUT prints it again. Text runs only (classification, regression,
-multi-label); an image run is refused.
+multi-label, token classification); an image run is refused.
 """
 
 

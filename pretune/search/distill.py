@@ -2,8 +2,9 @@
 
 The teacher is the run's ``best/`` model; the data and the settings are the run's own (its
 ``pretune.yaml``; the data split, ``max_length`` and text preprocessing of the best model).
-Distillation supports text runs (classification, regression, multi-label); an image run is
-refused before any work.
+Distillation supports text runs (classification, regression, multi-label, token
+classification: the teacher's tags of each word, on the student's windows, ``word_logits``);
+an image run is refused before any work.
 
 Text preprocessing (``lowercase``, ``stopwords``, ``stem``; ``pretune.data.text_prep``) follows
 one rule: every model sees the texts as it was trained on them. The teacher's logits on the
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DISTILL_DIR = "distill"  # the student's run directory inside the teacher's, by default
 REPORT_FILE = "distill.yaml"
+WORD_LOGITS_FILE = "teacher-word-logits.safetensors"  # token runs: on the student's windows
 STUDENT_INIT_DIR = "student-init"  # a layers:N student before training, in the student's run
 # The student's search adds these to the default space (Hinton et al. 2015 use T from 1 to 20;
 # 1 to 8 covers what small-model distillation papers report as best).
@@ -56,7 +58,8 @@ DISTILL_SPACE: dict[str, Any] = {
 }
 # The validation metrics the comparison reports for each task (the run's metric is added).
 REPORT_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy",), "regression": ("r2", "mse"), "multilabel": ("f1_micro",)}
+    "classification": ("accuracy",), "regression": ("r2", "mse"), "multilabel": ("f1_micro",),
+    "token": ("entity_f1",)}
 # The settings of the best model that the student inherits: the split, the length the
 # teacher's logits were computed at, and the text preprocessing.
 INHERITED = ("max_length", "data_seed", "lowercase", "stopwords", "stem")
@@ -171,7 +174,8 @@ def distill(
     base, task, views = prepare(path, best_meta, student_base(record, best_meta), space, fixed)
     student_model, logits_path, computed = teach(kind, value, teacher_dir, out, views,
                                                  base.data.max_length, path / rundir.CACHE_DIR,
-                                                 batch_size=base.train.eval_batch_size)
+                                                 batch_size=base.train.eval_batch_size,
+                                                 student=base, raw=task)
     base = base.with_settings({"model": student_model,
                                "distill_logits": str(Path(logits_path).resolve())})
     options = dict(budget=budget, priors=priors, lr_range_test=lr_range_test,
@@ -222,12 +226,6 @@ def prepare(path: Path, best_meta: Mapping[str, Any], base: RunConfig, space: Ma
     validate(base)
     best_settings = best_meta.get("settings") or {}
     task_kind = (best_meta.get("task") or {}).get("kind", "classification")
-    if task_kind == "token":
-        raise ConfigError(
-            f"pretune distill teaches a student the teacher's output for each text, but "
-            f"{path / rundir.BEST_DIR} tags each word (token classification). Train a smaller "
-            f"model with pretune tune --model instead."
-        )
     task = load_task(base.data, data_seed(base))
     if task.kind != task_kind:
         raise ConfigError(
@@ -244,28 +242,70 @@ def prepare(path: Path, best_meta: Mapping[str, Any], base: RunConfig, space: Ma
 
 
 def teach(kind: str, value: Any, teacher_dir: Path, out: Path, views: Mapping[str, Any],
-          max_length: int, cache_dir: Path, *, batch_size: int) -> tuple[str, Path, bool]:
+          max_length: int, cache_dir: Path, *, batch_size: int, student: RunConfig | None = None,
+          raw=None) -> tuple[str, Path, bool]:
     """The student's model (a ``layers:N`` copy of the teacher, built in ``out`` once, or the
     named one) and the teacher's logits on the training rows: ``(model, logits file, computed
     now)``. The teacher reads ``views["teacher"]``; the file is labelled with the rows of
-    ``views["student"]``, which the student trains on."""
+    ``views["student"]``, which the student trains on. Token classification: the teacher's
+    per-word logits, on the windows the student trains on (``student``: its settings; ``raw``:
+    the data as read)."""
     from pretune.training import distill as kd  # torch loads only when this runs
 
     logits = dict(task=views["student"], inputs=views["teacher"], max_length=max_length,
                   cache_dir=cache_dir, batch_size=batch_size)
-    if kind != "layers":
+    words = views["student"].kind == "token"
+    if kind != "layers" and not words:
         return (value, *kd.teacher_logits(teacher_dir, **logits))
     from pretune.models.io import load_model_dir  # torch loads only when this runs
 
     model, tokenizer, _ = load_model_dir(teacher_dir)
     init = out / STUDENT_INIT_DIR
-    if not (init / "config.json").is_file():
+    if kind == "layers" and not (init / "config.json").is_file():
         kd.layer_student(model, value)  # a bad N or model fails before the logits
-    logits_path, computed = kd.teacher_logits(teacher_dir, model=model, tokenizer=tokenizer,
-                                              **logits)
+    if words:
+        logits_path = word_logits(teacher_dir, model, tokenizer, raw, views["student"],
+                                  student, out, value if kind != "layers" else None)
+        computed = True
+    else:
+        logits_path, computed = kd.teacher_logits(teacher_dir, model=model, tokenizer=tokenizer,
+                                                  **logits)
+    if kind != "layers":
+        return value, logits_path, computed
     if not (init / "config.json").is_file():
         kd.build_layer_student(teacher_dir, value, init)
     return str(init.resolve()), logits_path, computed
+
+
+def word_logits(teacher_dir: Path, model, tokenizer, raw, student_view, student: RunConfig,
+                out: Path, student_model: str | None) -> Path:
+    """The teacher's per-word logits on the training sentences (read as it was trained),
+    placed on the windows the student trains on (``tokens.on_windows``: its tokenizer, the
+    teacher's for a ``layers:N`` student, its max_length and stride), in ``out``."""
+    import torch  # torch loads only when this runs
+
+    from pretune.data import tokens
+    from pretune.models.io import read_meta
+    from pretune.models.load import load_tokenizer
+    from pretune.training import ensemble as ens, objectives
+    from pretune.training.distill import write_logits
+    from pretune.training.inputs import token_windows
+    from pretune.training.predict import model_outputs
+
+    settings = RunConfig.from_dict(read_meta(teacher_dir).get("settings") or {})
+    objective = objectives.for_task(raw, settings.train)
+    outputs, _ = model_outputs(model, tokenizer, settings, raw, split="train",
+                               objective=objective)
+    if student_model is not None:
+        tokenizer = load_tokenizer(student_model, is_local=Path(student_model).is_dir())
+    windows = token_windows(student, student_view, tokenizer, "train", training=True)
+    path = Path(out) / WORD_LOGITS_FILE
+    write_logits(path, torch.as_tensor(tokens.on_windows(windows, ens.as_logits(objective,
+                                                                                outputs))),
+                 student_view, teacher=str(teacher_dir), sentences=len(student_view.train.labels))
+    log.info("teacher logits on the words of %d training sentences: %s",
+             len(student_view.train.labels), path)
+    return path
 
 
 def report_metrics(kind: str, metric: str) -> list[str]:
@@ -324,6 +364,14 @@ def score(model, tokenizer, meta: Mapping[str, Any], settings: RunConfig, task, 
 
     valid = text_prep.apply_to_task(task, settings.data).valid
     objective = _objective_of(task.kind, meta.get("task") or {})
+    if task.kind == "token":  # per word, on whole sentences, as the search scored it
+        from pretune.training import ensemble as ens, objectives
+        from pretune.training.predict import model_outputs
+
+        objective = objectives.for_task(task, settings.train)  # with the tag names
+        outputs, labels = model_outputs(model, tokenizer, settings, task, objective=objective)
+        return valid, ens.score(objective, outputs, labels, replace(settings.train,
+                                                                     metric=metric))
     enc = encode(valid.texts, valid.pairs, valid.labels, tokenizer,
                  settings.data.max_length or 128)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

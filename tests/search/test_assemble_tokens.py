@@ -276,3 +276,33 @@ def test_a_soup_of_token_models_is_scored_by_entity_f1_on_its_words(token_run, t
     pred = [[names[t] for t in row[k]] for row, k in zip(outputs.argmax(-1), keep)]
     expected = entity_report(true, pred, task.scheme).get("micro avg", {}).get("f1-score", 0.0)
     assert made.metrics["entity_f1"] == pytest.approx(expected)
+
+
+def test_pretune_distill_teaches_a_token_student_each_words_tags(token_run, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    from pretune.search.distill import WORD_LOGITS_FILE
+    from pretune.training.distill import read_logits
+
+    run, valid, _, _ = token_run
+    out = tmp_path / "student"
+    done = cli("distill", run, "--student", "layers:1", "--out", out, "--budget", "2trials",
+               "--fixed", "epochs=2", "--fixed", "threads=1", "--fixed", "batch_size=8",
+               "--no-lr-range-test", "--no-priors", "--no-report")
+    assert done.exit_code == 0, done.output
+    student = AutoModelForTokenClassification.from_pretrained(out / "best")
+    assert student.config.num_hidden_layers == 1
+    # one row per training window, NaN where no word's tags are taught (later sub-tokens, pads)
+    logits, meta = read_logits(out / WORD_LOGITS_FILE)
+    tags = yaml.safe_load((run / "best" / "pretune.yaml").read_text())["labels"]
+    assert int(meta["sentences"]) == 48 and logits.shape[-1] == len(tags)
+    taught = ~torch.isnan(logits[..., 0])
+    assert 0 < int(taught.sum()) < taught.numel()
+    assert torch.allclose(logits[taught].softmax(-1).sum(-1), torch.ones(int(taught.sum())))
+    report = yaml.safe_load((out / "distill.yaml").read_text())
+    assert report["metrics"] == ["entity_f1"]
+    best = yaml.safe_load((out / "best" / "pretune.yaml").read_text())
+    assert report["student"]["entity_f1"] == pytest.approx(best["metrics"]["entity_f1"], abs=1e-6)
+    truth = [r["tags"] for r in pd.read_json(valid, lines=True).to_dict("records")]
+    predicted = pretune.predict(out, valid)["prediction"]
+    assert [len(p) for p in predicted] == [len(t) for t in truth]

@@ -1,4 +1,4 @@
-"""Large data on a short budget: the search as it comes, every trial on all rows, ``--screen``.
+"""Large data on a short budget: the search as it comes against the same with ``--screen``.
 
 Protocol
 --------
@@ -9,19 +9,14 @@ Protocol
 * Runs: ``pretune.tune`` with its defaults and ``--budget``, one after the other in this
   process, each in its own run directory (no cache shared):
 
-  - ``default``: as it comes. One typical trial on all rows would not end in the budget, so
-    each epoch of a trial runs on the fraction of the rows at which it ends in 85% of the
-    budget: the first recipe's schedule (warmup, decay) ends before the deadline.
-  - ``all rows``: ``--data-fraction 1``, every trial on all rows (the default before the fitted
-    fraction): the first recipe runs until the deadline stops it (its schedule cut where it
-    stands) and is evaluated then.
   - ``screen``: ``--screen``. The trials screen recipes on a data fraction (six typical
     trials in half the budget; evaluations and the pruner's rungs every half of such an epoch)
     and the refit trains the chosen recipe on as many rows as the other half allows, its
     schedule fitted to them.
+  - ``default``: as it comes, every trial on all rows: one trial does not fit the budget, so
+    the first recipe runs until the deadline stops it (its schedule cut where it stands) and
+    is evaluated then.
   - ``fraction``: only with ``--fraction F``: ``--data-fraction F``.
-
-  ``--runs`` picks among the first three (default: all three).
 
 * Reported per run: the trials' data fraction, the trials and how they ended, the distinct
   settings judged (trials that reached an evaluation), what the refit trained on, the best
@@ -88,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training rows to sample (default: all of train.csv)")
     parser.add_argument("--fraction", type=float, default=None,
                         help="also run with --data-fraction F")
-    parser.add_argument("--runs", default="default,all rows,screen",
-                        help="which runs, comma-separated (default: default,all rows,screen)")
+    parser.add_argument("--only", choices=("screen", "default"), default=None,
+                        help="run one of the two runs")
     parser.add_argument("--seed", type=int, default=None, help="the search's seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out-dir", type=Path, default=None,
@@ -105,11 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_data()
-    known = {"default": None, "all rows": 1.0, "screen": None}
-    names = [n.strip() for n in args.runs.split(",") if n.strip()]
-    if not names or any(n not in known for n in names):
-        fail(f"error: --runs must name some of {', '.join(known)}, but got {args.runs!r}.")
-    runs = {n: known[n] for n in names}
+    runs = {"screen": None, "default": None}
+    if args.only:
+        runs = {args.only: runs[args.only]}
     if args.fraction is not None:
         runs["fraction"] = args.fraction
     with tempfile.TemporaryDirectory(prefix="pretune-fraction-bench-") as scratch:

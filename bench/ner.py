@@ -24,9 +24,6 @@ Protocol
   ``screen=True``: on data too large for the budget (``--train-rows 14041``, the whole training
   file, and a few minutes) the trials screen recipes on a fraction of the rows and the refit
   trains the chosen one on as many as half the budget allows.
-* Contender E, only when named: pretune with ``data_fraction=1``, every trial on all rows (on
-  data too large for one trial in the budget, the first recipe runs until the deadline stops
-  it; the default fits its epochs to the budget instead).
 * Both are scored the same way: seqeval's strict entity F1 (IOB2) on the test words, and the
   wall-clock seconds of the work itself (after the imports), prediction on test included.
 * Each contender runs in its own subprocess (this script again, with ``--only NAME --json
@@ -55,9 +52,8 @@ from typing import Any
 from common import REPO, fail, model_dir, print_table, run_contender  # noqa: E402 - sets the offline switches
 
 DATA = REPO / ".." / "shared" / "data" / "conll2003"
-CONTENDERS = ("pretune", "hf", "hf-careful", "pretune-screen", "pretune-all-rows")
+CONTENDERS = ("pretune", "hf", "hf-careful", "pretune-screen")
 LABELS = {"pretune": "pretune", "pretune-screen": "pretune --screen",
-          "pretune-all-rows": "pretune --data-fraction 1 (every trial on all rows)",
           "hf": "HF Trainer (guide settings)",
           "hf-careful": "HF Trainer (careful: lr 1e-4, batch 32, 3 epochs, warmup, bf16)"}
 # The Trainer's settings: the guide's, and those a user who knows that a small model on a
@@ -99,14 +95,13 @@ def entity_f1(true: list[list[str]], pred: list[list[str]]) -> float:
     return float(f1_score(true, pred, mode="strict", scheme=IOB2))
 
 
-def run_pretune(files: dict[str, Path], budget: str, run_dir: Path, screen: bool = False,
-                fraction: float | None = None) -> dict[str, Any]:
+def run_pretune(files: dict[str, Path], budget: str, run_dir: Path,
+                screen: bool = False) -> dict[str, Any]:
     import pretune
 
     started = time.perf_counter()
     result = pretune.tune(model=model_dir(), train=str(files["train"]), valid=str(files["valid"]),
-                          budget=budget, out=str(run_dir), screen=screen,
-                          data_fraction=fraction)
+                          budget=budget, out=str(run_dir), screen=screen)
     searched = time.perf_counter() - started
     preds = pretune.predict(run_dir, files["test"])
     test = read(files["test"])
@@ -213,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         run_dir = out_dir / args.only
         if args.only.startswith("pretune"):
-            result = run_pretune(files, args.budget, run_dir, args.only == "pretune-screen",
-                                 1.0 if args.only == "pretune-all-rows" else None)
+            result = run_pretune(files, args.budget, run_dir, args.only == "pretune-screen")
         else:
             result = run_hf(files, run_dir, args.only)
         if args.json:

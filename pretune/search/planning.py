@@ -63,8 +63,6 @@ EVAL_COST = 1 / 3  # an evaluation example costs about a third of a training exa
 FEW_TRIALS = 6  # below this many full trials in the budget, auto does not prune
 SCREEN_TRIALS = FEW_TRIALS  # typical trials a screening fraction lets finish in the trials' time
 MIN_SCREEN_ROWS = 1000  # an epoch of a screening trial runs on at least this many rows
-FIT_SHARE = 0.85  # of a time budget, what a trial fitted to it may take (the data's loading,
-                  # the range test and the trial's model loading take the rest)
 
 
 @dataclass
@@ -176,21 +174,6 @@ def screening_fraction(budget: Budget, seconds_per_example: float | None, train_
     evaluating = trial_seconds(seconds_per_example, 0, valid_rows, epochs, evals_per_epoch)
     per_trial = budget.seconds * share / SCREEN_TRIALS
     rows = (per_trial - evaluating) / (seconds_per_example * epochs)
-    fraction = max(rows, MIN_SCREEN_ROWS) / train_rows
-    return None if fraction >= 1 else float(f"{fraction:.3g}")
-
-
-def fitted_fraction(budget: Budget, seconds_per_example: float | None, train_rows: int,
-                    valid_rows: int, epochs: float, evals_per_epoch: int) -> float | None:
-    """On data too large for one typical trial (``epochs`` long) in the time budget: the data
-    fraction at which one fits ``FIT_SHARE`` of it, so that its schedule ends before the
-    deadline instead of being cut where it stands; None when it does not need one (it fits on
-    all rows) or the time of a trial is not known."""
-    full = trial_seconds(seconds_per_example, train_rows, valid_rows, epochs, evals_per_epoch)
-    if full is None or budget.seconds is None or not train_rows or full <= budget.seconds:
-        return None
-    evaluating = trial_seconds(seconds_per_example, 0, valid_rows, epochs, evals_per_epoch)
-    rows = (FIT_SHARE * budget.seconds - evaluating) / (seconds_per_example * epochs)
     fraction = max(rows, MIN_SCREEN_ROWS) / train_rows
     return None if fraction >= 1 else float(f"{fraction:.3g}")
 

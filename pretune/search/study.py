@@ -198,31 +198,25 @@ def _open(start: _Start, space: Mapping[str, Any] | None) -> None:
 
 
 def _screening(start: _Start, tune: TuneConfig) -> TuneConfig:
-    """On a first start with data too large for the time budget, where the user named no
-    fraction and the strategy is ``auto``: ``tune`` with the data fraction of its trials,
-    recorded so that a continued search keeps it. With ``--screen`` (and the refit), the one
-    its trials screen recipes on (``planning.screening_fraction``); else the one at which a
-    typical trial ends in the budget (``planning.fitted_fraction``)."""
-    if (tune.data_fraction is not None or start.parallel or start.strategy.name != "auto"
-            or start.shared.train.dp_epsilon is not None):
+    """``--screen``, on a first start with data too large for the time budget: ``tune`` with
+    the data fraction its trials screen recipes on (``planning.screening_fraction``), recorded
+    so that a continued search keeps it. Only where the refit will train the chosen recipe on
+    more rows, the user named no fraction and the strategy is ``auto``."""
+    if (not tune.screen or tune.data_fraction is not None or not tune.refit or start.parallel
+            or start.strategy.name != "auto" or start.shared.train.dp_epsilon is not None):
         return tune
     task = start.task
     typical, _ = planning.epochs_range(start.dims, {**start.shared.flat(), **start.pinned})
-    pace = (start.found or {}).get("seconds_per_example")
-    if tune.screen and tune.refit:
-        fraction = planning.screening_fraction(
-            start.budget, pace, len(task.train), len(task.valid), typical,
-            tune.evals_per_epoch, share=1 - refit.MAX_SHARE)
-        what = ("screen: the trials screen recipes on %.3g of the %d rows an epoch and the "
-                "refit trains the chosen one on as many rows as its time allows")
-    else:
-        fraction = planning.fitted_fraction(start.budget, pace, len(task.train),
-                                            len(task.valid), typical, tune.evals_per_epoch)
-        what = ("large data: one typical trial on all rows would not end in the budget, so "
-                "each epoch of a trial runs on %.3g of the %d rows and its schedule ends in time")
+    fraction = planning.screening_fraction(
+        start.budget, (start.found or {}).get("seconds_per_example"), len(task.train),
+        len(task.valid), typical, tune.evals_per_epoch, share=1 - refit.MAX_SHARE)
     if fraction is None:
+        log.info("screen: %d typical trials on all %d rows fit half the budget; no fraction",
+                 planning.SCREEN_TRIALS, len(task.train))
         return tune
-    log.info(what, fraction, len(task.train))
+    log.info("screen: the trials screen recipes on %.3g of the %d rows an epoch and the refit "
+             "trains the chosen one on as many rows as its time allows", fraction,
+             len(task.train))
     tune = replace(tune, data_fraction=fraction)
     start.shared = validate(start.shared.with_settings({"data_fraction": fraction}))
     start.record.update(_record(start, tune))
@@ -412,8 +406,8 @@ def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget, 
                parallel: bool = False) -> Plan:
     """The plan with what building the final model costs: the kept models' disk, the time of
     the assembly (the distilled student may learn from the --unlabeled texts too; workers, and
-    a search that refits, distill nothing) and of the refit (``refit.reserve``; a search that
-    screens on a fraction keeps the refit's whole share, which its refit widens to fill)."""
+    a search that refits, distill nothing) and of the refit (``refit.reserve``; a search on a
+    data fraction keeps the refit's whole share, which its refit widens to fill)."""
     from pretune.models.load import weights_bytes  # models.load loads torch
 
     train_rows = len(task.train)
@@ -429,8 +423,7 @@ def _with_keep(plan: Plan, tune: TuneConfig, shared: RunConfig, budget: Budget, 
     again = 0.0
     if tune.refit and not parallel and shared.train.dp_epsilon is None and budget.seconds:
         most = refit.MAX_SHARE * budget.seconds - seconds
-        screening = tune.screen and shared.train.data_fraction < 1  # it widens to fill it
-        again = (max(0.0, most) if screening
+        again = (max(0.0, most) if shared.train.data_fraction < 1  # it widens to fill it
                  else refit.reserve(budget, plan.trial_seconds,
                                     refit.rows_share(train_rows, len(task.valid)), most=most))
     if assembling:

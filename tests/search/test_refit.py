@@ -192,13 +192,9 @@ def test_with_screen_a_search_on_large_data_screens_on_a_fraction_then_refits_on
             "--fixed", "epochs=3", "--precision", "fp32", "--fixed", "threads=1",
             "--no-priors", "--no-report"]
     plain = cli(*args, "--out", tmp_path / "plain", "--budget", "20s,1trials")
-    assert plain.exit_code == 0, plain.output
-    # no --screen: the fraction at which one trial ends in the budget, and no more time kept
-    # for the refit than a trial's
+    assert plain.exit_code == 0, plain.output  # no --screen: every trial on all rows
     assert yaml.safe_load((tmp_path / "plain" / "pretune.yaml").read_text())["tune"][
-        "data_fraction"] == 0.25
-    assert yaml.safe_load((tmp_path / "plain" / "plan.yaml").read_text())["plan"][
-        "refit_seconds"] < 0.3 * 20
+        "data_fraction"] is None
     result = cli(*args, "--budget", "20s,3trials", "--screen")
     assert result.exit_code == 0, result.output
     # one 3-epoch trial at a second an example takes minutes: the trials screen on 12 rows

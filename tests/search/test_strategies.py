@@ -157,22 +157,6 @@ def test_on_data_too_large_for_the_budget_the_screening_fraction_fits_six_trials
     assert planning.screening_fraction(Budget(seconds=30), 0.01, 900, **kw) is None  # the floor
 
 
-def test_on_data_too_large_for_one_trial_its_epochs_run_on_the_fraction_that_ends_in_time():
-    kw = dict(valid_rows=1000, epochs=3.0, evals_per_epoch=2)
-    # a trial on all 60,000 rows takes 1,820 s; 85% of 600 s, less 20 s of evaluations, is
-    # 490 s of training: 16,333 rows an epoch
-    fraction = planning.fitted_fraction(Budget(seconds=600), 0.01, 60_000, **kw)
-    assert fraction == pytest.approx(16_333 / 60_000, rel=0.01)
-    trial = planning.trial_seconds(0.01, round(fraction * 60_000), 1000, 3.0, 2)
-    assert trial == pytest.approx(planning.FIT_SHARE * 600, rel=0.01)
-    assert planning.fitted_fraction(Budget(seconds=30), 0.01, 60_000, **kw) == pytest.approx(
-        planning.MIN_SCREEN_ROWS / 60_000, rel=0.01)  # at least that many rows an epoch
-    # the trial ends in the budget on all rows, or nothing is known: all rows
-    assert planning.fitted_fraction(Budget(seconds=2000), 0.01, 60_000, **kw) is None
-    assert planning.fitted_fraction(Budget(seconds=600), None, 60_000, **kw) is None
-    assert planning.fitted_fraction(Budget(trials=5), 0.01, 60_000, **kw) is None
-
-
 def test_the_lr_range_moves_only_when_the_user_left_it_alone():
     dims, pinned = resolve_space(None, None, RunConfig())
     assert planning.lr_is_free(dims, None, pinned)

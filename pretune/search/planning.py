@@ -22,18 +22,16 @@ fraction loses: on the whole SST-2 training set (67,349 rows) with a 5-minute bu
 at the fraction that let them finish (0.036) scored 1.0 point lower on test than the first
 recipe on all rows stopped by the deadline after a fifth of an epoch
 (``bench/data_fraction.py``, 2026-12-02). With the refit to follow, see ``--screen`` below.
-A continued search keeps the
-fraction it started with, so its trials stay comparable.
+A continued search keeps the fraction it started with, so its trials stay comparable.
 
 **Large data: screen, then train the chosen recipe long** (``--screen``). When
 ``SCREEN_TRIALS`` typical trials on all rows do not fit half the time budget
-(``screening_fraction``), and the user named no fraction,
-the trials screen recipes on a data fraction at which ``SCREEN_TRIALS`` typical trials fit in
-``share`` of the budget; the rest of it is kept for the refit, which trains the chosen recipe
-on as many rows as that time allows (``refit.widened``), with its schedule fitted to them. The
-trials' evaluations and the pruner's rungs then fall every half of a screening epoch: trials
-are judged long before an epoch of the whole data ends. Without it, on data too large for one
-trial, the first recipe runs on all rows until the deadline stops it (below).
+(``screening_fraction``), and the user named no fraction, the trials screen recipes on the
+data fraction at which they do; the rest of the budget is kept for the refit, which trains the
+chosen recipe on as many rows as that time allows (``refit.widened``), with its schedule fitted
+to them. The trials' evaluations and the pruner's rungs then fall every half of a screening
+epoch: trials are judged long before an epoch of the whole data ends. Without it, on data too
+large for one trial, the first recipe runs on all rows until the deadline stops it (below).
 
 **The first trial always starts.** A trial is not started when the time left is shorter than
 it needs to reach its first evaluation (``first_eval_seconds``), except while no trial has

@@ -172,10 +172,11 @@ def distill(
         )
     space = student_space(kind, value)
     base, task, views = prepare(path, best_meta, student_base(record, best_meta), space, fixed)
+    pinned = resolve_space(space, fixed, base, source="the distillation space")[1]
     student_model, logits_path, computed = teach(kind, value, teacher_dir, out, views,
                                                  base.data.max_length, path / rundir.CACHE_DIR,
                                                  batch_size=base.train.eval_batch_size,
-                                                 student=base, raw=task)
+                                                 student=base.with_settings(pinned), raw=task)
     base = base.with_settings({"model": student_model,
                                "distill_logits": str(Path(logits_path).resolve())})
     options = dict(budget=budget, priors=priors, lr_range_test=lr_range_test,

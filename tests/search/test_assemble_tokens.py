@@ -306,3 +306,23 @@ def test_pretune_distill_teaches_a_token_student_each_words_tags(token_run, tmp_
     truth = [r["tags"] for r in pd.read_json(valid, lines=True).to_dict("records")]
     predicted = pretune.predict(out, valid)["prediction"]
     assert [len(p) for p in predicted] == [len(t) for t in truth]
+
+
+def test_pretune_distill_teaches_a_named_token_student_on_its_own_windows(token_run, tmp_path,
+                                                                        tiny_learner_dir):
+    from pretune.search.distill import WORD_LOGITS_FILE
+    from pretune.training.distill import read_logits
+
+    run, valid, _, _ = token_run
+    out = tmp_path / "named"
+    done = cli("distill", run, "--student", tiny_learner_dir, "--out", out, "--budget",
+               "1trials", "--fixed", "epochs=1", "--fixed", "threads=1", "--fixed",
+               "batch_size=8", "--fixed", "max_length=8", "--no-lr-range-test", "--no-priors",
+               "--no-report")
+    assert done.exit_code == 0, done.output
+    # the pinned max_length of 8 splits the longer sentences: more windows than sentences,
+    # each taught, as the student trains on them
+    logits, meta = read_logits(out / WORD_LOGITS_FILE)
+    assert int(meta["sentences"]) == 48 and logits.shape[0] > 48 and logits.shape[1] <= 8
+    assert bool((~torch.isnan(logits[..., 0])).any(dim=1).all())
+    assert len(pretune.predict(out, valid)) == len(pd.read_json(valid, lines=True))

@@ -95,6 +95,12 @@ class Distillation(Objective):
             hard = task_loss(logits, labels)
             if alpha == 0.0:
                 return hard
+            if int(index.max()) >= teacher.shape[0]:  # token rows are windows: theirs differ
+                raise DataError(
+                    f"distill_logits holds the teacher's logits on {teacher.shape[0]} training "
+                    f"windows, but this run makes more ({int(index.max()) + 1} at least): its "
+                    f"max_length, stride or tokenizer differ from those the file was written "
+                    f"for. Run pretune distill again, or keep the settings the file was made with.")
             soft = soft_loss(self.kind, logits, teacher[index.to(device)], temperature)
             return soft if alpha == 1.0 else alpha * soft + (1.0 - alpha) * hard
 

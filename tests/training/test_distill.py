@@ -97,6 +97,14 @@ def test_the_teacher_logits_are_looked_up_by_the_batch_index():
     assert got != pytest.approx(float(kd.soft_loss("classification", student[:3], teacher[:3], 1.0)))
 
 
+def test_a_row_past_the_teachers_file_is_a_data_error_naming_the_fix():
+    student, teacher, labels = batch(2)  # the file holds the teacher's rows 0 to 7
+    loss = kd.Distillation(Classification(), teacher[:2]).loss_fn(
+        settings(distill_alpha=0.5, distill_temperature=1.0), "cpu")
+    with pytest.raises(DataError, match="Run pretune distill again"):
+        loss(student[:3], labels[:3], torch.tensor([0, 1, 2]))
+
+
 def test_the_training_loop_gives_the_objective_each_batch_index(tiny_model_dir, sentiment_csv):
     """A real run with distill_logits: the loop passes each batch's rows to the loss, every
     training row once an epoch; logits of other data, or no file, are refused."""

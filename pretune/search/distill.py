@@ -171,12 +171,12 @@ def distill(
             f"teacher's run {path}. Leave --out out (it defaults to {path / DISTILL_DIR})."
         )
     space = student_space(kind, value)
-    base, task, views = prepare(path, best_meta, student_base(record, best_meta), space, fixed)
-    pinned = resolve_space(space, fixed, base, source="the distillation space")[1]
+    base, task, views, settings = prepare(path, best_meta, student_base(record, best_meta),
+                                          space, fixed)
     student_model, logits_path, computed = teach(kind, value, teacher_dir, out, views,
                                                  base.data.max_length, path / rundir.CACHE_DIR,
                                                  batch_size=base.train.eval_batch_size,
-                                                 student=base.with_settings(pinned), raw=task)
+                                                 student=settings, raw=task)
     base = base.with_settings({"model": student_model,
                                "distill_logits": str(Path(logits_path).resolve())})
     options = dict(budget=budget, priors=priors, lr_range_test=lr_range_test,
@@ -219,9 +219,9 @@ def student_space(kind: str, value: Any) -> dict[str, Any]:
 def prepare(path: Path, best_meta: Mapping[str, Any], base: RunConfig, space: Mapping[str, Any],
             fixed: Mapping[str, Any] | None):
     """The student's base settings (``max_length`` resolved), the run's data as read (no
-    preprocessing), and the data as each side sees it: ``{"teacher": ..., "student": ...}``,
+    preprocessing), the data as each side sees it: ``{"teacher": ..., "student": ...}``,
     the training and validation texts preprocessed as the teacher was trained, and as the
-    student will be (its base settings with ``fixed`` pinned)."""
+    student will be, and the student's settings: its base settings with ``fixed`` pinned."""
     from pretune.training.run import data_seed  # torch loads only when this runs
 
     validate(base)
@@ -237,9 +237,10 @@ def prepare(path: Path, best_meta: Mapping[str, Any], base: RunConfig, space: Ma
         "max_length") or 128)
     base = base.with_settings({"max_length": max_length})
     _, pinned = resolve_space(space, fixed, base, source="the distillation space")
+    student = base.with_settings(pinned)
     views = {"teacher": text_prep.apply_to_task(task, RunConfig.from_dict(best_settings).data),
-             "student": text_prep.apply_to_task(task, base.with_settings(pinned).data)}
-    return base, task, views
+             "student": text_prep.apply_to_task(task, student.data)}
+    return base, task, views, student
 
 
 def teach(kind: str, value: Any, teacher_dir: Path, out: Path, views: Mapping[str, Any],
@@ -364,7 +365,6 @@ def score(model, tokenizer, meta: Mapping[str, Any], settings: RunConfig, task, 
     from pretune.training.run import _objective_of
 
     valid = text_prep.apply_to_task(task, settings.data).valid
-    objective = _objective_of(task.kind, meta.get("task") or {})
     if task.kind == "token":  # per word, on whole sentences, as the search scored it
         from pretune.training import ensemble as ens, objectives
         from pretune.training.predict import model_outputs
@@ -373,6 +373,7 @@ def score(model, tokenizer, meta: Mapping[str, Any], settings: RunConfig, task, 
         outputs, labels = model_outputs(model, tokenizer, settings, task, objective=objective)
         return valid, ens.score(objective, outputs, labels, replace(settings.train,
                                                                      metric=metric))
+    objective = _objective_of(task.kind, meta.get("task") or {})
     enc = encode(valid.texts, valid.pairs, valid.labels, tokenizer,
                  settings.data.max_length or 128)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

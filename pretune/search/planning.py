@@ -166,8 +166,7 @@ def screening_fraction(budget: Budget, seconds_per_example: float | None, train_
     0.862), where a screening trial of 1,000 sentences told little and more passes over the
     rows were worth more than a schedule that ends. So it is asked for (``TuneConfig.screen``),
     not the default."""
-    full = trial_seconds(seconds_per_example, train_rows, valid_rows, epochs, evals_per_epoch)
-    if full is None or budget.seconds is None or not train_rows:
+    if seconds_per_example is None or budget.seconds is None or not train_rows:
         return None
     evaluating = trial_seconds(seconds_per_example, 0, valid_rows, epochs, evals_per_epoch)
     per_trial = budget.seconds * share / SCREEN_TRIALS

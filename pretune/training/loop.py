@@ -61,6 +61,8 @@ class TrainResult:
     # Differential privacy: the budget and the epsilon spent (pretune.training.privacy), or None.
     privacy: dict | None = None
     eval_seconds: float = 0.0  # of ``seconds``: the evaluations' (the pace of training without)
+    # The steps the run had planned, when ``seconds`` (max_seconds) fitted it to fewer; else None.
+    planned_steps: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -71,13 +73,15 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
           on_eval: Callable[[int, dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, class_counts: np.ndarray | None = None,
           on_step: Callable[[int, int, float], None] | None = None,
-          objective: Objective | None = None) -> TrainResult:
+          objective: Objective | None = None, seconds: float | None = None) -> TrainResult:
     """Train ``model`` on ``train_batches``, evaluating on ``valid_batches``.
 
     ``train_batches`` is a ``pretune.data.collate.Batches`` (``set_epoch``, ``len``, iteration
     yielding dicts of tensors with ``labels``); ``valid_batches`` likewise, unshuffled.
     ``objective`` is the task's loss, outputs and metrics (``pretune.training.objectives``);
-    the default is single-label classification weighted by ``class_counts``.
+    the default is single-label classification weighted by ``class_counts``. With
+    ``seconds``, the run ends within about that time: its steps, warmup and decay are fitted to
+    what the measured pace allows (``_TimeFit``).
     """
     objective = objective or Classification(class_counts)
     started = time.perf_counter()
@@ -88,9 +92,10 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
     plan = _Plan.of(train_batches, settings)
     optimizer = build_optimizer(model, settings)
     private, optimizer, train_batches = _private(model, optimizer, train_batches, settings, plan)
-    stepper = _Stepper(model, optimizer, build_schedule(optimizer, settings, plan.total_steps),
+    stepper = _Stepper(model, optimizer, build_schedule(optimizer, settings, lambda: plan.total_steps),
                        objective, settings, precision, device)
     evals = _Evaluations(settings)
+    fit = _TimeFit(plan, settings, started + seconds) if seconds and private is None else None
     clock = timing.current()
 
     evaluating = [0.0]  # seconds spent evaluating
@@ -124,6 +129,8 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
                 break
             step, epoch_step = step + 1, epoch_step + 1
             evals.add_train_loss(group_loss)
+            if fit is not None:
+                fit.update(step, evaluating[0], len(evals.history))
             if on_step is not None:
                 on_step(step, plan.total_steps, group_loss)
             if plan.eval_due(step, epoch_step) and step < plan.total_steps:
@@ -152,7 +159,45 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
     return TrainResult(evals.best_metrics, evals.best_step, stop_reason, step,
                        round(step / plan.steps_per_epoch, 4), time.perf_counter() - started,
                        evals.history, precision, soup, private and private.report(),
-                       evaluating[0])
+                       evaluating[0], fit and fit.fitted())
+
+
+FIT_PACE_STEPS = 5  # a run with a time limit measures its pace from this step on (caches warm)
+
+
+class _TimeFit:
+    """A run that must end by ``deadline`` (``train(seconds=...)``): after each step, the steps
+    that fit the time left at the pace measured so far (training steps and evaluations apart,
+    the last evaluation and the soup's kept), so that its warmup, decay and last evaluation
+    fall inside the time instead of being cut. It moves ``plan.total_steps`` (which the
+    schedule reads) between this step and the planned steps, never beyond them."""
+
+    def __init__(self, plan: _Plan, settings: TrainConfig, deadline: float):
+        self.plan, self.deadline, self.planned = plan, deadline, plan.total_steps
+        self.between = settings.eval_steps or plan.steps_per_epoch / max(1, len(plan.eval_points))
+        self.finals = 1 + (settings.checkpoint_soup if settings.checkpoint_soup > 1 else 0)
+        self.mark: tuple[float, float, int] | None = None  # (clock, evaluation seconds, step)
+
+    def update(self, step: int, evaluating: float, evaluations: int) -> None:
+        now = time.perf_counter()
+        if self.mark is None or step <= self.mark[2]:
+            if step >= FIT_PACE_STEPS:
+                self.mark = (now, evaluating, step)
+            return
+        began, evaluated, first = self.mark
+        pace = (now - began - (evaluating - evaluated)) / (step - first)
+        per_eval = evaluating / evaluations if evaluations else 0.0
+        left = self.deadline - now - self.finals * per_eval
+        more = int(left / (pace + per_eval / self.between)) if left > 0 else 0
+        fitted = min(self.planned, step + more)  # this step, when no other fits
+        if fitted < self.planned and self.plan.total_steps == self.planned:
+            log.info("the time limit ends the run at step %d of %d (%.2fs a step)", fitted,
+                     self.planned, pace)
+        self.plan.total_steps = fitted
+
+    def fitted(self) -> int | None:
+        """The planned steps, when the run was fitted to fewer; else None."""
+        return self.planned if self.plan.total_steps < self.planned else None
 
 
 @dataclass

@@ -94,6 +94,7 @@ def fit(
     on_step: Callable[[int, int, float], None] | None = None,
     keep_model: bool = True,
     caches: RunCaches | None = None,
+    seconds: float | None = None,
 ) -> FitResult:
     """Fine-tune ``config.model.model`` on ``config.data`` with ``config.train``.
 
@@ -101,8 +102,10 @@ def fit(
     ``AutoModelForSequenceClassification.from_pretrained``, with ``pretune.yaml`` beside it.
     ``caches`` keeps tokenized data and frozen features for the next run on the same data (a
     search passes one for all its trials); without it, tokenized data is kept in this process
-    and frozen features for this run only.
+    and frozen features for this run only. With ``seconds``, the run (its setup included) ends
+    within about that time, its schedule fitted to the steps the measured pace allows.
     """
+    began = time.perf_counter()  # ``seconds`` counts the setup below too
     validate(config)
     memory.check_device_settings(config, pick_device())  # 8-bit and 4-bit need CUDA
     set_threads(config.train.threads)
@@ -140,8 +143,11 @@ def fit(
     train_batches, valid_batches = _batches(model, caches, data, depth, micro, t.eval_batch_size,
                                             t.seed, augment=True)
     with starting_at(model, depth) if depth is not None else contextlib.nullcontext():
+        if seconds is not None:  # what is left of it after the setup
+            seconds = max(1.0, seconds - (time.perf_counter() - began))
         result = train(model, train_batches, valid_batches, t, on_eval=on_eval,
-                       should_stop=should_stop, on_step=fitted.watch(on_step), objective=objective)
+                       should_stop=should_stop, on_step=fitted.watch(on_step), objective=objective,
+                       seconds=seconds)
     fitted.finish(device)
     lap("train")
 

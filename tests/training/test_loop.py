@@ -292,3 +292,51 @@ def test_checkpoint_soup_of_one_keeps_the_best_evaluation(monkeypatch):
                    settings(epochs=2, eval_steps=1, metric="accuracy", checkpoint_soup=1))
     assert result.soup is None
     assert result.best_metrics["accuracy"] == 0.8
+
+
+class _Clock:
+    """A clock that moves only when told: a training step takes ``step`` seconds, an evaluation
+    ``evaluation`` seconds (both on the run's own clock, which the loop reads)."""
+
+    def __init__(self, step: float, evaluation: float = 0.0):
+        self.now, self.step, self.evaluation = 0.0, step, evaluation
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_time_limit_fits_the_schedule_to_the_steps_that_fit(monkeypatch):
+    ids, labels = separable(64)
+    clock = _Clock(step=1.0, evaluation=2.0)
+    monkeypatch.setattr(loop.time, "perf_counter", clock)
+    real_evaluate = loop.evaluate_model
+
+    def slow_evaluate(*args, **kwargs):
+        clock.now += clock.evaluation
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_model", slow_evaluate)
+
+    def on_step(step, total, loss):
+        clock.now += clock.step
+
+    # 4 epochs of 8 steps, evaluated twice an epoch: 32 steps and 8 evaluations, 48s; 24s given.
+    result = train(tiny_bert(), ToyBatches(ids, labels, 8), ToyBatches(ids, labels, 64),
+                   settings(epochs=4, evals_per_epoch=2, schedule="linear"), on_step=on_step,
+                   seconds=24.0)
+    assert result.planned_steps == 32
+    assert result.stop_reason == "completed"  # ended, not cut
+    # 1s a step and 2s an evaluation every 4 steps: about 16 steps, with their evaluations and
+    # the last one, fit the 24s.
+    assert 14 <= result.steps <= 17
+    assert result.seconds <= 24.0 + clock.step
+    assert result.history[-1]["step"] == result.steps  # evaluated at its end
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the decay ran out
+
+    # Time enough: the plan stands.
+    clock.now = 0.0
+    whole = train(tiny_bert(), ToyBatches(ids, labels, 8), ToyBatches(ids, labels, 64),
+                  settings(epochs=4, evals_per_epoch=2, schedule="linear"), on_step=on_step,
+                  seconds=100.0)
+    assert whole.planned_steps is None
+    assert whole.steps == 32

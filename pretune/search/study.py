@@ -292,20 +292,22 @@ def _set_strategy(start: _Start) -> None:
 
 
 def _run_workers(start: _Start, on_trial: Callable | None, progress: Any) -> TuneResult:
-    """Run the trials in worker processes, then the assembly of soups and the ensemble (no
-    time to distill)."""
+    """Run the trials in worker processes, then, in the order of a search in one process, the
+    refit (with a trial budget: a time budget was spent by the workers) and the assembly (no
+    time to distill; after a refit, only the ensemble)."""
     tune = start.tune
     result = workers.run_workers(
         start.study, start.url, tune, start.out, workers=tune.workers, task=start.task,
         base=start.shared, dims=start.dims, pinned=start.pinned, metric=start.metric,
         direction=start.direction, on_trial=on_trial, progress=progress, budget=start.budget)
-    if tune.assemble and tune.keep > 1:
-        result.assembly = _assemble_safely(start.out, start.task, start.caches, start.metric,
-                                           start.direction, distill=False)
-        from_best(result)
-    if tune.refit and start.budget.seconds is None:  # a time budget: the workers spent it all
+    if tune.refit and start.budget.seconds is None:
         result.refit = _refit_safely(start)
-        from_best(result)
+    if tune.assemble and tune.keep > 1:
+        plain = result.refit is None
+        result.assembly = _assemble_safely(start.out, start.task, start.caches, start.metric,
+                                           start.direction, distill=False, soups=plain,
+                                           adopt=plain)
+    from_best(result)
     result.assembly = result.assembly or start.skipped
     return result
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from pretune.errors import ConfigError
@@ -74,6 +75,12 @@ def test_two_local_workers_share_a_journal_study(tiny_model_dir, tmp_path):
     assert {t.user_attrs["executor"] for t in trials} == {"worker"}
     assert not any(t.user_attrs["worker"].endswith(f":{os.getpid()}") for t in trials)
     assert (out / "best" / "model.safetensors").is_file()
+    # As in one process: best/'s recipe is refit first, then only the ensemble is built
+    # (no soup of trials that best/ would no longer be).
+    best = yaml.safe_load((out / "best" / "pretune.yaml").read_text())
+    assert best["made_of"]["kind"] == "refit"
+    built = yaml.safe_load((out / "plan.yaml").read_text()).get("assembly") or {}
+    assert not [c for c in built.get("candidates", []) if "soup" in c["kind"]]
 
 
 @pytest.mark.slow

@@ -326,3 +326,49 @@ def test_pretune_distill_teaches_a_named_token_student_on_its_own_windows(token_
     assert int(meta["sentences"]) == 48 and logits.shape[0] > 48 and logits.shape[1] <= 8
     assert bool((~torch.isnan(logits[..., 0])).any(dim=1).all())
     assert len(pretune.predict(out, valid)) == len(pd.read_json(valid, lines=True))
+
+
+def _letters_model_dir(path) -> str:
+    """A tiny BERT whose tokenizer knows single letters only: every word of several letters is
+    several sub-tokens, none of them where the teacher's MiniLM tokenizer puts them."""
+    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *letters,
+             *(f"##{c}" for c in letters)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                        initializer_range=0.2)
+    BertForTokenClassification(config).save_pretrained(path)
+    return str(path)
+
+
+def test_pretune_distill_teaches_a_student_with_another_tokenizer_at_its_first_sub_tokens(
+        token_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pretune.search.distill import WORD_LOGITS_FILE
+    from pretune.training.distill import read_logits
+
+    run, valid, _, _ = token_run
+    student_dir = _letters_model_dir(tmp_path / "letters")
+    out = tmp_path / "letters-student"
+    done = cli("distill", run, "--student", student_dir, "--out", out, "--budget", "1trials",
+               "--fixed", "epochs=1", "--fixed", "threads=1", "--fixed", "batch_size=8",
+               "--no-lr-range-test", "--no-priors", "--no-report")
+    assert done.exit_code == 0, done.output
+    logits, meta = read_logits(out / WORD_LOGITS_FILE)
+    assert int(meta["sentences"]) == 48 and logits.shape[0] == 48  # 128 positions hold each
+    # The teacher's tags sit at the first letter of each word in the student's tokens: one
+    # taught position per word, each a sub-token the student's tokenizer starts a word with.
+    letters = AutoTokenizer.from_pretrained(student_dir)
+    for row, sentence in enumerate(sentences(48, 0)):  # the training file of token_run
+        encoded = letters(sentence["tokens"], is_split_into_words=True)
+        firsts = {encoded.word_to_tokens(w).start for w in range(len(sentence["tokens"]))}
+        taught = set(torch.nonzero(~torch.isnan(logits[row, :, 0])).flatten().tolist())
+        assert taught == firsts, row
+    assert len(pretune.predict(out, valid)) == len(pd.read_json(valid, lines=True))

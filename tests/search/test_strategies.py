@@ -92,8 +92,9 @@ def test_the_plan_judges_from_the_first_rung_and_auto_does_not_prune_a_few_trial
     many = planning.make_plan(resolve("auto"), Budget(seconds=600), DEFAULT_SPACE, context,
                               seconds_per_example=0.001, **kw)
     assert many.pruner == resolve("auto").pruner
-    # auto judges from a fifth of the longest trial (5 epochs): the end of epoch 1.
-    assert (many.min_resource, many.max_resource) == (100, 500)
+    # auto judges from 6% of the longest trial (5 epochs), once the first evaluation (half an
+    # epoch) is in.
+    assert (many.min_resource, many.max_resource) == (50, 500)
     early = planning.make_plan(strategies.CANDIDATES["tpe10+asha@0.06"], Budget(seconds=600),
                                DEFAULT_SPACE, context, seconds_per_example=0.001, **kw)
     assert early.min_resource == 50  # 6% of 500 steps waits for the first evaluation

@@ -370,4 +370,4 @@ def test_the_plan_follows_the_measured_trial_time(tiny_model_dir, tmp_path, monk
     assert [t.state.name for t in trials_of(out)] == ["COMPLETE"] * 3
     plan = yaml.safe_load((out / "plan.yaml").read_text())["plan"]
     assert plan["trial_seconds"] < 100 and plan["full_trials"] > planning.FEW_TRIALS
-    assert plan["pruner"] == "hyperband" and "measured" in plan["reason"]
+    assert plan["pruner"] == "asha" and "measured" in plan["reason"]

@@ -144,8 +144,12 @@ def reserve(budget: Budget, trial_seconds: float | None, enabled: bool,
     """Seconds of a time budget kept for the assembly: a distillation (about one trial, longer
     by ``unlabeled_share``, the unlabeled texts per training row, that it may learn from too)
     and the tasting, at most ``MAX_SHARE`` of the budget; the tasting alone without
-    ``distill`` or when not even a distillation on the training rows fits."""
+    ``distill`` or when not even a distillation on the training rows fits; nothing where fewer
+    than two trials fit the budget (no two models to assemble: large data, whose first trial
+    is given the time left, ``search.trial``)."""
     if not enabled or budget.seconds is None or not trial_seconds:
+        return 0.0
+    if budget.seconds < 2 * trial_seconds:
         return 0.0
     most = MAX_SHARE * budget.seconds
     if distill and trial_seconds * (1 + SOUP_SHARE) <= most:

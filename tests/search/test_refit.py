@@ -154,6 +154,16 @@ def test_the_plan_keeps_time_for_the_refit_only_where_it_fits():
     assert refit.reserve(Budget.parse("5trials"), 40.0, 1.5, most=200.0) == 0.0
 
 
+def test_the_assembly_keeps_no_time_where_fewer_than_two_trials_fit():
+    from pretune.search import assemble
+
+    budget = Budget.parse("10m")
+    assert assemble.reserve(budget, 60.0, True, distill=False) == pytest.approx(6.0)  # tasting
+    assert assemble.reserve(budget, 60.0, True) == pytest.approx(66.0)  # and a distillation
+    assert assemble.reserve(budget, 310.0, True, distill=False) == 0.0  # one trial: nothing to assemble
+    assert assemble.reserve(budget, 60.0, False) == 0.0
+
+
 def test_a_refit_of_a_trial_on_a_fraction_runs_on_as_many_rows_as_the_time_allows():
     # the trial's pace of training: 30 s for 3 epochs, of which 6 s evaluating
     source = {"training": {"seconds": 30.0, "eval_seconds": 6.0, "epochs": 3.0}}

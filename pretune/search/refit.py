@@ -182,11 +182,13 @@ def refit(out: Path, task, caches, *, metric: str, deadline: float | None = None
     started = time.monotonic()
     staged = Path(out) / f"{rundir.BEST_DIR}.tmp-refit"
     shutil.rmtree(staged, ignore_errors=True)
-    if deadline is not None:
+    seconds = None
+    if deadline is not None:  # slower than its estimate, it ends its schedule in time
         deadline += GRACE * (needs or 0.0)
+        seconds = max(1.0, deadline - time.monotonic())
     should_stop = None if deadline is None else (lambda: time.monotonic() >= deadline)
     result = fit(recipe(config, epochs, source, fraction), staged, task=merged(task),
-                 caches=caches, should_stop=should_stop, keep_model=False)
+                 caches=caches, should_stop=should_stop, keep_model=False, seconds=seconds)
     if result.path is None or result.train_result.stop_reason != "completed":
         shutil.rmtree(staged, ignore_errors=True)
         log.info("refit: stopped (%s) before its end; best/ keeps the search's model",

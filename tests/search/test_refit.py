@@ -113,6 +113,30 @@ def test_refit_leaves_best_alone_when_the_time_left_is_too_short(searched, tmp_p
     assert not (out / "best.tmp-refit").exists()
 
 
+def test_a_refit_slower_than_its_estimate_ends_its_schedule_in_time(searched, tmp_path,
+                                                                     monkeypatch):
+    from pretune.data.task import load_task
+    from pretune.training import run
+
+    out = tmp_path / "run"
+    shutil.copytree(searched[0], out)
+    config = RunConfig.from_dict(_meta(out / "best")["settings"])
+    task = load_task(config.data, 0)
+    # Its estimate fits the time left, but once under way it finds the time all but gone: it
+    # ends after the steps that measure its pace, and is kept, not thrown away as cut.
+    given, real_train = [], run.train
+
+    def short_of_time(*args, seconds=None, **kwargs):
+        given.append(seconds)
+        return real_train(*args, seconds=1e-6, **kwargs)
+
+    monkeypatch.setattr(run, "train", short_of_time)
+    record = refit.refit(out, task, None, metric="accuracy", deadline=time.monotonic() + 600)
+    assert record is not None and 0 < given[0] <= 600 * (1 + refit.GRACE)
+    training = _meta(out / "best")["training"]
+    assert training["planned_steps"] > training["steps"] == 6
+
+
 def test_the_refit_epoch_is_where_the_trials_model_was_taken():
     config = RunConfig().with_settings({"epochs": 5})
     # steps 221 over 3.5 epochs: 63 a epoch; the soup's last checkpoint at step 189 = epoch 3

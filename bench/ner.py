@@ -96,12 +96,13 @@ def entity_f1(true: list[list[str]], pred: list[list[str]]) -> float:
 
 
 def run_pretune(files: dict[str, Path], budget: str, run_dir: Path,
-                screen: bool = False) -> dict[str, Any]:
+                screen: bool = False, seed: int | None = None) -> dict[str, Any]:
     import pretune
 
     started = time.perf_counter()
     result = pretune.tune(model=model_dir(), train=str(files["train"]), valid=str(files["valid"]),
-                          budget=budget, out=str(run_dir), screen=screen)
+                          budget=budget, out=str(run_dir), screen=screen,
+                          **({} if seed is None else {"seed": seed}))
     searched = time.perf_counter() - started
     preds = pretune.predict(run_dir, files["test"])
     test = read(files["test"])
@@ -177,8 +178,9 @@ def run_hf(files: dict[str, Path], run_dir: Path, name: str = "hf") -> dict[str,
 
 def run_subprocess(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any] | None:
     options = ["--budget", args.budget, "--train-rows", str(args.train_rows)]
-    for flag, value in (("--valid-rows", args.valid_rows), ("--test-rows", args.test_rows)):
-        if value:
+    for flag, value in (("--valid-rows", args.valid_rows), ("--test-rows", args.test_rows),
+                        ("--seed", args.seed)):
+        if value is not None:
             options += [flag, str(value)]
     return run_contender(__file__, name, LABELS[name], out_dir, options)
 
@@ -194,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="which to run, comma-separated (default the first three)")
     parser.add_argument("--out-dir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--json", type=Path, help="with --only: write the result here")
+    parser.add_argument("--seed", type=int, help="pretune's search seed (default: its own, 0)")
     return parser.parse_args(argv)
 
 
@@ -208,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         run_dir = out_dir / args.only
         if args.only.startswith("pretune"):
-            result = run_pretune(files, args.budget, run_dir, args.only == "pretune-screen")
+            result = run_pretune(files, args.budget, run_dir, args.only == "pretune-screen",
+                                 args.seed)
         else:
             result = run_hf(files, run_dir, args.only)
         if args.json:

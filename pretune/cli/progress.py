@@ -40,16 +40,12 @@ def short(value: Any) -> str:
     return str(value)
 
 
-def outcome(report, at: float | None = None) -> str:
-    """complete, complete (deadline), complete (fitted to the time: N epochs), pruned at N
-    epochs, failed: reason (``at``: the epoch of the trial's last evaluation)."""
+def outcome(report, pruned_at: float | None = None) -> str:
+    """complete, complete (deadline), pruned at N epochs, failed: reason."""
     if report.state == "COMPLETE":
-        said = COMPLETE_OUTCOMES.get(report.stop_reason, "complete")
-        if report.stop_reason == "fitted" and at is not None:
-            said = f"{said[:-1]}: {at:g} epochs)"
-        return said
+        return COMPLETE_OUTCOMES.get(report.stop_reason, "complete")
     if report.state == "PRUNED":
-        return f"pruned at {at:g} epochs" if at is not None else "pruned"
+        return f"pruned at {pruned_at:g} epochs" if pruned_at is not None else "pruned"
     if report.state == "FAIL":
         return f"failed: {report.fail_reason}" if report.fail_reason else "failed"
     return report.state.lower()
@@ -144,7 +140,7 @@ class SearchProgress:
     def on_trial(self, report) -> None:
         """After each trial (the search's ``on_trial``)."""
         self.metric = self.metric or report.metric
-        text = outcome(report, self.last_epoch)
+        text = outcome(report, self.last_epoch if report.state == "PRUNED" else None)
         self.finished.append((report, text))
         if report.is_best:
             self.best = report.number

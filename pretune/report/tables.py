@@ -56,13 +56,10 @@ COMPLETE_OUTCOMES = {"deadline": "complete (deadline)", "fitted": "complete (fit
 def outcome(row: pd.Series) -> str:
     """What happened to a trial, in words: complete, pruned at N epochs, failed: why."""
     state = str(row.get("state", ""))
-    epochs = row.get("epochs")
     if state == "COMPLETE":
-        said = COMPLETE_OUTCOMES.get(row.get("stop_reason"), "complete")
-        if row.get("stop_reason") == "fitted" and _is_number(epochs):
-            said = f"{said[:-1]}: {format_value(float(epochs))} epochs)"
-        return said
+        return COMPLETE_OUTCOMES.get(row.get("stop_reason"), "complete")
     if state == "PRUNED":
+        epochs = row.get("epochs")
         at = f" at {format_value(float(epochs))} epochs" if _is_number(epochs) else ""
         return f"pruned{at}"
     if state == "FAIL":

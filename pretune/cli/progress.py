@@ -19,7 +19,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 
 from pretune.cli.common import console
-from pretune.report.tables import COMPLETE_OUTCOMES
 
 MODE_LIVE, MODE_PLAIN, MODE_QUIET = "live", "plain", "quiet"
 TABLE_ROWS = 15  # finished trials kept in the live table (the best always stays)
@@ -43,7 +42,7 @@ def short(value: Any) -> str:
 def outcome(report, pruned_at: float | None = None) -> str:
     """complete, complete (deadline), pruned at N epochs, failed: reason."""
     if report.state == "COMPLETE":
-        return COMPLETE_OUTCOMES.get(report.stop_reason, "complete")
+        return "complete (deadline)" if report.stop_reason == "deadline" else "complete"
     if report.state == "PRUNED":
         return f"pruned at {pruned_at:g} epochs" if pruned_at is not None else "pruned"
     if report.state == "FAIL":

@@ -48,16 +48,11 @@ def param_columns(trials: pd.DataFrame) -> list[str]:
     return [c for c in trials.columns if c.startswith("params_")]
 
 
-# How a complete trial ended, where it says more than "complete" (its stop_reason: a
-# deadline cut it; its schedule was fitted to the time left).
-COMPLETE_OUTCOMES = {"deadline": "complete (deadline)", "fitted": "complete (fitted to the time)"}
-
-
 def outcome(row: pd.Series) -> str:
     """What happened to a trial, in words: complete, pruned at N epochs, failed: why."""
     state = str(row.get("state", ""))
     if state == "COMPLETE":
-        return COMPLETE_OUTCOMES.get(row.get("stop_reason"), "complete")
+        return "complete (deadline)" if row.get("stop_reason") == "deadline" else "complete"
     if state == "PRUNED":
         epochs = row.get("epochs")
         at = f" at {format_value(float(epochs))} epochs" if _is_number(epochs) else ""

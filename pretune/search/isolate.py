@@ -67,9 +67,9 @@ def died(exitcode: int | None) -> str:
 
 
 def run(search: Any, watch: Any, config: Any, number: int,
-        on_retry: Callable[[str], None], seconds: float | None = None) -> Any:
+        on_retry: Callable[[str], None]) -> Any:
     """Train ``config`` in a child process and return its ``FitResult`` with the model loaded
-    here (``seconds``: as ``run.fit``'s). Raises ``optuna.TrialPruned`` when the pruner stops it, ``DoesNotFit`` when the child
+    here. Raises ``optuna.TrialPruned`` when the pruner stops it, ``DoesNotFit`` when the child
     refused it for memory, and ``ChildFailed`` when the child failed or died."""
     mine, theirs = multiprocessing.Pipe()
     with tempfile.TemporaryDirectory(prefix=f".trial-{number}-", dir=search.out) as folder:
@@ -79,7 +79,7 @@ def run(search: Any, watch: Any, config: Any, number: int,
                "log_level": min(logging.getLogger().getEffectiveLevel(),
                                 logging.getLogger("pretune").getEffectiveLevel()),
                "cache_dir": None if caches is None else str(caches),
-               "save_to": str(Path(folder) / "model"), "seconds": seconds}
+               "save_to": str(Path(folder) / "model")}
         child = _start(theirs)
         theirs.close()
         try:
@@ -245,7 +245,7 @@ def child(conn: Any, job: dict[str, Any]) -> None:
     def fit(config: Any) -> Any:
         return training.fit(config, job["save_to"], task=job["task"], on_eval=on_eval,
                             should_stop=link.should_stop, on_step=on_step, keep_model=False,
-                            caches=caches, seconds=job.get("seconds"))
+                            caches=caches)
 
     try:
         result = memory.retry_on_oom(fit, job["config"],

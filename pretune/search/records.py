@@ -11,7 +11,6 @@ WAIT_SECONDS = 2.0  # how often a worker with no trial left to start looks at th
 
 INTERRUPTED = "interrupted"  # fail_reason of a trial its process did not finish
 DEADLINE = "deadline"  # stop_reason of a trial stopped by the time budget
-FITTED = "fitted"  # of a trial whose schedule was fitted to the time left (it ended, not cut)
 PRUNED = "pruned"
 PREDICTIONS_FILE = "valid-predictions.csv"  # in best/: the best model's validation predictions
 

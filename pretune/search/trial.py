@@ -22,7 +22,7 @@ from pretune.config import RunConfig, validate
 from pretune.search import final_pick, isolate, memory_plan, planning, priors
 from pretune.search.memory import rss_mb
 from pretune.search.planning import STEPS_PER_EPOCH
-from pretune.search.records import DEADLINE, FITTED, INTERRUPTED, PRUNED, derive_seed
+from pretune.search.records import DEADLINE, INTERRUPTED, PRUNED, derive_seed
 from pretune.search.space import suggest
 from pretune.yamlfile import plain
 
@@ -130,19 +130,16 @@ def _train(search: Any, trial: optuna.Trial, watch: TrialWatch, config: RunConfi
     from pretune.training import memory, run  # torch loads with the first trial, not before
 
     on_retry = lambda note: trial.set_user_attr("memory_retry", note)  # noqa: E731
-    # Until a trial has given a model, one runs even when it cannot end before the deadline
-    # (large data on a short budget): its schedule is fitted to the time left, not cut.
-    seconds = search.time_left() if search.saved_best() is None else None
     why = memory_plan.isolation(search.isolate_trials, config, search.task,
                                 search.caches)
     if why is not None:
         trial.set_user_attr("isolated", why)
         watch.peak = watch.child_mb = 0.0  # the child's memory, not this process's
-        return isolate.run(search, watch, config, trial.number, on_retry, seconds)
+        return isolate.run(search, watch, config, trial.number, on_retry)
     return memory.retry_on_oom(
         lambda c: run.fit(c, None, task=search.task, on_eval=watch.on_eval,
                           should_stop=search.past_deadline, on_step=watch.on_step,
-                          keep_model=True, caches=search.caches, seconds=seconds),
+                          keep_model=True, caches=search.caches),
         config, on_retry=on_retry)
 
 
@@ -161,8 +158,6 @@ def _finish(search: Any, trial: optuna.Trial, watch: TrialWatch, result: Any) ->
     train = result.train_result
     watch.last.update(step=train.steps, epoch=train.epochs)
     stop_reason = DEADLINE if train.stop_reason == "stopped" else train.stop_reason
-    if stop_reason == "completed" and train.planned_steps:
-        stop_reason = FITTED
     value = result.metrics.get(search.metric) if not train.failed else None
     if value is None or not math.isfinite(value):
         why = (f"no evaluation finished ({train.stop_reason})" if train.failed

@@ -321,38 +321,6 @@ def test_the_first_trial_starts_even_when_it_cannot_reach_an_evaluation_before_t
     assert "stopped with time left" in text and "first evaluation (about 10000s)" in text
 
 
-def test_until_a_model_exists_a_trial_fits_its_schedule_to_the_time_left(
-        tiny_model_dir, tmp_path, monkeypatch):
-    from pretune.training import run
-
-    train, valid = data_files(tmp_path / "data")
-    # On large data the first trial cannot end before the deadline: it is given the time left
-    # and ends its schedule inside it. Here that time is made to be all but gone once the
-    # trial is under way, so it ends right after the steps that measure its pace.
-    given, real_train = [], run.train
-
-    def short_of_time(*args, seconds=None, **kwargs):
-        given.append(seconds)
-        return real_train(*args, seconds=None if seconds is None else 1e-6, **kwargs)
-
-    monkeypatch.setattr(run, "train", short_of_time)
-    out = tmp_path / "run"
-    result = cli("tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
-                 "--out", out, "--budget", "10m,2trials", "--space",
-                 space_file(tmp_path / "s.yaml", {**NARROW, "batch_size": {"choices": [8]}}),
-                 "--fixed", "epochs=2", "--fixed", "threads=1", "--precision", "fp32",
-                 "--no-lr-range-test", "--pruner", "none", "--no-refit")
-    assert result.exit_code == 0, result.output
-    first, second = trials_of(out)
-    assert 0 < given[0] <= 600 and given[1] is None  # only while no model was saved
-    assert first.user_attrs["stop_reason"] == "fitted"
-    assert first.user_attrs["steps"] == 6  # of 12: 2 epochs of 6 batches of 8
-    assert second.user_attrs["steps"] == 12 and second.user_attrs["stop_reason"] == "completed"
-    assert "complete (fitted to the time)" in " ".join(result.output.split())
-    kept = yaml.safe_load((out / "kept" / "trial-0000" / "pretune.yaml").read_text())
-    assert kept["training"]["planned_steps"] == 12
-
-
 def test_the_plan_follows_the_measured_trial_time(tiny_model_dir, tmp_path, monkeypatch):
     from pretune.search import planning
 

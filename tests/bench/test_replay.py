@@ -99,7 +99,7 @@ def test_the_pretune_contender_is_built_by_pretunes_strategy_factory(replay, mon
     replay.contender("pretune", 3)
     auto = strategies.resolve("auto")
     assert calls == [("auto", auto.fidelity(replay.CHECKPOINTS))]
-    assert calls[0][1].min_resource == round(0.2 * replay.CHECKPOINTS)  # one epoch of five
+    assert calls[0][1].min_resource == round(0.06 * replay.CHECKPOINTS)  # 6% of the curve
     name = next(iter(strategies.CANDIDATES))
     replay.contender(name, 3)  # every candidate default is built by the same factory
     assert calls[-1] == (name, strategies.CANDIDATES[name].fidelity(replay.CHECKPOINTS))

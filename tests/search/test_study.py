@@ -151,8 +151,8 @@ def test_the_sampler_of_a_continued_search_is_seeded_differently():
 
 @pytest.mark.parametrize("warmup, judged", [(0.0, 1.0), (0.6, 2.0)])
 def test_pruning_stops_a_clearly_worse_trial(tiny_model_dir, tmp_path, warmup, judged):
-    """Trial 0 learns (lr 1e-2); trial 1 diverges (lr 3.0). ASHA, from its first rung (a fifth of
-    the 3 epochs: the first evaluation from there is epoch 1), judges trial 1 and prunes it; when its
+    """Trial 0 learns (lr 1e-2); trial 1 diverges (lr 3.0). The ``asha`` strategy, from its first
+    rung (one epoch), judges trial 1 and prunes it; when its
     warmup runs for 60% of its 3 epochs (to epoch 1.8), not before the first evaluation after
     the warmup, epoch 2. Every evaluation is reported. A recipe from practice (priors) with the
     same lr is never judged."""
@@ -169,7 +169,7 @@ def test_pruning_stops_a_clearly_worse_trial(tiny_model_dir, tmp_path, warmup, j
         space={"extend": False, "lr": {"low": 1e-4, "high": 5.0, "log": True}},
         fixed={"epochs": 3, "batch_size": 8, "schedule": "constant", "warmup_ratio": warmup,
                "patience": None, "threads": 1},
-        metric="loss", pruner="asha", precision="fp32",
+        metric="loss", strategy="asha", precision="fp32",
     )
     good, bad, recipe = trials_of(out)
     assert recipe.state.name == "COMPLETE" and recipe.params == {"lr": 3.0}  # never judged

@@ -199,7 +199,7 @@ def test_a_search_with_unlabeled_texts_chooses_the_tapt_length(tiny_learner_dir,
     done = cli("tune", "--model", tiny_learner_dir, "--train", train, "--valid", valid,
                "--unlabeled", extra, "--budget", "3trials", "--out", out, "--space", space,
                "--fixed", "epochs=1", "--precision", "fp32", "--no-report", "--no-priors",
-               "--no-lr-range-test")
+               "--no-lr-range-test", "--pruner", "none")  # every trial trains to its end
     assert done.exit_code == 0, done.output
     trials = pd.read_csv(out / "trials.csv")
     assert set(trials["params_tapt_steps"]) <= {0, 8} and len(trials) == 3

@@ -145,8 +145,8 @@ def reserve(budget: Budget, trial_seconds: float | None, enabled: bool,
     by ``unlabeled_share``, the unlabeled texts per training row, that it may learn from too)
     and the tasting, at most ``MAX_SHARE`` of the budget; the tasting alone without
     ``distill`` or when not even a distillation on the training rows fits; nothing where fewer
-    than two trials fit the budget (no two models to assemble: large data, whose first trial
-    is given the time left, ``search.trial``)."""
+    than two trials fit the budget (no two models to assemble; on large data the first trial
+    then runs until the deadline)."""
     if not enabled or budget.seconds is None or not trial_seconds:
         return 0.0
     if budget.seconds < 2 * trial_seconds:

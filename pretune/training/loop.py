@@ -61,7 +61,7 @@ class TrainResult:
     # Differential privacy: the budget and the epsilon spent (pretune.training.privacy), or None.
     privacy: dict | None = None
     eval_seconds: float = 0.0  # of ``seconds``: the evaluations' (the pace of training without)
-    # The steps the run had planned, when ``seconds`` (max_seconds) fitted it to fewer; else None.
+    # The steps the run had planned, when ``train(seconds=...)`` fitted it to fewer; else None.
     planned_steps: int | None = None
 
     @property

@@ -40,7 +40,7 @@ def run_metadata(config: RunConfig, task: TaskData, result: TrainResult) -> dict
             "epochs": result.epochs,
             "seconds": round(result.seconds, 2),
             "eval_seconds": round(result.eval_seconds, 2),
-            "planned_steps": result.planned_steps,  # max_seconds fitted the run to fewer; else None
+            "planned_steps": result.planned_steps,  # a time limit fitted the run to fewer; else None
             "precision": result.precision,
         },
         "privacy": result.privacy,  # DP-SGD: the budget and the epsilon spent; None without

@@ -71,7 +71,7 @@ def lr_multiplier(step: int, total_steps: int, settings: TrainConfig) -> float:
 def build_schedule(optimizer: torch.optim.Optimizer, settings: TrainConfig,
                    total_steps: int | Callable[[], int]):
     """The schedule over ``total_steps``; a callable is asked at every step, so a run whose
-    length is fitted to a time limit (``max_seconds``) moves its warmup and decay with it."""
+    length is fitted to a time limit (``train(seconds=...)``) moves its warmup and decay with it."""
     steps = total_steps if callable(total_steps) else (lambda: total_steps)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, steps(), settings)

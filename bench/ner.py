@@ -115,7 +115,8 @@ def run_pretune(files: dict[str, Path], budget: str, run_dir: Path,
             "seconds": time.perf_counter() - started, "search_seconds": searched}
 
 
-def run_hf(files: dict[str, Path], run_dir: Path, name: str = "hf") -> dict[str, Any]:
+def run_hf(files: dict[str, Path], run_dir: Path, name: str = "hf",
+           seed: int | None = None) -> dict[str, Any]:
     import numpy as np
     from datasets import Dataset
     from transformers import (AutoModelForTokenClassification, AutoTokenizer,
@@ -153,7 +154,8 @@ def run_hf(files: dict[str, Path], run_dir: Path, name: str = "hf") -> dict[str,
         model_dir(), num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id)
     args = TrainingArguments(output_dir=str(run_dir), per_device_eval_batch_size=16,
                              eval_strategy="epoch", save_strategy="no", report_to=[],
-                             use_cpu=True, **HF_SETTINGS[name])
+                             use_cpu=True, **HF_SETTINGS[name],
+                             **({} if seed is None else {"seed": seed}))
     trainer = Trainer(model=model, args=args, train_dataset=dataset(train),
                       eval_dataset=dataset(valid), processing_class=tokenizer,
                       data_collator=DataCollatorForTokenClassification(tokenizer),
@@ -196,7 +198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="which to run, comma-separated (default the first three)")
     parser.add_argument("--out-dir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--json", type=Path, help="with --only: write the result here")
-    parser.add_argument("--seed", type=int, help="pretune's search seed (default: its own, 0)")
+    parser.add_argument("--seed", type=int,
+                        help="every contender's seed: pretune's search seed (default its own, 0) "
+                             "and the Trainer's (default its own, 42)")
     return parser.parse_args(argv)
 
 
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_pretune(files, args.budget, run_dir, args.only == "pretune-screen",
                                  args.seed)
         else:
-            result = run_hf(files, run_dir, args.only)
+            result = run_hf(files, run_dir, args.only, args.seed)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2, default=str))
         else:

@@ -33,13 +33,17 @@ each pair N times, flipping the order each round, and keeps each side's fastest.
    of each phase (data, forward, backward, optimizer, evaluation, other) in its seconds, and the
    line ``MFU of the default trial: NN%``.
 
-Opt-in (``--only 7``, ``--only 8``), the measurements behind the loop's speed choices:
+Opt-in (``--only 7``, ``--only 8``, ``--only 9``), the measurements behind the loop's speed
+choices:
 
 7. **Candidate speed-ups**: one AdamW step over MiniLM's parameters as a per-parameter loop,
    ``foreach`` and fused; an evaluation pass under ``no_grad`` and ``inference_mode`` at eval
    batch 128 and 512; pretune's loop (as in 1.) with the fused AdamW and without.
 8. **torch.compile** on the CPU: 12 training steps on length-bucketed batches, eager and
    compiled: the compiled first pass (compilation included), its graphs, and the warm step.
+9. **pretune.training.cpu_speed**: the default trial (as in 2.) with both of its changes (freed
+   memory kept mapped, dropout masks from numpy's bit generator), each alone and neither, the
+   order reversed every other round; each side's fastest and its validation accuracy.
 
 Run it (from the repo root; ``PYTHONPATH=.`` so that this checkout's pretune is imported)::
 
@@ -477,6 +481,45 @@ def candidates_report(train_csv: Path, threads: int, rounds: int) -> None:
           f"{b[1]['accuracy']:.3f}): {b[0] / a[0]:.2f}x", flush=True)
 
 
+def cpu_speed_sides(train_csv: Path, threads: int) -> dict[str, Callable[[], dict]]:
+    """The default trial with both of ``pretune.training.cpu_speed``'s changes, with each one
+    off, and with both off."""
+    from pretune.training import cpu_speed
+
+    def side(memory: bool, dropout: bool):
+        trial = pretune_trial(train_csv, threads, epochs=HF_EPOCHS)
+
+        def run():
+            cpu_speed.REUSE_FREED_MEMORY, cpu_speed.FAST_DROPOUT = memory, dropout
+            try:
+                return trial()
+            finally:
+                cpu_speed.REUSE_FREED_MEMORY = cpu_speed.FAST_DROPOUT = True
+        return run
+
+    return {"both (default)": side(True, True), "freed memory kept only": side(True, False),
+            "fast dropout only": side(False, True), "neither": side(False, False)}
+
+
+def cpu_speed_report(train_csv: Path, threads: int, rows: int, rounds: int) -> None:
+    print("9. the default trial with and without pretune.training.cpu_speed", flush=True)
+    sides = cpu_speed_sides(train_csv, threads)
+    best: dict[str, tuple[float, dict]] = {}
+    for round_ in range(rounds):
+        names = list(sides) if round_ % 2 == 0 else list(reversed(list(sides)))
+        for name in names:
+            got = timed(sides[name])
+            if name not in best or got[0] < best[name][0]:
+                best[name] = got
+            print(f"  round {round_}: {name}: {got[0]:.1f}s, valid acc {got[1]['accuracy']:.4f}",
+                  flush=True)
+    neither = best["neither"][0]
+    print(f"  fastest of {rounds} rounds, {rows} rows x {HF_EPOCHS} epochs:")
+    for name, (seconds, value) in best.items():
+        print(f"    {name:<24} {seconds:6.1f}s {rows * HF_EPOCHS / seconds:5.0f} ex/s "
+              f"{neither / seconds:.2f}x  valid acc {value['accuracy']:.4f}", flush=True)
+
+
 def compile_candidate(train_csv: Path, threads: int, steps: int = 12) -> dict[str, float]:
     """``torch.compile`` on the CPU: training steps of MiniLM on pretune's length-bucketed batches
     (batch 32, bf16 where the CPU has it) eager and compiled. Returns the compiled side's first
@@ -595,8 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: all cores)")
     parser.add_argument("--only", default="123456",
-                        help="which measurements to run, by number (default 123456; 7 and 8 "
-                             "only when named)")
+                        help="which measurements to run, by number (default 123456; 7, 8 and "
+                             "9 only when named)")
     args = parser.parse_args(argv)
     if args.rows < 100 or args.repeats < 1 or args.threads < 1:
         parser.error("--rows must be at least 100, --repeats and --threads at least 1")
@@ -632,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if "8" in args.only:
         compile_report(train_csv, args.threads)
+
+    if "9" in args.only:
+        cpu_speed_report(train_csv, args.threads, args.rows, max(args.repeats, 2))
 
     prep = None
     if "5" in args.only:

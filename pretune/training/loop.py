@@ -25,7 +25,7 @@ from torch import nn
 
 from pretune.config import TrainConfig, metric_direction
 from pretune.models.transfer import frozen_blocks
-from pretune.training import privacy, timing
+from pretune.training import cpu_speed, privacy, timing
 from pretune.training.device import autocast, pick_device, resolve_precision
 from pretune.training.metrics import is_better
 from pretune.training.objectives import Classification, Objective, class_weights
@@ -116,43 +116,44 @@ def train(model: nn.Module, train_batches, valid_batches, settings: TrainConfig,
                        seconds=time.perf_counter() - started)
         return evals.record(metrics, step, model, on_eval)
 
-    _train_mode(model)
-    step, epoch, stop_reason, done = 0, 0, COMPLETED, False
-    while not done:
-        evaluated_at, epoch_step = -1, 0
-        for group in clock.iterate(plan.groups(train_batches, epoch)):
-            outcome, group_loss = stepper.step(group)  # forward, backward, clip, step
-            if outcome == _SKIPPED:
-                continue
-            if outcome is not None:
-                stop_reason = outcome
-                break
-            step, epoch_step = step + 1, epoch_step + 1
-            evals.add_train_loss(group_loss)
-            if fit is not None:
-                fit.update(step, evaluating[0], len(evals.history))
-            if on_step is not None:
-                on_step(step, plan.total_steps, group_loss)
-            if plan.eval_due(step, epoch_step) and step < plan.total_steps:
-                evaluated_at = step
-                if evaluate(step):
-                    stop_reason = EARLY_STOPPING
+    with cpu_speed.training(model, device, dropout=private is None):
+        _train_mode(model)
+        step, epoch, stop_reason, done = 0, 0, COMPLETED, False
+        while not done:
+            evaluated_at, epoch_step = -1, 0
+            for group in clock.iterate(plan.groups(train_batches, epoch)):
+                outcome, group_loss = stepper.step(group)  # forward, backward, clip, step
+                if outcome == _SKIPPED:
+                    continue
+                if outcome is not None:
+                    stop_reason = outcome
                     break
-            if step >= plan.total_steps:
-                break
-            if should_stop is not None and should_stop():
-                stop_reason = STOPPED
-                break
-        epoch += 1
-        done = stop_reason != COMPLETED or step >= plan.total_steps
-        # Evaluate at each epoch's end (and at the very end) unless this step just was.
-        if evaluated_at != step and step > 0 and stop_reason in (COMPLETED, STOPPED):
-            if (not settings.eval_steps or done) and evaluate(step) and not done:
-                stop_reason, done = EARLY_STOPPING, True
+                step, epoch_step = step + 1, epoch_step + 1
+                evals.add_train_loss(group_loss)
+                if fit is not None:
+                    fit.update(step, evaluating[0], len(evals.history))
+                if on_step is not None:
+                    on_step(step, plan.total_steps, group_loss)
+                if plan.eval_due(step, epoch_step) and step < plan.total_steps:
+                    evaluated_at = step
+                    if evaluate(step):
+                        stop_reason = EARLY_STOPPING
+                        break
+                if step >= plan.total_steps:
+                    break
+                if should_stop is not None and should_stop():
+                    stop_reason = STOPPED
+                    break
+            epoch += 1
+            done = stop_reason != COMPLETED or step >= plan.total_steps
+            # Evaluate at each epoch's end (and at the very end) unless this step just was.
+            if evaluated_at != step and step > 0 and stop_reason in (COMPLETED, STOPPED):
+                if (not settings.eval_steps or done) and evaluate(step) and not done:
+                    stop_reason, done = EARLY_STOPPING, True
 
-    optimizer.zero_grad(set_to_none=True)
-    if private is not None:
-        private.detach()
+        optimizer.zero_grad(set_to_none=True)
+        if private is not None:
+            private.detach()
     soup = _keep_best(model, evals, should_stop, measure)
     if stop_reason == COMPLETED and settings.max_steps is not None and step >= settings.max_steps:
         log.info("stopped at max_steps=%d", settings.max_steps)

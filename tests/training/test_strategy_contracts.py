@@ -99,6 +99,8 @@ def test_lora_leaves_the_pretrained_weights_alone_until_the_merge(monkeypatch, t
 @pytest.mark.parametrize("head_layers", [0, 1])
 @pytest.mark.parametrize("head_init", HEAD_INITS)
 def test_head_initialization_trains(monkeypatch, tiny_learner_dir, sentiment_csv, head_init, head_layers):
+    # Without dropout: what is checked is the head's start, not how lucky the masks were (with
+    # dropout 0.1, 1 seed in 24 lowered the loss by less than 5%, with torch's masks or pretune's).
     seen, result = _run(monkeypatch, tiny_learner_dir, sentiment_csv, head_init=head_init,
-                        head_layers=head_layers, epochs=6)
+                        head_layers=head_layers, epochs=6, dropout=0.0)
     assert result.metrics["loss"] < seen["loss"] * 0.95, (seen["loss"], result.metrics["loss"])

@@ -236,7 +236,8 @@ def test_a_search_with_tapt_pinned_adapts_once_and_its_best_model_predicts(tiny_
                "--unlabeled", extra, "--budget", "3trials", "--out", out, "--space", space,
                "--fixed", "epochs=2", "--fixed", "batch_size=8", "--fixed", "threads=1",
                "--pruner", "none", "--precision", "fp32", "--no-report", "--no-priors",
-               "--no-lr-range-test", "--no-refit")  # a refit adapts again, on its own texts
+               "--no-lr-range-test", "--no-refit",  # a refit adapts again, on its own texts
+               "--no-assemble")  # and so does a distilled ensemble
     assert done.exit_code == 0, done.output
 
     # One adaptation, on the training and unlabeled texts, kept in the run's cache ...

@@ -15,8 +15,11 @@ C library nothing changes.
 ``fast_dropout`` swaps each ``nn.Dropout`` of the model for ``BitsDropout`` while it trains, which
 takes 16 bits of numpy's SFC64 generator per element (0.19 ms for the same tensor; the rate is
 rounded to 1/65536). Its generator is seeded from torch's, so a seeded run repeats itself; the
-masks differ from torch's, as another seed's would. Dropout inside an attention kernel
-(``scaled_dot_product_attention``'s ``dropout_p``) stays torch's, and on a GPU all of it does.
+masks differ from torch's, as another seed's would. The dropout of the attention probabilities
+happens inside ``scaled_dot_product_attention`` (``dropout_p``), where no module can reach it:
+for transformers' ``sdpa`` attention in its plain case (an encoder's self-attention), the
+attention is written out while a run trains, its dropout drawn from the same bits (at 128 tokens
+these masks were a quarter of a MiniLM step). On a GPU all dropout stays torch's.
 
 Measured side by side in ``bench/throughput.py`` (``bench/README.md``, "Trial speed").
 """
@@ -97,17 +100,86 @@ class BitsDropout(nn.Dropout):
             return x
         if x.device.type != "cpu" or self.p >= 1.0:
             return super().forward(x)
-        drop = round(self.p * 65536)  # an element is dropped when its 16 bits are below this
-        n = x.numel()
-        words = self.bits.random_raw(-(-n // 4))  # 64 bits: four elements' worth
-        keep = torch.from_numpy(words.view(np.uint16)[:n] >= drop).view(x.shape)
-        return x * keep * (65536 / (65536 - drop))
+        return drop(x, self.p, self.bits)
+
+
+def drop(x: torch.Tensor, p: float, bits: np.random.BitGenerator) -> torch.Tensor:
+    """Dropout of rate ``p`` (0 < p < 1) on a CPU tensor, its mask from ``bits``."""
+    drop_below = round(p * 65536)  # an element is dropped when its 16 bits are below this
+    n = x.numel()
+    words = bits.random_raw(-(-n // 4))  # 64 bits: four elements' worth
+    keep = torch.from_numpy(words.view(np.uint16)[:n] >= drop_below).view(x.shape)
+    return x * keep * (65536 / (65536 - drop_below))
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              mask: torch.Tensor | None, scale: float, dropout) -> torch.Tensor:
+    """``scaled_dot_product_attention`` written out (``mask``: True where a query may attend,
+    or added to the scores), with ``dropout`` (a function) on the attention probabilities."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    elif mask is not None:
+        scores = scores + mask
+    return torch.matmul(dropout(torch.softmax(scores, dim=-1)).to(value.dtype), value)
+
+
+_bits: list[np.random.BitGenerator] = []  # the generators of the runs inside fast_dropout
+
+
+def _sdpa_with_bits(original):
+    """transformers' ``sdpa`` attention function, except in training on the CPU inside
+    ``fast_dropout``, for the plain case (an encoder's self-attention: not causal, no
+    grouped keys, no position bias or soft cap), where the probabilities' dropout takes its
+    mask from the run's bits."""
+    def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                is_causal=None, **kwargs):
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        plain = (dropout > 0.0 and _bits and query.device.type == "cpu" and not causal
+                 and getattr(module, "num_key_value_groups", 1) == 1
+                 and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+                 and not kwargs.get("output_attentions", False))
+        if not plain:
+            return original(module, query, key, value, attention_mask, dropout=dropout,
+                            scaling=scaling, is_causal=is_causal, **kwargs)
+        bits = _bits[-1]
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = attention(query, key, value, attention_mask, scale, lambda x: drop(x, dropout, bits))
+        return out.transpose(1, 2).contiguous(), None
+    forward.original = original
+    return forward
+
+
+@contextlib.contextmanager
+def _attention_with_bits(bits: np.random.BitGenerator) -> Iterator[None]:
+    """transformers' ``sdpa`` attention, for every model of the process, with ``bits`` for
+    its dropout while inside (``_sdpa_with_bits``)."""
+    try:
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:  # pragma: no cover - transformers without the attention interface
+        yield
+        return
+    mapping = AttentionInterface._global_mapping
+    with _lock:
+        _bits.append(bits)
+        current = mapping.get("sdpa")
+        if current is not None and not hasattr(current, "original"):
+            mapping["sdpa"] = _sdpa_with_bits(current)
+    try:
+        yield
+    finally:
+        with _lock:
+            _bits.remove(bits)
+            current = mapping.get("sdpa")
+            if not _bits and hasattr(current, "original"):
+                mapping["sdpa"] = current.original
 
 
 @contextlib.contextmanager
 def fast_dropout(model: nn.Module) -> Iterator[int]:
     """``model`` with each plain ``nn.Dropout`` swapped for a ``BitsDropout`` while inside
-    (yields how many); the originals are put back on the way out."""
+    (yields how many), and the dropout of its ``sdpa`` attention drawn from the same bits;
+    the originals are put back on the way out."""
     bits = np.random.SFC64(int(torch.randint(0, 2**63 - 1, (1,))))
     swapped = []
     for parent in list(model.modules()):
@@ -118,7 +190,8 @@ def fast_dropout(model: nn.Module) -> Iterator[int]:
                 setattr(parent, name, fast)
                 swapped.append((parent, name, child))
     try:
-        yield len(swapped)
+        with _attention_with_bits(bits):
+            yield len(swapped)
     finally:
         for parent, name, child in swapped:
             child.train(getattr(parent, name).training)

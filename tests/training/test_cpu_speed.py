@@ -93,3 +93,40 @@ def test_large_blocks_come_from_the_heap_inside_and_from_mappings_again_after():
     block = torch.zeros(size)
     assert _mmapped_blocks() == before + 1
     del block
+
+
+@pytest.mark.parametrize("masked", ["none", "bool", "additive"])
+def test_written_out_attention_equals_torchs_without_dropout(masked):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=gen) for _ in range(3))
+    allowed = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    allowed[1, :, :, 3:] = False  # the second text's last two tokens are padding
+    mask = {"none": None, "bool": allowed,
+            "additive": torch.zeros(2, 1, 5, 5).masked_fill(~allowed, -1e9)}[masked]
+    ours = cpu_speed.attention(q, k, v, mask, 0.5, lambda p: p)
+    theirs = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_attention_dropout_of_an_encoder_draws_from_the_bits_while_it_trains(monkeypatch):
+    from transformers.modeling_utils import AttentionInterface
+
+    model = tiny_bert(dropout=0.3)
+    model.config._attn_implementation = "sdpa"
+    original = AttentionInterface._global_mapping["sdpa"]
+    drawn = []
+    real_drop = cpu_speed.drop
+    monkeypatch.setattr(cpu_speed, "drop", lambda x, p, bits: drawn.append(x.shape) or real_drop(x, p, bits))
+    ids = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    model.eval()
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    with fast_dropout(model):
+        assert AttentionInterface._global_mapping["sdpa"] is not original
+        model.train()
+        trained = model(input_ids=ids, attention_mask=mask).logits
+        assert (2, 2, 4, 4) in drawn  # the probabilities of 2 heads over 4 tokens
+        model.eval()
+        assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits, expected)
+    assert AttentionInterface._global_mapping["sdpa"] is original
+    assert torch.isfinite(trained).all()

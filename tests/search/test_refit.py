@@ -45,6 +45,11 @@ def _meta(directory) -> dict:
     return yaml.safe_load((directory / "pretune.yaml").read_text())
 
 
+def _taken_at(training: dict) -> float:
+    """The epoch a run's kept model was taken at."""
+    return training["best_step"] / max(training["steps"], 1) * training["epochs"]
+
+
 @pytest.fixture(scope="module")
 def searched(tiny_learner_dir, tmp_path_factory):
     """A search that did not refit, to refit by hand."""
@@ -121,7 +126,9 @@ def test_a_refit_slower_than_its_estimate_ends_its_schedule_in_time(searched, tm
     out = tmp_path / "run"
     shutil.copytree(searched[0], out)
     shutil.rmtree(out / "best")  # a trial's model, as the search left it (another test refit it)
-    shutil.copytree(next((out / "kept").iterdir()), out / "best")
+    # The trial whose model was taken latest: its refit has the most steps to cut.
+    latest = max((out / "kept").iterdir(), key=lambda d: _taken_at(_meta(d)["training"]))
+    shutil.copytree(latest, out / "best")
     config = RunConfig.from_dict(_meta(out / "best")["settings"])
     task = load_task(config.data, 0)
     # Its estimate fits the time left, but once under way it finds the time all but gone: it

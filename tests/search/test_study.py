@@ -29,7 +29,8 @@ def study_run(tiny_model_dir, tmp_path_factory):
     args = ["tune", "--model", tiny_model_dir, "--train", train, "--valid", valid,
             "--budget", f"{BUDGET}trials", "--out", out, "--space", space, "--fixed", "epochs=1",
             "--metric", "loss", "--pruner", "none", "--precision", "fp32",
-            "--fixed", "threads=1", "--no-refit"]  # best/: the search's own model (test_refit)
+            "--fixed", "threads=1", "--no-refit",  # best/: the search's own model (test_refit)
+            "--no-assemble"]  # and the best trial's, not a soup or an ensemble's student
     result = cli(*args)
     assert result.exit_code == 0, result.output
     return out, args, result, valid

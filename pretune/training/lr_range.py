@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from pretune.config import RunConfig, TrainConfig
+from pretune.training import cpu_speed
 from pretune.training.device import autocast, pick_device, resolve_precision
 from pretune.training.optimizers import build_optimizer
 
@@ -93,7 +94,8 @@ def lr_range_test(model: nn.Module, batches, settings: TrainConfig, *, min_lr: f
     started = time.perf_counter()
     examples = 0
     try:
-        examples = _sweep(result, step, batches, steps, started, max_seconds, min_lr, max_lr)
+        with cpu_speed.training(model, device):
+            examples = _sweep(result, step, batches, steps, started, max_seconds, min_lr, max_lr)
     finally:
         result.seconds = time.perf_counter() - started
         model.load_state_dict(saved)

@@ -103,13 +103,13 @@ def _rmsprop(groups, s: TrainConfig):
 def _adam(groups, s: TrainConfig):
     # Adam's weight_decay is the classic L2 added to the gradient (coupled).
     return torch.optim.Adam(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps,
-                            fused=_fusable(groups))
+                            fused=fusable(groups))
 
 
 def _adamw(groups, s: TrainConfig):
     # Decoupled weight decay (Loshchilov & Hutter, 2019).
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps,
-                             fused=_fusable(groups))
+                             fused=fusable(groups))
 
 
 # Adam and AdamW update all parameters in one fused kernel where torch has one (CPU and CUDA,
@@ -120,7 +120,7 @@ def _adamw(groups, s: TrainConfig):
 FUSED = True
 
 
-def _fusable(groups: list[dict]) -> bool | None:
+def fusable(groups: list[dict]) -> bool | None:
     """True when every parameter can take the fused update; else None (torch's default)."""
     params = [p for g in groups for p in g["params"]]
     ok = FUSED and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)

@@ -128,7 +128,9 @@ def _adapt(config: RunConfig, texts: list[str], pairs: list[str] | None, seed: i
     from transformers import DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
     from pretune.models.load import load_auto
+    from pretune.training import cpu_speed
     from pretune.training.device import autocast, pick_device, resolve_precision, set_threads
+    from pretune.training.optimizers import fusable
 
     started = time.perf_counter()
     set_threads(config.train.threads)
@@ -153,24 +155,26 @@ def _adapt(config: RunConfig, texts: list[str], pairs: list[str] | None, seed: i
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     other = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": other, "weight_decay": 0.0}], lr=LR)
+    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY},
+              {"params": other, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=LR, fused=fusable(groups))
     schedule = get_linear_schedule_with_warmup(optimizer, int(WARMUP * steps), steps)
     losses: list[float] = []
     queue: list[int] = []
-    for _ in range(steps):
-        if len(queue) < BATCH:
-            queue += order.permutation(len(examples)).tolist()
-        idx, queue = queue[:BATCH], queue[BATCH:]
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
-        with autocast(precision, device):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+    with cpu_speed.training(model, device):
+        for _ in range(steps):
+            if len(queue) < BATCH:
+                queue += order.permutation(len(examples)).tolist()
+            idx, queue = queue[:BATCH], queue[BATCH:]
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
+            with autocast(precision, device):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
 
     base, _ = load_auto(config.model, "base")
     missing, unexpected = base.load_state_dict(model.base_model.state_dict(), strict=False)

@@ -504,15 +504,7 @@ def cpu_speed_sides(train_csv: Path, threads: int) -> dict[str, Callable[[], dic
 def cpu_speed_report(train_csv: Path, threads: int, rows: int, rounds: int) -> None:
     print("9. the default trial with and without pretune.training.cpu_speed", flush=True)
     sides = cpu_speed_sides(train_csv, threads)
-    best: dict[str, tuple[float, dict]] = {}
-    for round_ in range(rounds):
-        names = list(sides) if round_ % 2 == 0 else list(reversed(list(sides)))
-        for name in names:
-            got = timed(sides[name])
-            if name not in best or got[0] < best[name][0]:
-                best[name] = got
-            print(f"  round {round_}: {name}: {got[0]:.1f}s, valid acc {got[1]['accuracy']:.4f}",
-                  flush=True)
+    best = dict(zip(sides, best_of(rounds, *sides.values())))
     neither = best["neither"][0]
     print(f"  fastest of {rounds} rounds, {rows} rows x {HF_EPOCHS} epochs:")
     for name, (seconds, value) in best.items():
